@@ -1,0 +1,75 @@
+"""The typed record that every sampler returns and every learner consumes.
+
+Shapes use T = tasks, E = episodes per task, H = horizon (time steps), O = observation size,
+A = action size. Arrays are numpy; learners convert them to tensors at their own edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from sim.tasks import Task
+
+
+class Episodes(NamedTuple):
+    """K on-policy episodes for each of T tasks, padded to the horizon.
+
+    A step ``t`` of an episode is real when ``valid[..., t]`` is True; after a termination
+    (Ant falling over) the remaining steps are padding: zeros everywhere, ``valid`` False.
+    """
+
+    observations: np.ndarray
+    """[T, E, H, O] float32: the observation the policy saw before acting at step t."""
+    actions: np.ndarray
+    """[T, E, H, A] float32: the action the policy sampled (before clipping to the actuator
+    range; the log-probability of the policy-gradient loss is taken of this value)."""
+    rewards: np.ndarray
+    """[T, E, H] float32: the reward of step t, the sum of ``reward_terms``."""
+    reward_terms: Mapping[str, np.ndarray]
+    """name -> [T, E, H] float32: the named terms that add up to ``rewards``."""
+    valid: np.ndarray
+    """[T, E, H] bool: True where step t happened."""
+    terminated: np.ndarray
+    """[T, E, H] bool: True at the step whose outcome ended the episode early."""
+    infos: Mapping[str, np.ndarray]
+    """name -> [T, E, H] float32: per-step diagnostics (e.g. ``x_velocity``), not rewards."""
+    tasks: Sequence[Task]
+    """The T tasks, in the order of the leading axis."""
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self.rewards.shape[0])
+
+    @property
+    def episodes_per_task(self) -> int:
+        return int(self.rewards.shape[1])
+
+    @property
+    def horizon(self) -> int:
+        return int(self.rewards.shape[2])
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """[T, E] int: number of real steps of each episode."""
+        return self.valid.sum(axis=-1)
+
+    def returns(self) -> np.ndarray:
+        """[T, E] float64: undiscounted return of each episode."""
+        return (self.rewards * self.valid).sum(axis=-1, dtype=np.float64)
+
+    def task(self, index: int) -> Episodes:
+        """The episodes of one task, keeping a leading task axis of size 1."""
+        sl = slice(index, index + 1)
+        return Episodes(
+            observations=self.observations[sl],
+            actions=self.actions[sl],
+            rewards=self.rewards[sl],
+            reward_terms={k: v[sl] for k, v in self.reward_terms.items()},
+            valid=self.valid[sl],
+            terminated=self.terminated[sl],
+            infos={k: v[sl] for k, v in self.infos.items()},
+            tasks=[self.tasks[index]],
+        )
