@@ -149,8 +149,10 @@ def task_from_dict(data: dict[str, object]) -> Task:
     """Inverse of :func:`task_to_dict`."""
     kind = data.get("kind")
     if kind == "goal":
-        gx, gy = data["goal"]  # type: ignore[misc]
-        return GoalTask((float(gx), float(gy)))
+        goal = data["goal"]
+        if not isinstance(goal, list | tuple) or len(goal) != 2:
+            raise InvalidTaskError(f"a goal task needs goal: [x, y], got {goal!r}")
+        return GoalTask((float(goal[0]), float(goal[1])))
     if kind == "velocity":
         return VelocityTask(float(data["velocity"]))  # type: ignore[arg-type]
     if kind == "direction":

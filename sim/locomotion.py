@@ -1,0 +1,220 @@
+"""HalfCheetah and Ant locomotion tasks, many simulations stepped on MuJoCo's batch thread pool.
+
+Models are gymnasium's standard ``half_cheetah.xml`` and ``ant.xml`` (frame skip 5, timestep 0.01,
+so one control step is 0.05 s). Observations follow gymnasium's v5 environments; rewards follow
+the MAML authors' ``half_cheetah_env_rand*`` and ``ant_env_rand*`` (see docs/tasks.md):
+
+* cheetah velocity:  -|v_x - v*|        - 0.05 |a|^2
+* cheetah direction:  d * v_x           - 0.05 |a|^2
+* ant velocity:      -|v_x - v*| + 1.0  - 0.005 |a|^2 - 0.0005 |clip(cfrc_ext, -1, 1)|^2 + 0.05
+* ant direction:      d * v_x           - 0.005 |a|^2 - 0.0005 |clip(cfrc_ext, -1, 1)|^2 + 0.05
+
+v_x is the torso's x displacement over the control step divided by its duration.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import gymnasium
+import mujoco
+import mujoco.batch
+import numpy as np
+
+from sim.simulator import StepResult
+from sim.tasks import DirectionTask, Task, VelocityTask
+
+FRAME_SKIP = 5  # gymnasium v5 and the MAML authors' environments
+RESET_NOISE_SCALE = 0.1  # gymnasium v5: qpos + U(-0.1, 0.1), qvel + 0.1 N(0, 1)
+_ASSETS = os.path.join(os.path.dirname(gymnasium.__file__), "envs", "mujoco", "assets")
+# A sensor that reads accelerations makes mj_forward run mj_rnePostConstraint, which is what
+# fills cfrc_ext (the Ant's contact forces); it changes nothing in the physics.
+_CONTACT_SENSOR_SITE = "adaptctl_contact_forces"
+
+Objective = Literal["velocity", "direction"]
+
+
+@dataclass(frozen=True)
+class Robot:
+    """A MuJoCo model and the constants of its reward (MAML authors' values)."""
+
+    name: str
+    xml_file: str
+    skipped_qpos: int
+    """Leading qpos entries left out of the observation (the global x, or x and y)."""
+    ctrl_cost_weight: float
+    contact_cost_weight: float = 0.0
+    survive_bonus: float = 0.0
+    velocity_offset: float = 0.0
+    """Constant added to the velocity objective (authors' ant: -|v - v*| + 1.0)."""
+    healthy_z: tuple[float, float] | None = None
+    """Torso height range outside which the episode terminates; None: never terminates."""
+
+    @property
+    def contact_forces_observed(self) -> bool:
+        return self.contact_cost_weight > 0.0
+
+
+HALF_CHEETAH = Robot("half_cheetah", "half_cheetah.xml", skipped_qpos=1, ctrl_cost_weight=0.05)
+ANT = Robot(
+    "ant",
+    "ant.xml",
+    skipped_qpos=2,
+    ctrl_cost_weight=0.005,
+    contact_cost_weight=0.0005,
+    survive_bonus=0.05,
+    velocity_offset=1.0,
+    healthy_z=(0.2, 1.0),
+)
+
+
+@functools.cache
+def load_model(robot: Robot) -> mujoco.MjModel:
+    """The robot's MuJoCo model; for the Ant with a sensor that makes cfrc_ext computed."""
+    spec = mujoco.MjSpec.from_file(os.path.join(_ASSETS, robot.xml_file))
+    if robot.contact_forces_observed:
+        spec.body("torso").add_site(name=_CONTACT_SENSOR_SITE)
+        spec.add_sensor(
+            name=_CONTACT_SENSOR_SITE,
+            type=mujoco.mjtSensor.mjSENS_ACCELEROMETER,
+            objtype=mujoco.mjtObj.mjOBJ_SITE,
+            objname=_CONTACT_SENSOR_SITE,
+        )
+    with warnings.catch_warnings():
+        # gymnasium's ant.xml uses the deprecated 'settotalmass' compiler attribute; the compiled
+        # model is the standard one either way.
+        warnings.filterwarnings("ignore", message=".*settotalmass.*")
+        return spec.compile()
+
+
+def observation_layout(robot: Robot) -> tuple[str, ...]:
+    """One name per observation entry, e.g. ``qpos:rootz`` or ``cfrc_ext:torso:3``."""
+    model = load_model(robot)
+    qpos_names: list[str] = []
+    qvel_names: list[str] = []
+    for j in range(model.njnt):
+        name = model.joint(j).name
+        if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE:
+            qpos_names += [f"{name}:{c}" for c in ("x", "y", "z", "qw", "qx", "qy", "qz")]
+            qvel_names += [f"{name}:{c}" for c in ("vx", "vy", "vz", "wx", "wy", "wz")]
+        else:
+            qpos_names.append(name)
+            qvel_names.append(name)
+    names = [f"qpos:{n}" for n in qpos_names[robot.skipped_qpos :]]
+    names += [f"qvel:{n}" for n in qvel_names]
+    if robot.contact_forces_observed:
+        for b in range(1, model.nbody):  # gymnasium v5 leaves out the world body
+            names += [f"cfrc_ext:{model.body(b).name}:{i}" for i in range(6)]
+    return tuple(names)
+
+
+def action_layout(robot: Robot) -> tuple[str, ...]:
+    model = load_model(robot)
+    return tuple(model.actuator(i).name for i in range(model.nu))
+
+
+def action_bounds(robot: Robot) -> tuple[np.ndarray, np.ndarray]:
+    """Actuator control range, (low [A], high [A]) float32."""
+    ctrlrange = load_model(robot).actuator_ctrlrange.astype(np.float32)
+    return ctrlrange[:, 0].copy(), ctrlrange[:, 1].copy()
+
+
+class LocomotionSimulator:
+    """N simulations of one robot, each with its own velocity or direction task."""
+
+    def __init__(self, robot: Robot, objective: Objective, num_sims: int, num_threads: int) -> None:
+        self.robot = robot
+        self.objective = objective
+        self._model = load_model(robot)
+        self._batch = mujoco.batch.Batch(self._model, nsim=num_sims, nthread=num_threads)
+        self._qpos = self._batch.bind("qpos")
+        self._qvel = self._batch.bind("qvel")
+        self._ctrl = self._batch.bind("ctrl")
+        self._cfrc_ext = self._batch.bind("cfrc_ext") if robot.contact_forces_observed else None
+        # Contact forces at the state after the step (one extra mj_forward, ~5 % of a step);
+        # reading them from inside mj_step would give an intermediate RK4 stage's forces.
+        self._stage = mujoco.mjtStage.mjSTAGE_ACC if self._cfrc_ext is not None else 0
+        self._dt = float(self._model.opt.timestep) * FRAME_SKIP
+        self._low, self._high = action_bounds(robot)
+        self._target = np.zeros(num_sims)
+
+    @property
+    def num_sims(self) -> int:
+        return int(self._batch.nsim)
+
+    @property
+    def dt(self) -> float:
+        """Duration of one control step, seconds."""
+        return self._dt
+
+    def reset(self, tasks: Sequence[Task], rng: np.random.Generator) -> np.ndarray:
+        n = self.num_sims
+        if len(tasks) != n:
+            raise ValueError(f"expected {n} tasks, one per simulation, got {len(tasks)}")
+        self._target = np.array([self._task_parameter(t) for t in tasks], dtype=np.float64)
+        self._batch.reset(stage=mujoco.mjtStage.mjSTAGE_NONE)
+        model = self._model
+        noise = RESET_NOISE_SCALE
+        self._qpos[:] = model.qpos0 + rng.uniform(-noise, noise, size=(n, model.nq))
+        self._qvel[:] = noise * rng.standard_normal(size=(n, model.nv))
+        self._batch.forward()
+        return self._observe()
+
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> StepResult:
+        action = np.clip(actions, self._low, self._high)
+        self._ctrl[:] = action
+        x_before = self._qpos[:, 0].copy()
+        ids = None if active is None or active.all() else np.flatnonzero(active)
+        self._batch.step(ids=ids, nstep=FRAME_SKIP, stage=self._stage)
+        x_velocity = (self._qpos[:, 0] - x_before) / self._dt
+        terms = {"forward": self._forward_term(x_velocity)}
+        terms["ctrl_cost"] = -self.robot.ctrl_cost_weight * np.square(action).sum(axis=1)
+        if self._cfrc_ext is not None:
+            forces = np.clip(self._cfrc_ext, -1.0, 1.0)
+            terms["contact_cost"] = -self.robot.contact_cost_weight * np.square(forces).sum(
+                axis=(1, 2)
+            )
+        if self.robot.survive_bonus:
+            terms["survive"] = np.full(self.num_sims, self.robot.survive_bonus)
+        return StepResult(
+            observations=self._observe(),
+            reward_terms=terms,
+            terminated=self._terminated(),
+            infos={"x_velocity": x_velocity},
+        )
+
+    def _task_parameter(self, task: Task) -> float:
+        if self.objective == "velocity":
+            if not isinstance(task, VelocityTask):
+                raise TypeError(
+                    f"{self.robot.name} velocity takes VelocityTask tasks, got {task!r}"
+                )
+            return task.velocity
+        if not isinstance(task, DirectionTask):
+            raise TypeError(f"{self.robot.name} direction takes DirectionTask tasks, got {task!r}")
+        return float(task.direction)
+
+    def _forward_term(self, x_velocity: np.ndarray) -> np.ndarray:
+        if self.objective == "velocity":
+            return -np.abs(x_velocity - self._target) + self.robot.velocity_offset
+        return self._target * x_velocity
+
+    def _terminated(self) -> np.ndarray:
+        if self.robot.healthy_z is None:
+            return np.zeros(self.num_sims, dtype=bool)
+        low, high = self.robot.healthy_z
+        z = self._qpos[:, 2]
+        finite = np.isfinite(self._qpos).all(axis=1) & np.isfinite(self._qvel).all(axis=1)
+        return ~(finite & (z >= low) & (z <= high))
+
+    def _observe(self) -> np.ndarray:
+        parts = [self._qpos[:, self.robot.skipped_qpos :], self._qvel]
+        if self._cfrc_ext is not None:
+            forces = np.clip(self._cfrc_ext[:, 1:], -1.0, 1.0)  # v5: world body left out
+            parts.append(forces.reshape(self.num_sims, -1))
+        return np.concatenate(parts, axis=1).astype(np.float32)

@@ -1,0 +1,64 @@
+"""2D navigation (Finn et al. 2017, sec. 5.3): a point moves in the plane towards a goal.
+
+Plain numpy: the dynamics are one addition, so a thread pool would cost more than it saves.
+Follows the authors' ``point_env_rand_goal``: the state starts at the origin, an action is a
+velocity command clipped to [-0.1, 0.1] per axis, the reward is minus the Euclidean distance to
+the goal after the move, and the episode ends when both coordinates are within 0.01 of the goal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from sim.simulator import StepResult
+from sim.tasks import GoalTask, Task
+
+ACTION_LIMIT = 0.1  # authors' code: np.clip(action, -0.1, 0.1)
+GOAL_TOLERANCE = 0.01  # authors' code: done when abs(x) < 0.01 and abs(y) < 0.01
+
+
+class NavigationSimulator:
+    """N points in the plane; observation = position (x, y)."""
+
+    observation_layout: tuple[tuple[str, int], ...] = (("position", 2),)
+    action_layout: tuple[tuple[str, int], ...] = (("velocity", 2),)
+
+    def __init__(self, num_sims: int) -> None:
+        self._num_sims = num_sims
+        self._position = np.zeros((num_sims, 2))
+        self._goal = np.zeros((num_sims, 2))
+
+    @property
+    def num_sims(self) -> int:
+        return self._num_sims
+
+    def reset(self, tasks: Sequence[Task], rng: np.random.Generator) -> np.ndarray:
+        if len(tasks) != self._num_sims:
+            raise ValueError(
+                f"expected {self._num_sims} tasks, one per simulation, got {len(tasks)}"
+            )
+        goals = []
+        for task in tasks:
+            if not isinstance(task, GoalTask):
+                raise TypeError(f"2D navigation takes GoalTask tasks, got {task!r}")
+            goals.append(task.goal)
+        self._goal = np.asarray(goals, dtype=np.float64)
+        self._position = np.zeros((self._num_sims, 2))  # the authors start every episode at 0
+        return self._position.astype(np.float32)
+
+    def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> StepResult:
+        velocity = np.clip(np.asarray(actions, dtype=np.float64), -ACTION_LIMIT, ACTION_LIMIT)
+        if active is not None:
+            velocity = velocity * active[:, None]
+        self._position = self._position + velocity
+        offset = self._position - self._goal
+        distance = np.sqrt((offset**2).sum(axis=1))
+        reached = np.all(np.abs(offset) < GOAL_TOLERANCE, axis=1)
+        return StepResult(
+            observations=self._position.astype(np.float32),
+            reward_terms={"distance": -distance},
+            terminated=reached,
+            infos={"distance_to_goal": distance},
+        )

@@ -1,0 +1,139 @@
+"""Closed-loop episode collection: many simulations in lock-step, one policy call per step.
+
+Each control step makes one policy call on the observations of all T x E simulations and one call
+to the family's simulator (for MuJoCo families, ``mujoco.batch.Batch.step`` on a thread pool).
+Public MAML-RL implementations step each environment with its own Python call; see bench/.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from sim.episodes import Episodes
+from sim.families import Family
+from sim.simulator import Simulator
+from sim.tasks import Task
+
+Policy = Callable[[np.ndarray], np.ndarray]
+"""observations [T, E, O] float32 -> actions [T, E, A]; may be stochastic (it owns its rng)."""
+
+
+class BatchSampler:
+    """Collects E episodes for each of T tasks of one family, all simulations in lock-step.
+
+    Simulators are built on first use for each batch size and reused afterwards. The reset noise
+    comes from ``seed``; the actions' randomness is the policy's own: the same seed and the same
+    policy state give bit-identical episodes at any thread count.
+    """
+
+    def __init__(self, family: Family, num_threads: int = 2) -> None:
+        self.family = family
+        self.num_threads = num_threads
+        self._simulators: dict[int, Simulator] = {}
+
+    def simulator(self, num_sims: int) -> Simulator:
+        if num_sims not in self._simulators:
+            self._simulators[num_sims] = self.family.make_simulator(num_sims, self.num_threads)
+        return self._simulators[num_sims]
+
+    def sample(
+        self,
+        tasks: Sequence[Task],
+        episodes_per_task: int,
+        policy: Policy,
+        seed: int,
+        horizon: int | None = None,
+        task_features: bool = False,
+    ) -> Episodes:
+        """Roll out ``episodes_per_task`` episodes of each task with ``policy``.
+
+        With ``task_features`` the task's features are appended to every observation (the
+        oracle comparator's input).
+        """
+        tasks = [self.family.validate(t) for t in tasks]
+        horizon = self.family.horizon if horizon is None else horizon
+        if episodes_per_task < 1 or horizon < 1 or not tasks:
+            raise ValueError("need at least one task, one episode per task and one step")
+        num_tasks, num_sims = len(tasks), len(tasks) * episodes_per_task
+        sim_tasks = [t for t in tasks for _ in range(episodes_per_task)]  # task-major order
+        sim = self.simulator(num_sims)
+        features = None
+        if task_features:
+            per_task = np.stack([self.family.task_features(t) for t in tasks])
+            features = np.repeat(per_task, episodes_per_task, axis=0)
+
+        observation = sim.reset(sim_tasks, np.random.default_rng(seed))
+        buffers = _Buffers(num_sims, horizon)
+        alive = np.ones(num_sims, dtype=bool)
+        for t in range(horizon):
+            if features is not None:
+                observation = np.concatenate([observation, features], axis=1)
+            action = np.asarray(policy(observation.reshape(num_tasks, episodes_per_task, -1)))
+            action = action.reshape(num_sims, -1).astype(np.float32, copy=False)
+            result = sim.step(action, None if alive.all() else alive)
+            buffers.write(t, alive, observation, action, result.reward_terms, result.infos)
+            ended = result.terminated & alive
+            buffers.terminated[:, t] = ended
+            alive &= ~ended
+            if not alive.any():
+                break
+            observation = result.observations
+        return buffers.episodes(tasks, episodes_per_task)
+
+
+class _Buffers:
+    """Preallocated [N, H, ...] arrays, reshaped to [T, E, H, ...] at the end."""
+
+    def __init__(self, num_sims: int, horizon: int) -> None:
+        self.num_sims, self.horizon = num_sims, horizon
+        self.observations: np.ndarray | None = None
+        self.actions: np.ndarray | None = None
+        self.valid = np.zeros((num_sims, horizon), dtype=bool)
+        self.terminated = np.zeros((num_sims, horizon), dtype=bool)
+        self.reward_terms: dict[str, np.ndarray] = {}
+        self.infos: dict[str, np.ndarray] = {}
+
+    def write(
+        self,
+        t: int,
+        alive: np.ndarray,
+        observation: np.ndarray,
+        action: np.ndarray,
+        reward_terms: Mapping[str, np.ndarray],
+        infos: Mapping[str, np.ndarray],
+    ) -> None:
+        if self.observations is None or self.actions is None:
+            n, h = self.num_sims, self.horizon
+            self.observations = np.zeros((n, h, observation.shape[1]), dtype=np.float32)
+            self.actions = np.zeros((n, h, action.shape[1]), dtype=np.float32)
+        self.valid[:, t] = alive
+        all_alive = alive.all()
+        self.observations[:, t] = observation if all_alive else observation * alive[:, None]
+        self.actions[:, t] = action if all_alive else action * alive[:, None]
+        for store, values in ((self.reward_terms, reward_terms), (self.infos, infos)):
+            for name, value in values.items():
+                if name not in store:
+                    store[name] = np.zeros((self.num_sims, self.horizon), dtype=np.float32)
+                store[name][:, t] = value if all_alive else np.where(alive, value, 0.0)
+
+    def episodes(self, tasks: Sequence[Task], episodes_per_task: int) -> Episodes:
+        assert self.observations is not None and self.actions is not None
+        shape = (len(tasks), episodes_per_task, self.horizon)
+
+        def fold(a: np.ndarray) -> np.ndarray:
+            return a.reshape(shape + a.shape[2:])
+
+        terms = {k: fold(v) for k, v in self.reward_terms.items()}
+        rewards = np.asarray(np.sum(list(terms.values()), axis=0, dtype=np.float32))
+        return Episodes(
+            observations=fold(self.observations),
+            actions=fold(self.actions),
+            rewards=rewards,
+            reward_terms=terms,
+            valid=fold(self.valid),
+            terminated=fold(self.terminated),
+            infos={k: fold(v) for k, v in self.infos.items()},
+            tasks=list(tasks),
+        )
