@@ -109,13 +109,19 @@ def observation_layout(robot: Robot) -> tuple[str, ...]:
     names += [f"qvel:{n}" for n in qvel_names]
     if robot.contact_forces_observed:
         for b in range(1, model.nbody):  # gymnasium v5 leaves out the world body
-            names += [f"cfrc_ext:{model.body(b).name}:{i}" for i in range(6)]
+            # ant.xml leaves the lower-leg bodies unnamed: name them by their MuJoCo body id
+            body = model.body(b).name or f"body{b}"
+            names += [f"cfrc_ext:{body}:{i}" for i in range(6)]
     return tuple(names)
 
 
 def action_layout(robot: Robot) -> tuple[str, ...]:
+    """One name per action entry: the actuator's name, else its joint's (ant.xml's are unnamed)."""
     model = load_model(robot)
-    return tuple(model.actuator(i).name for i in range(model.nu))
+    return tuple(
+        model.actuator(i).name or model.joint(model.actuator_trnid[i, 0]).name
+        for i in range(model.nu)
+    )
 
 
 def action_bounds(robot: Robot) -> tuple[np.ndarray, np.ndarray]:
@@ -136,9 +142,15 @@ class LocomotionSimulator:
         self._qvel = self._batch.bind("qvel")
         self._ctrl = self._batch.bind("ctrl")
         self._cfrc_ext = self._batch.bind("cfrc_ext") if robot.contact_forces_observed else None
-        # Contact forces at the state after the step (one extra mj_forward, ~5 % of a step);
-        # reading them from inside mj_step would give an intermediate RK4 stage's forces.
-        self._stage = mujoco.mjtStage.mjSTAGE_ACC if self._cfrc_ext is not None else 0
+        # Contact forces at the state after the step: one extra mj_forward, with the sensor that
+        # makes it compute cfrc_ext. Reading them from inside mj_step would give an intermediate
+        # RK4 stage's forces, so the sensor is switched off during the substeps (it would run
+        # mj_rnePostConstraint in each of them for nothing: measured ~10 % of an Ant step).
+        self._disableflags = (
+            self._batch.expand("opt.disableflags") if self._cfrc_ext is not None else None
+        )
+        self._flags = int(self._model.opt.disableflags)
+        self._flags_no_sensor = self._flags | int(mujoco.mjtDisableBit.mjDSBL_SENSOR)
         self._dt = float(self._model.opt.timestep) * FRAME_SKIP
         self._low, self._high = action_bounds(robot)
         self._target = np.zeros(num_sims)
@@ -170,7 +182,13 @@ class LocomotionSimulator:
         self._ctrl[:] = action
         x_before = self._qpos[:, 0].copy()
         ids = None if active is None or active.all() else np.flatnonzero(active)
-        self._batch.step(ids=ids, nstep=FRAME_SKIP, stage=self._stage)
+        if self._disableflags is None:
+            self._batch.step(ids=ids, nstep=FRAME_SKIP)
+        else:
+            self._disableflags[:] = self._flags_no_sensor
+            self._batch.step(ids=ids, nstep=FRAME_SKIP)
+            self._disableflags[:] = self._flags
+            self._batch.forward(ids=ids)  # cfrc_ext at the post-step state
         x_velocity = (self._qpos[:, 0] - x_before) / self._dt
         terms = {"forward": self._forward_term(x_velocity)}
         terms["ctrl_cost"] = -self.robot.ctrl_cost_weight * np.square(action).sum(axis=1)
@@ -187,6 +205,39 @@ class LocomotionSimulator:
             terminated=self._terminated(),
             infos={"x_velocity": x_velocity},
         )
+
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the simulations' (qpos [N, nq], qvel [N, nv]), float64."""
+        return self._qpos.copy(), self._qvel.copy()
+
+    def set_state(self, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+        """Overwrite every simulation's qpos [N, nq] and qvel [N, nv]; returns observations.
+
+        Tasks, controls and the solver's warm start are kept. For tests and for replaying a
+        recorded state (e.g. gymnasium's reset state in the physics-parity test).
+        """
+        n, model = self.num_sims, self._model
+        if np.shape(qpos) != (n, model.nq) or np.shape(qvel) != (n, model.nv):
+            raise ValueError(
+                f"expected qpos [{n}, {model.nq}] and qvel [{n}, {model.nv}], "
+                f"got {np.shape(qpos)} and {np.shape(qvel)}"
+            )
+        self._qpos[:] = qpos
+        self._qvel[:] = qvel
+        self._batch.forward()
+        return self._observe()
+
+    def get_data(self, index: int) -> mujoco.MjData:
+        """Simulation ``index``'s full MuJoCo state as a new MjData (derived fields not computed).
+
+        Run ``mujoco.mj_forward(simulator.model, data)`` before reading derived quantities.
+        """
+        return self._batch.get_data(index)
+
+    @property
+    def model(self) -> mujoco.MjModel:
+        """The MuJoCo model every simulation runs (shared; do not modify)."""
+        return self._model
 
     def _task_parameter(self, task: Task) -> float:
         if self.objective == "velocity":

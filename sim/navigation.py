@@ -50,8 +50,8 @@ class NavigationSimulator:
 
     def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> StepResult:
         velocity = np.clip(np.asarray(actions, dtype=np.float64), -ACTION_LIMIT, ACTION_LIMIT)
-        if active is not None:
-            velocity = velocity * active[:, None]
+        if active is not None:  # np.where: a NaN action of an ended episode must not spread
+            velocity = np.where(active[:, None], velocity, 0.0)
         self._position = self._position + velocity
         offset = self._position - self._goal
         distance = np.sqrt((offset**2).sum(axis=1))

@@ -71,6 +71,11 @@ class BatchSampler:
             if features is not None:
                 observation = np.concatenate([observation, features], axis=1)
             action = np.asarray(policy(observation.reshape(num_tasks, episodes_per_task, -1)))
+            if action.shape != (num_tasks, episodes_per_task, self.family.action_size):
+                raise ValueError(
+                    f"the policy returned actions of shape {action.shape}; expected [T, E, A] = "
+                    f"{(num_tasks, episodes_per_task, self.family.action_size)}"
+                )
             action = action.reshape(num_sims, -1).astype(np.float32, copy=False)
             result = sim.step(action, None if alive.all() else alive)
             buffers.write(t, alive, observation, action, result.reward_terms, result.infos)
@@ -110,8 +115,12 @@ class _Buffers:
             self.actions = np.zeros((n, h, action.shape[1]), dtype=np.float32)
         self.valid[:, t] = alive
         all_alive = alive.all()
-        self.observations[:, t] = observation if all_alive else observation * alive[:, None]
-        self.actions[:, t] = action if all_alive else action * alive[:, None]
+        # np.where, not a product with the mask: a stale non-finite value (NaN * 0 = NaN) of an
+        # ended simulation must not leak into the padding.
+        self.observations[:, t] = (
+            observation if all_alive else np.where(alive[:, None], observation, 0)
+        )
+        self.actions[:, t] = action if all_alive else np.where(alive[:, None], action, 0)
         for store, values in ((self.reward_terms, reward_terms), (self.infos, infos)):
             for name, value in values.items():
                 if name not in store:

@@ -1,0 +1,239 @@
+"""Runtime benchmark: act latency, adaptation latency, and acting while hot-swapping.
+
+Measured in one run, so compare the ratios (issue 4's goals: onnxruntime act p99 <= 50 µs;
+20 episodes x 200 steps to the adapted policy serving <= 30 ms; act p99 while swapping
+<= 2x the p99 without swaps, zero failures). Uses a freshly initialized HalfCheetah-velocity
+policy unless given an artifact. Run: ``.venv/bin/python -m bench.runtime_bench``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from controller import Controller, ControllerConfig
+from controller.adaptation import AdaptationSettings
+from controller.artifact import ArtifactAdaptation, IOLayout, load_artifact, save_artifact
+from controller.policy import PolicySpec, init_params, mean_action
+from sim.families import Family, get_family
+from sim.tasks import VelocityTask
+
+FAMILY = "cheetah_velocity"
+EPISODES, HORIZON = 20, 200  # the paper's K and horizon (MAML_RL.md, "Settings")
+
+
+def fresh_artifact(path: Path, family: Family, seed: int) -> Path:
+    """A freshly initialized 2x100 ReLU policy for ``family`` saved as an artifact."""
+    spec = PolicySpec(observation_size=family.observation_size, action_size=family.action_size)
+    save_artifact(
+        path,
+        spec,
+        init_params(spec, seed),
+        family=family.name,
+        layout=IOLayout(
+            observation_size=family.observation_size,
+            action_size=family.action_size,
+            observation_names=family.observation_names,
+            action_names=family.action_names,
+            action_low=tuple(float(v) for v in family.action_low),
+            action_high=tuple(float(v) for v in family.action_high),
+        ),
+        adaptation=ArtifactAdaptation(
+            episodes_per_step=EPISODES, horizon=HORIZON, settings=AdaptationSettings()
+        ),
+        training={"note": f"fresh initialization, seed {seed} (benchmark)"},
+        overwrite=True,
+    )
+    return path
+
+
+def latencies(call: Callable[[np.ndarray], Any], observations: np.ndarray, n: int) -> np.ndarray:
+    """Microseconds of each of ``n`` calls, cycling through ``observations``."""
+    out = np.empty(n)
+    count = len(observations)
+    for i in range(n):
+        obs = observations[i % count]
+        start = time.perf_counter_ns()
+        call(obs)
+        out[i] = time.perf_counter_ns() - start
+    return out / 1e3
+
+
+def act_paths(ctl: Controller) -> dict[str, Callable[[np.ndarray], Any]]:
+    """The serving path and its alternatives, each a full act: mean, noise, clip."""
+    artifact, rng = ctl.artifact, np.random.default_rng(0)
+    low, high = (
+        np.asarray(v, np.float32) for v in (artifact.layout.action_low, artifact.layout.action_high)
+    )
+    params = {k: v.numpy() for k, v in artifact.params.items()}
+    std = np.exp(params["log_std"])
+    layers = [(params[f"hidden.{i}.weight"].T.copy(), params[f"hidden.{i}.bias"]) for i in range(2)]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(artifact.onnx_model, options, providers=["CPUExecutionProvider"])
+
+    def numpy_act(obs: np.ndarray) -> np.ndarray:
+        x = obs
+        for weight_t, bias in layers:
+            x = np.maximum(x @ weight_t + bias, 0.0)
+        mean = x @ params["mean.weight"].T + params["mean.bias"]
+        return np.clip(mean + std * rng.standard_normal(6, dtype=np.float32), low, high)
+
+    def torch_act(obs: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            mean = mean_action(artifact.spec, artifact.params, torch.from_numpy(obs)).numpy()
+        return np.clip(mean + std * rng.standard_normal(6, dtype=np.float32), low, high)
+
+    def session_run(obs: np.ndarray) -> np.ndarray:
+        mean = session.run(["mean"], {"observation": obs[None]})[0][0]
+        return np.clip(mean + std * rng.standard_normal(6, dtype=np.float32), low, high)
+
+    return {
+        "onnxruntime, Controller.act (IOBinding)": ctl.act,
+        "onnxruntime, session.run": session_run,
+        "numpy forward": numpy_act,
+        "torch eager forward": torch_act,
+    }
+
+
+def collect(ctl: Controller, family: Family, velocity: float, seed: int) -> None:
+    """K episodes of HORIZON steps in MuJoCo, one stream per simulation, via the Controller."""
+    sim = family.make_simulator(EPISODES, 2)
+    obs = sim.reset([VelocityTask(velocity)] * EPISODES, np.random.default_rng(seed))
+    for _ in range(HORIZON):
+        commands = ctl.act(obs)
+        result = sim.step(commands)
+        rewards = np.sum(list(result.reward_terms.values()), axis=0)
+        for stream in range(EPISODES):
+            ctl.record(obs[stream], commands[stream], float(rewards[stream]), False, stream)
+        obs = result.observations
+    for stream in range(EPISODES):
+        ctl.end_episode(stream)
+
+
+def adaptation_latency(path: Path, family: Family, repeats: int) -> dict[str, float]:
+    """Median (and worst) time from K episodes in hand to the adapted policy serving."""
+    ctl = Controller.load(path, ControllerConfig(seed=0, max_kl=1e6))
+    runs = []
+    for i in range(repeats):
+        ctl.reset()
+        collect(ctl, family, velocity=0.5 + 0.3 * i, seed=i)
+        report = ctl.adapt()
+        if not report.accepted or report.timings is None:
+            raise RuntimeError(f"adaptation refused in the benchmark: {report.reason}")
+        runs.append(report.timings)
+    split = {
+        f"{k}_ms": float(np.median([getattr(r, k) for r in runs]) * 1e3) for k in runs[0]._fields
+    }
+    to_serving = [r.to_serving_s * 1e3 for r in runs]
+    return {
+        "to_serving_ms_median": float(np.median(to_serving)),
+        "to_serving_ms_max": max(to_serving),
+        **split,
+    }
+
+
+def act_while_swapping(paths: list[Path], swaps: int, observations: np.ndarray) -> dict[str, float]:
+    """Act in this thread while another swaps ``swaps`` times; the same without swaps."""
+    ctl = Controller.load(paths[0], ControllerConfig(seed=0))
+    quiet = latencies(ctl.act, observations, 100_000)
+    failures: list[str] = []
+    done = threading.Event()
+
+    def swapper() -> None:
+        for i in range(swaps):
+            report = ctl.swap(paths[(i + 1) % len(paths)])
+            if not report.accepted:
+                failures.append(report.reason)
+        done.set()
+
+    chunks, errors = [], 0
+    thread = threading.Thread(target=swapper)
+    thread.start()
+    while not done.is_set():
+        try:
+            chunk = latencies(ctl.act, observations, 1000)
+            chunks.append(chunk)
+        except Exception:  # a failed call is what this benchmark counts
+            errors += 1
+    thread.join()
+    busy = np.concatenate(chunks)
+    return {
+        "p99_quiet_us": float(np.percentile(quiet, 99)),
+        "p99_swapping_us": float(np.percentile(busy, 99)),
+        "p999_swapping_us": float(np.percentile(busy, 99.9)),
+        "max_swapping_us": float(busy.max()),
+        "calls_while_swapping": float(busy.size),
+        "failures": float(errors + len(failures)),
+    }
+
+
+def bench_runtime(
+    artifact: Path | None = None, calls: int = 100_000, swaps: int = 1000
+) -> dict[str, Any]:
+    """Run the three measurements, print a table, return the numbers."""
+    family = get_family(FAMILY)
+    with tempfile.TemporaryDirectory() as scratch:
+        paths = [fresh_artifact(Path(scratch) / f"init{i}", family, seed=i) for i in range(2)]
+        if artifact is not None:
+            paths[0] = Path(artifact)
+        observations = np.random.default_rng(0).normal(size=(1000, family.observation_size))
+        observations = observations.astype(np.float32)
+        ctl = Controller.load(paths[0], ControllerConfig(seed=0))
+        acting = {}
+        for name, call in act_paths(ctl).items():
+            micros = latencies(call, observations, calls)
+            acting[name] = {
+                "p50_us": float(np.median(micros)),
+                "p99_us": float(np.percentile(micros, 99)),
+            }
+        adapting = adaptation_latency(paths[0], family, repeats=5)
+        swapping = act_while_swapping(paths, swaps, observations)
+    results = {
+        "act": acting,
+        "adapt": adapting,
+        "swap": swapping,
+        "torch_threads": torch.get_num_threads(),
+    }
+    print_table(
+        results, calls, swaps, load_artifact(paths[0]).metadata.family if artifact else FAMILY
+    )
+    return results
+
+
+def print_table(results: dict[str, Any], calls: int, swaps: int, family: str) -> None:
+    print(f"\nact latency, {calls} single-observation calls ({family}, 1 thread), µs")
+    print(f"  {'path':42s} {'p50':>8s} {'p99':>8s}")
+    for name, row in results["act"].items():
+        print(f"  {name:42s} {row['p50_us']:8.1f} {row['p99_us']:8.1f}")
+    adapt = results["adapt"]
+    print(
+        f"\nadaptation, {EPISODES} episodes x {HORIZON} steps -> serving (torch threads "
+        f"{results['torch_threads']}), ms"
+    )
+    print(
+        f"  to serving: median {adapt['to_serving_ms_median']:.1f}, worst {adapt['to_serving_ms_max']:.1f}"
+    )
+    print(
+        "  split (median): "
+        + ", ".join(f"{k[:-3]} {v:.2f}" for k, v in adapt.items() if k.endswith("_s_ms"))
+    )
+    swap = results["swap"]
+    print(f"\nact while swapping {swaps} times in another thread, µs")
+    print(
+        f"  p99 without swaps {swap['p99_quiet_us']:.1f}; with swaps {swap['p99_swapping_us']:.1f} "
+        f"(p99.9 {swap['p999_swapping_us']:.1f}, max {swap['max_swapping_us']:.0f}); "
+        f"{int(swap['calls_while_swapping'])} calls, failures {int(swap['failures'])}"
+    )
+
+
+if __name__ == "__main__":
+    bench_runtime()

@@ -1,0 +1,424 @@
+"""The artifact: a meta-trained (or any) initialization as a self-describing, versioned bundle.
+
+A directory holding three files (the format is specified in ``docs/artifact.md``):
+
+- ``policy.onnx``: the mean network and the log-std, for serving with onnxruntime;
+- ``params.safetensors``: the same parameters for adaptation (a non-pickle format);
+- ``metadata.json``: format version, family, observation/action layout, policy spec,
+  adaptation settings, training config, creation time, the size and SHA-256 of both files and a
+  digest of the metadata itself (the artifact's id).
+
+:func:`load_artifact` trusts nothing: every check names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import numpy as np
+import onnx
+import safetensors.torch
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from controller.adaptation import AdaptationSettings
+from controller.policy import Params, PolicySpec
+
+FORMAT_NAME: Final = "adaptctl-artifact"
+FORMAT_VERSION = 1
+ONNX_FILE = "policy.onnx"
+PARAMS_FILE = "params.safetensors"
+METADATA_FILE = "metadata.json"
+CONTENT_FILES = (ONNX_FILE, PARAMS_FILE)
+
+
+class ArtifactError(ValueError):
+    """An artifact that cannot be used; the message names the file and the problem."""
+
+
+class IOLayout(BaseModel):
+    """What the policy reads and commands: the robot-facing contract of an artifact."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    observation_size: int = Field(ge=1, description="O, the length of an observation.")
+    action_size: int = Field(ge=1, description="A, the length of an action.")
+    observation_names: tuple[str, ...] = Field(description="One name per observation entry.")
+    action_names: tuple[str, ...] = Field(description="One name per actuator.")
+    action_low: tuple[float, ...] = Field(description="Lower actuator bound per action entry.")
+    action_high: tuple[float, ...] = Field(description="Upper actuator bound per action entry.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IOLayout:
+        if len(self.observation_names) != self.observation_size:
+            raise ValueError(
+                f"{len(self.observation_names)} observation names for observation_size "
+                f"{self.observation_size}"
+            )
+        for name in ("action_names", "action_low", "action_high"):
+            if len(getattr(self, name)) != self.action_size:
+                raise ValueError(
+                    f"{name} has {len(getattr(self, name))} entries, not {self.action_size}"
+                )
+        low, high = np.asarray(self.action_low), np.asarray(self.action_high)
+        if not (np.isfinite(low).all() and np.isfinite(high).all() and (low <= high).all()):
+            raise ValueError(f"action bounds must be finite with low <= high: {low}, {high}")
+        return self
+
+
+class ArtifactAdaptation(BaseModel):
+    """How the initialization is meant to be adapted (the paper's test-time protocol)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    episodes_per_step: int = Field(ge=1, description="K, on-policy episodes per gradient step.")
+    horizon: int = Field(ge=1, description="Steps per episode (episodes are padded to it).")
+    settings: AdaptationSettings = Field(description="Step sizes, discount, GAE, baseline.")
+    max_kl: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="Bound on the mean KL(pre || adapted) of one step for the runtime to accept "
+        "it, as measured by meta-training (e.g. twice the largest KL of a step on its "
+        "evaluation tasks); None: the controller's default.",
+    )
+
+
+class FileRecord(BaseModel):
+    """Size and SHA-256 of one content file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    size: int = Field(ge=0, description="Length of the file in bytes.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the file.")
+
+
+class ArtifactMetadata(BaseModel):
+    """Everything in ``metadata.json`` but the digest (which is computed over this)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["adaptctl-artifact"] = Field(description="Always 'adaptctl-artifact'.")
+    format_version: int = Field(description="Version of this format (see docs/artifact.md).")
+    family: str = Field(description="Task family the policy was trained on.")
+    layout: IOLayout = Field(description="Observation and action layout.")
+    policy: PolicySpec = Field(description="Architecture of the Gaussian MLP.")
+    adaptation: ArtifactAdaptation = Field(description="Defaults for test-time adaptation.")
+    training: dict[str, Any] = Field(description="The training config, free-form.")
+    created: str = Field(description="Creation time, ISO 8601 UTC.")
+    files: dict[str, FileRecord] = Field(description="Size and SHA-256 of each content file.")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A loaded and verified artifact."""
+
+    path: Path
+    metadata: ArtifactMetadata
+    digest: str
+    """Hex SHA-256 of the canonical metadata JSON: identifies the whole bundle."""
+    params: Params
+    """The policy parameters (float32 CPU tensors, not requiring grad)."""
+    onnx_model: bytes
+    """The serialized ``policy.onnx``, ready for an onnxruntime session."""
+
+    @property
+    def spec(self) -> PolicySpec:
+        return self.metadata.policy
+
+    @property
+    def layout(self) -> IOLayout:
+        return self.metadata.layout
+
+
+def _canonical(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(
+        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode()
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_artifact(
+    path: str | Path,
+    spec: PolicySpec,
+    params: Params,
+    *,
+    family: str,
+    layout: IOLayout,
+    adaptation: ArtifactAdaptation,
+    training: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Artifact:
+    """Write the bundle to directory ``path`` atomically and return it as loaded.
+
+    The files are written into a temporary sibling directory and renamed into place, so a
+    crash never leaves a half-written artifact under ``path``.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ArtifactError(f"{path} already exists; pass overwrite=True to replace it")
+    if (spec.observation_size, spec.action_size) != (layout.observation_size, layout.action_size):
+        raise ArtifactError(
+            f"policy spec sizes (O={spec.observation_size}, A={spec.action_size}) differ from "
+            f"the layout's (O={layout.observation_size}, A={layout.action_size})"
+        )
+    tensors = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in params.items()}
+    _check_params(spec, tensors, "the parameters given to save_artifact")
+    contents = {
+        ONNX_FILE: policy_to_onnx(spec, tensors).SerializeToString(),
+        PARAMS_FILE: safetensors.torch.save(tensors),
+    }
+    metadata = ArtifactMetadata(
+        format=FORMAT_NAME,
+        format_version=FORMAT_VERSION,
+        family=family,
+        layout=layout,
+        policy=spec,
+        adaptation=adaptation,
+        training=dict(training or {}),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        files={n: FileRecord(size=len(b), sha256=_sha256(b)) for n, b in contents.items()},
+    )
+    payload = json.loads(metadata.model_dump_json())
+    document = {**payload, "digest": _sha256(_canonical(payload))}
+    contents[METADATA_FILE] = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; an artifact is meant to be shared
+    try:
+        for name, data in contents.items():
+            with open(staging / name, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        if path.exists():
+            shutil.rmtree(path)
+        staging.rename(path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return load_artifact(path)
+
+
+def load_artifact(path: str | Path, verify_onnx: bool = True) -> Artifact:
+    """Load the bundle in ``path`` and verify it; :class:`ArtifactError` says what is wrong.
+
+    Checks, in order: the directory and its files exist; metadata.json parses, is of a known
+    format version and validates; its digest matches (metadata not edited); each content file
+    has the recorded size (not truncated) and SHA-256 (not corrupt or tampered); the parameters
+    match the policy spec and are finite; with ``verify_onnx`` the ONNX graph is well formed,
+    has the documented inputs and outputs and holds exactly these parameters.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(f"no artifact at {path}: not a directory")
+    missing = [n for n in (METADATA_FILE, *CONTENT_FILES) if not (path / n).is_file()]
+    if missing:
+        raise ArtifactError(f"artifact {path} is incomplete: missing {', '.join(missing)}")
+    metadata, digest = _read_metadata(path)
+    try:
+        contents = {name: (path / name).read_bytes() for name in CONTENT_FILES}
+    except OSError as error:
+        raise ArtifactError(f"cannot read artifact {path}: {error}") from error
+    for name, data in contents.items():
+        record = metadata.files.get(name)
+        if record is None:
+            raise ArtifactError(f"{path / METADATA_FILE} records no hash for {name}")
+        if len(data) != record.size:
+            raise ArtifactError(
+                f"{path / name} is {len(data)} bytes, the metadata says {record.size}: "
+                "the file is truncated or was replaced"
+            )
+        if _sha256(data) != record.sha256:
+            raise ArtifactError(
+                f"{path / name} does not match its SHA-256 in the metadata: the file is "
+                "corrupt or was modified after export"
+            )
+    params = _parse_params(path / PARAMS_FILE, contents[PARAMS_FILE])
+    _check_params(metadata.policy, params, str(path / PARAMS_FILE))
+    if verify_onnx:
+        try:
+            verify_onnx_matches(metadata.policy, params, contents[ONNX_FILE])
+        except ValueError as error:
+            raise ArtifactError(f"{path / ONNX_FILE}: {error}") from error
+    return Artifact(path, metadata, digest, params, contents[ONNX_FILE])
+
+
+def _read_metadata(path: Path) -> tuple[ArtifactMetadata, str]:
+    file = path / METADATA_FILE
+    try:
+        document = json.loads(file.read_bytes())
+    except OSError as error:
+        raise ArtifactError(f"cannot read {file}: {error}") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ArtifactError(f"{file} is not valid JSON (truncated or corrupt): {error}") from error
+    if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
+        raise ArtifactError(f"{file} is not adaptctl artifact metadata (no format {FORMAT_NAME!r})")
+    version = document.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ArtifactError(f"{file} has an unknown format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise ArtifactError(
+            f"{file} has format version {version}, newer than this adaptctl reads "
+            f"({FORMAT_VERSION}); upgrade adaptctl to load it"
+        )
+    digest = document.pop("digest", None)
+    if digest != _sha256(_canonical(document)):
+        raise ArtifactError(
+            f"{file} does not match its digest: the metadata was edited after export "
+            "(re-export the artifact instead of editing it)"
+        )
+    try:
+        return ArtifactMetadata.model_validate(document), str(digest)
+    except ValidationError as error:
+        raise ArtifactError(f"{file} is not valid artifact metadata:\n{error}") from error
+
+
+def _parse_params(file: Path, data: bytes) -> Params:
+    try:
+        return dict(safetensors.torch.load(data))
+    except Exception as error:  # safetensors raises its own SafetensorError on a bad header
+        raise ArtifactError(f"{file} is not a readable safetensors file: {error}") from error
+
+
+def _check_params(spec: PolicySpec, params: Mapping[str, torch.Tensor], where: str) -> None:
+    expected = spec.parameter_shapes
+    if set(params) != set(expected):
+        missing, extra = sorted(set(expected) - set(params)), sorted(set(params) - set(expected))
+        raise ArtifactError(
+            f"{where} do not match the policy spec: missing {missing}, unexpected {extra}"
+        )
+    for name, shape in expected.items():
+        tensor = params[name]
+        if tuple(tensor.shape) != shape or tensor.dtype != torch.float32:
+            raise ArtifactError(
+                f"{where}: {name!r} is {tensor.dtype} {tuple(tensor.shape)}, the policy spec "
+                f"needs float32 {shape}"
+            )
+        if not torch.isfinite(tensor).all():
+            raise ArtifactError(f"{where}: {name!r} holds non-finite values")
+
+
+def check_compatible(current: Artifact, candidate: Artifact) -> None:
+    """Refuse (ArtifactError) a candidate whose layout differs from the serving artifact's.
+
+    The layout is the robot's contract: same observation and action entries, in the same
+    order, and the same actuator bounds. The architecture, family and settings may differ.
+    """
+    old, new = current.layout, candidate.layout
+    problems = [
+        f"{field}: {getattr(old, field)} -> {getattr(new, field)}"
+        for field in IOLayout.model_fields
+        if getattr(old, field) != getattr(new, field)
+    ]
+    if problems:
+        raise ArtifactError(
+            f"artifact {candidate.path} is incompatible with the serving one "
+            f"({current.path}): " + "; ".join(problems)
+        )
+
+
+# ONNX: opset 17 and IR version 8 are read by every onnxruntime since 1.14 (2023), so an artifact
+# also serves on a robot with an older runtime; Gemm, Relu and Tanh are all it needs. The
+# ``log_std`` output is the initializer itself (no node computes it).
+ONNX_OPSET = 17
+ONNX_IR_VERSION = 8
+
+
+def policy_to_onnx(spec: PolicySpec, params: Mapping[str, torch.Tensor]) -> onnx.ModelProto:
+    """The mean network and log-std as an ONNX graph.
+
+    Input ``observation`` float32 [batch, O]; outputs ``mean`` float32 [batch, A] and
+    ``log_std`` float32 [A]. Initializers carry the parameter names of ``Params``.
+    """
+    initializers = [numpy_helper.from_array(params[n].numpy(), n) for n in spec.parameter_shapes]
+    nodes, x = [], "observation"
+    activation = {"relu": "Relu", "tanh": "Tanh"}[spec.activation]
+    for i in range(len(spec.hidden_sizes)):
+        w, b = f"hidden.{i}.weight", f"hidden.{i}.bias"
+        nodes.append(helper.make_node("Gemm", [x, w, b], [f"h{i}.linear"], transB=1))
+        nodes.append(helper.make_node(activation, [f"h{i}.linear"], [f"h{i}"]))
+        x = f"h{i}"
+    nodes.append(helper.make_node("Gemm", [x, "mean.weight", "mean.bias"], ["mean"], transB=1))
+    graph = helper.make_graph(
+        nodes,
+        "adaptctl_policy",
+        [_value_info("observation", ["batch", spec.observation_size])],
+        [
+            _value_info("mean", ["batch", spec.action_size]),
+            _value_info("log_std", [spec.action_size]),
+        ],
+        initializers,
+    )
+    return helper.make_model(
+        graph,
+        producer_name="adaptctl",
+        opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
+        ir_version=ONNX_IR_VERSION,
+    )
+
+
+def _value_info(name: str, shape: list[str | int]) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def _signature(values: Any) -> list[tuple[str, int, list[str | int]]]:
+    """(name, element type, shape with symbolic dims as strings) of graph inputs/outputs."""
+    out = []
+    for value in values:
+        tensor = value.type.tensor_type
+        dims = [d.dim_param if d.dim_param else d.dim_value for d in tensor.shape.dim]
+        out.append((value.name, tensor.elem_type, dims))
+    return out
+
+
+def _operators(model: onnx.ModelProto) -> list[tuple[Any, ...]]:
+    return [
+        (
+            n.op_type,
+            list(n.input),
+            list(n.output),
+            {a.name: helper.get_attribute_value(a) for a in n.attribute},
+        )
+        for n in model.graph.node
+    ]
+
+
+def verify_onnx_matches(spec: PolicySpec, params: Mapping[str, torch.Tensor], data: bytes) -> None:
+    """ValueError unless ``data`` is the graph :func:`policy_to_onnx` makes of these params.
+
+    Compares the interface, the sequence of operators and every initializer bit for bit, which
+    catches an ONNX file paired with the wrong parameters without running it.
+    """
+    try:
+        model = onnx.load_model_from_string(data)
+        onnx.checker.check_model(model)
+    except Exception as error:  # protobuf DecodeError, onnx ValidationError
+        raise ValueError(f"not a valid ONNX model: {error}") from error
+    expected = policy_to_onnx(spec, params)
+    for part in ("input", "output"):
+        got = _signature(getattr(model.graph, part))
+        want = _signature(getattr(expected.graph, part))
+        if got != want:
+            raise ValueError(f"graph {part}s are {got}, the policy spec needs {want}")
+    got_ops, want_ops = _operators(model), _operators(expected)
+    if got_ops != want_ops:
+        raise ValueError(f"graph operators {got_ops} differ from the policy spec's {want_ops}")
+    initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    if set(initializers) != set(spec.parameter_shapes):
+        raise ValueError(f"graph initializers {sorted(initializers)} are not the policy's")
+    for name, array in initializers.items():
+        if not np.array_equal(array, params[name].numpy()):
+            raise ValueError(f"initializer {name!r} differs from {name!r} in the parameters")

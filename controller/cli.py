@@ -1,0 +1,105 @@
+"""The controller's commands of ``adaptctl``: ``run`` (the sim loop), ``serve``, ``sim-robot``.
+
+Flags map one-to-one onto :class:`ControllerConfig` fields through ``--config FILE`` and
+``--set field=value``; the task is given by the flag its family takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controller.config import ConfigError, ControllerConfig
+from sim.tasks import DirectionTask, GoalTask, Task, VelocityTask
+
+
+def controller_config(args: argparse.Namespace) -> ControllerConfig:
+    """``--config`` YAML (or the defaults) with ``--set key=value`` overrides on top."""
+    overrides: dict[str, Any] = {}
+    for pair in args.set:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set takes field=value (e.g. seed=3), got {pair!r}")
+        overrides[key] = yaml.safe_load(value)
+    if args.config:
+        return ControllerConfig.from_yaml(args.config, **overrides)
+    return ControllerConfig.model_validate(overrides)
+
+
+def task_from_args(args: argparse.Namespace) -> Task:
+    given = [
+        (args.target_velocity is not None, "--target-velocity"),
+        (args.direction is not None, "--direction"),
+        (args.goal is not None, "--goal"),
+    ]
+    if sum(flag for flag, _ in given) != 1:
+        raise ConfigError(
+            "give exactly one task: --target-velocity V, --direction ±1 or --goal X Y"
+        )
+    if args.target_velocity is not None:
+        return VelocityTask(float(args.target_velocity))
+    if args.direction is not None:
+        return DirectionTask(int(args.direction))
+    return GoalTask((float(args.goal[0]), float(args.goal[1])))
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="controller config YAML (fields of ControllerConfig)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a ControllerConfig field, e.g. --set seed=3")  # fmt: skip
+
+
+def add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target-velocity", type=float, help="velocity families: v* (m/s)")
+    parser.add_argument("--direction", type=int, choices=(-1, 1), help="direction families")
+    parser.add_argument("--goal", type=float, nargs=2, metavar=("X", "Y"), help="2D navigation")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from controller import simloop
+    from controller.runtime import Controller
+
+    config = controller_config(args)
+    task = task_from_args(args)
+    if config.seed is None:
+        config = config.model_copy(update={"seed": args.seed})
+    with Controller.load(args.artifact, config) as controller:
+        result = simloop.run(controller, task, steps=args.steps, seed=args.seed,
+                             num_threads=args.threads)  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    document = result.to_json()
+    (out / "result.json").write_text(json.dumps(document, indent=1) + "\n")
+    simloop.plot(result, task, out / "adaptation.png")
+    if args.json:
+        print(json.dumps(document, indent=1))
+    else:
+        print(simloop.format_table(result))
+        print(f"wrote {out / 'result.json'} and {out / 'adaptation.png'}")
+    return 0
+
+
+def add_subcommands(sub: Any) -> None:
+    """Add the controller's commands to ``adaptctl``'s subparsers."""
+    p = sub.add_parser("run", help="the sim loop: K episodes, adapt on-device, run adapted")
+    p.add_argument("artifact", help="artifact directory, e.g. artifacts/cheetah_velocity")
+    add_task_arguments(p)
+    p.add_argument("--steps", type=int, default=1, help="adaptation steps (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of reset noise and exploration")
+    p.add_argument("--threads", type=int, default=2, help="MuJoCo batch threads")
+    p.add_argument("--out", default="runs/run", help="where result.json and the plot go")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_config_arguments(p)
+    p.set_defaults(func=cmd_run)
+    from controller.link import cli as link_cli
+
+    p = sub.add_parser("serve", help="serve an artifact to a robot over ZeroMQ")
+    link_cli.add_serve_arguments(p)
+    p.set_defaults(func=link_cli.serve_main)
+    p = sub.add_parser("sim-robot", help="a MuJoCo robot that talks to 'adaptctl serve'")
+    link_cli.add_sim_robot_arguments(p)
+    p.set_defaults(func=link_cli.sim_robot_main)

@@ -1,0 +1,361 @@
+"""Recording episodes, and the append-only journal that makes them survive a crash.
+
+The :class:`Recorder` keeps the episode in progress of each stream (a robot, or one of N parallel
+simulations) in memory and hands out finished episodes. The :class:`Journal` appends one framed
+record per finished episode (and per adaptation, reset or swap) to ``journal.bin`` and fsyncs it,
+so a crash loses at most the episodes still in progress. :func:`replay` turns the records back
+into the controller's state. The format is documented in ``docs/artifact.md``, "The journal".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import msgpack
+import numpy as np
+
+JOURNAL_FILE = "journal.bin"
+JOURNAL_VERSION = 1
+_MAGIC = b"ACJ1"
+_HEADER = struct.Struct("<4sII")  # magic, payload length, CRC-32 of the payload
+
+
+class JournalError(RuntimeError):
+    """The journal cannot be opened or read (the message says what to do)."""
+
+
+class RecordedEpisode(NamedTuple):
+    """One finished episode of one stream, as recorded (L = its length)."""
+
+    episode_id: int
+    stream: int
+    policy_id: str
+    """Id of the policy that acted (see ``runtime.policy_id``); on-policy iff it is serving."""
+    observations: np.ndarray
+    """[L, O] float32."""
+    actions: np.ndarray
+    """[L, A] float32: the Gaussian sample before clipping (what the log-probability needs)."""
+    rewards: np.ndarray
+    """[L] float32."""
+    terminated: bool
+    """True when the last step ended the episode (done); False when it was cut (time limit)."""
+
+    @property
+    def length(self) -> int:
+        return int(self.rewards.shape[0])
+
+    def episode_return(self) -> float:
+        return float(self.rewards.sum(dtype=np.float64))
+
+
+def encode_array(array: np.ndarray) -> dict[str, Any]:
+    array = np.ascontiguousarray(array)
+    return {"dtype": array.dtype.str, "shape": list(array.shape), "data": array.tobytes()}
+
+
+def decode_array(encoded: dict[str, Any]) -> np.ndarray:
+    flat = np.frombuffer(encoded["data"], dtype=np.dtype(encoded["dtype"]))
+    return flat.reshape(encoded["shape"]).copy()
+
+
+def episode_record(episode: RecordedEpisode) -> dict[str, Any]:
+    return {
+        "kind": "episode",
+        "id": episode.episode_id,
+        "stream": episode.stream,
+        "policy": episode.policy_id,
+        "terminated": episode.terminated,
+        "observations": encode_array(episode.observations),
+        "actions": encode_array(episode.actions),
+        "rewards": encode_array(episode.rewards),
+    }
+
+
+def _episode_from_record(record: dict[str, Any]) -> RecordedEpisode:
+    return RecordedEpisode(
+        episode_id=int(record["id"]),
+        stream=int(record["stream"]),
+        policy_id=str(record["policy"]),
+        observations=decode_array(record["observations"]),
+        actions=decode_array(record["actions"]),
+        rewards=decode_array(record["rewards"]),
+        terminated=bool(record["terminated"]),
+    )
+
+
+class Journal:
+    """``journal.bin`` in ``directory``: framed msgpack records, appended and fsync'd.
+
+    Opening reads every record, drops a torn last frame (a write cut by a crash) and takes an
+    exclusive lock, so two controllers never interleave their records in one journal.
+    """
+
+    def __init__(self, directory: str | Path, fsync: bool = True) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / JOURNAL_FILE
+        self.fsync = fsync
+        self.torn_bytes = 0
+        self._lock = threading.Lock()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a+b")  # noqa: SIM115 -- held open for the lifetime
+        except OSError as error:
+            raise JournalError(f"cannot open the journal {self.path}: {error}") from error
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.close()
+            raise JournalError(
+                f"the journal {self.path} is in use by another controller; give each "
+                "controller its own journal_dir"
+            ) from None
+        self.records = self._read_and_repair()
+        if not self.records:
+            self.append({"kind": "header", "version": JOURNAL_VERSION, "time": time.time()})
+        elif self.records[0].get("version", 0) > JOURNAL_VERSION:
+            raise JournalError(
+                f"the journal {self.path} has format version {self.records[0]['version']}, newer "
+                f"than this controller reads ({JOURNAL_VERSION}); upgrade adaptctl or use a new "
+                "journal_dir"
+            )
+
+    def _read_and_repair(self) -> list[dict[str, Any]]:
+        self._file.seek(0)
+        data = self._file.read()
+        records, offset = _frames(data, str(self.path))
+        if offset < len(data):  # a torn last frame: the crash interrupted its write
+            self.torn_bytes = len(data) - offset
+            self._file.truncate(offset)
+            self._sync()
+        return records
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Append one record; it is on disk (fsync'd) when this returns."""
+        payload = msgpack.packb(record, use_bin_type=True)
+        frame = _HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
+        with self._lock:
+            self._file.seek(0, os.SEEK_END)
+            self._file.write(frame)
+            self._sync()
+
+    def _sync(self) -> None:
+        self._file.flush()
+        if self.fsync:
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._file.closed:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+                self._file.close()
+
+
+def _frames(data: bytes, name: str) -> tuple[list[dict[str, Any]], int]:
+    """The records of the intact frames, and the offset where they end (a torn tail after).
+
+    A damaged frame followed by more data is not a torn write but corruption: refuse it rather
+    than silently dropping the good records after it.
+    """
+    records: list[dict[str, Any]] = []
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        magic, length, crc = _HEADER.unpack_from(data, offset)
+        end = offset + _HEADER.size + length
+        payload = data[offset + _HEADER.size : end]
+        if magic == _MAGIC and end <= len(data) and zlib.crc32(payload) == crc:
+            records.append(msgpack.unpackb(payload, raw=False))
+            offset = end
+            continue
+        if _intact_frame_after(data, offset):
+            raise JournalError(
+                f"the journal {name} is corrupt at byte {offset} (checksum mismatch) with "
+                "intact records after it; move it aside to start a new journal"
+            )
+        break
+    return records, offset
+
+
+def _intact_frame_after(data: bytes, offset: int) -> bool:
+    """Whether an intact frame starts anywhere after ``offset`` (only on the error path)."""
+    start = data.find(_MAGIC, offset + 1)
+    while start != -1 and start + _HEADER.size <= len(data):
+        _, length, crc = _HEADER.unpack_from(data, start)
+        payload = data[start + _HEADER.size : start + _HEADER.size + length]
+        if len(payload) == length and zlib.crc32(payload) == crc:
+            return True
+        start = data.find(_MAGIC, start + 1)
+    return False
+
+
+class Recovered(NamedTuple):
+    """The controller's state at the end of a journal."""
+
+    adapted_params: dict[str, np.ndarray] | None
+    """The adapted parameters serving at the end, or None for the initialization."""
+    policy_id: str
+    """Id of the policy serving at the end (the initialization's when nothing is resumed)."""
+    adaptations: int
+    """Accepted adaptation steps from the initialization to that policy."""
+    episodes: list[RecordedEpisode]
+    """Finished episodes not yet consumed by an adaptation, oldest first."""
+    next_episode_id: int
+
+
+def replay(records: list[dict[str, Any]], init_policy_id: str, resume: bool) -> Recovered:
+    """Replay the journal's records onto a controller serving ``init_policy_id``.
+
+    The adapted policy is resumed only when its chain of adaptations starts from this very
+    initialization (``resume``); otherwise the initialization serves, and the recovered
+    episodes (collected by another policy) stay history, never used as on-policy data.
+    """
+    pending: dict[int, RecordedEpisode] = {}
+    root, current, params, steps, next_id = init_policy_id, init_policy_id, None, 0, 0
+    for record in records:
+        kind = record.get("kind")
+        if kind == "episode":
+            episode = _episode_from_record(record)
+            pending[episode.episode_id] = episode
+            next_id = max(next_id, episode.episode_id + 1)
+        elif kind == "adaptation":
+            for episode_id in record["consumed"]:
+                pending.pop(int(episode_id), None)
+            if record["accepted"] and record["from"] == current:
+                current, steps = record["policy"], steps + 1
+                params = {k: decode_array(v) for k, v in record["params"].items()}
+        elif kind in ("reset", "swap"):
+            root = current = record["policy"]
+            params, steps = None, 0
+    if not resume or root != init_policy_id or params is None:
+        params, current, steps = None, init_policy_id, 0
+    return Recovered(params, current, steps, list(pending.values()), next_id)
+
+
+class _Partial:
+    """The episode in progress of one stream."""
+
+    def __init__(self, policy_id: str) -> None:
+        self.policy_id = policy_id
+        self.observations: list[np.ndarray] = []
+        self.actions: list[np.ndarray] = []
+        self.rewards: list[float] = []
+        self.damaged = False
+
+
+class Recorder:
+    """Episodes in progress per stream, and the finished ones waiting for an adaptation.
+
+    ``record`` and ``end`` are called by the acting thread(s); ``take`` by the adapting thread.
+    """
+
+    def __init__(self, observation_size: int, action_size: int, next_episode_id: int = 0) -> None:
+        self.observation_size = observation_size
+        self.action_size = action_size
+        self.finished: list[RecordedEpisode] = []
+        self.discarded = 0
+        self._next_id = next_episode_id
+        self._partial: dict[int, _Partial] = {}
+        self._lock = threading.Lock()
+
+    def record(
+        self, stream: int, observation: np.ndarray, action: np.ndarray, reward: float, policy: str
+    ) -> None:
+        """Append one transition to the episode in progress of ``stream``."""
+        observation = np.array(observation, dtype=np.float32).reshape(-1)
+        action = np.array(action, dtype=np.float32).reshape(-1)
+        if observation.size != self.observation_size or action.size != self.action_size:
+            raise ValueError(
+                f"record() needs an observation of {self.observation_size} values and an action "
+                f"of {self.action_size}, got {observation.size} and {action.size}"
+            )
+        partial = self._partial.get(stream)
+        if partial is None:
+            partial = self._partial[stream] = _Partial(policy)
+        # An episode whose transitions came from two policies (a swap mid-episode) or that
+        # carries a non-finite value is no use to a policy gradient: it is dropped at its end.
+        finite = np.isfinite(observation).all() and np.isfinite(action).all()
+        if policy != partial.policy_id or not finite or not np.isfinite(reward):
+            partial.damaged = True
+        partial.observations.append(observation)
+        partial.actions.append(action)
+        partial.rewards.append(float(reward))
+
+    def end(self, stream: int, terminated: bool) -> RecordedEpisode | None:
+        """Finish the episode of ``stream``; None when it was empty or damaged (dropped)."""
+        partial = self._partial.pop(stream, None)
+        if partial is None or not partial.rewards:
+            return None
+        if partial.damaged:
+            self.discarded += 1
+            return None
+        with self._lock:
+            episode = RecordedEpisode(
+                episode_id=self._next_id,
+                stream=stream,
+                policy_id=partial.policy_id,
+                observations=np.stack(partial.observations),
+                actions=np.stack(partial.actions),
+                rewards=np.asarray(partial.rewards, dtype=np.float32),
+                terminated=terminated,
+            )
+            self._next_id += 1
+            self.finished.append(episode)
+        return episode
+
+    def restore(self, episodes: list[RecordedEpisode]) -> None:
+        with self._lock:
+            self.finished.extend(episodes)
+
+    def available(self, policy_id: str) -> int:
+        with self._lock:
+            return sum(e.policy_id == policy_id for e in self.finished)
+
+    def take(self, policy_id: str, count: int) -> list[RecordedEpisode] | None:
+        """Remove and return the ``count`` oldest episodes of ``policy_id``; None if fewer."""
+        with self._lock:
+            mine = [e for e in self.finished if e.policy_id == policy_id][:count]
+            if len(mine) < count:
+                return None
+            taken = {e.episode_id for e in mine}
+            self.finished = [e for e in self.finished if e.episode_id not in taken]
+            return mine
+
+    def keep_only(self, policy_id: str) -> int:
+        """Forget finished episodes of other policies (stale after a policy change)."""
+        with self._lock:
+            before = len(self.finished)
+            self.finished = [e for e in self.finished if e.policy_id == policy_id]
+            return before - len(self.finished)
+
+    @property
+    def in_progress(self) -> dict[int, int]:
+        """stream -> steps recorded so far in its episode in progress."""
+        return {stream: len(p.rewards) for stream, p in self._partial.items()}
+
+
+def pad_episodes(
+    episodes: list[RecordedEpisode], horizon: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Episodes of different lengths as arrays padded to H = max(horizon, longest episode).
+
+    Returns observations [E, H, O], actions [E, H, A], rewards [E, H] (float32, zero padding)
+    and valid [E, H] bool, the layout of one task of ``sim.episodes.Episodes``.
+    """
+    length = max(horizon, *(e.length for e in episodes))
+    count = len(episodes)
+    observations = np.zeros((count, length, episodes[0].observations.shape[1]), np.float32)
+    actions = np.zeros((count, length, episodes[0].actions.shape[1]), np.float32)
+    rewards = np.zeros((count, length), np.float32)
+    valid = np.zeros((count, length), bool)
+    for i, episode in enumerate(episodes):
+        observations[i, : episode.length] = episode.observations
+        actions[i, : episode.length] = episode.actions
+        rewards[i, : episode.length] = episode.rewards
+        valid[i, : episode.length] = True
+    return observations, actions, rewards, valid

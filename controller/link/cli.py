@@ -1,0 +1,192 @@
+"""Command lines of the link: ``adaptctl serve`` and ``adaptctl sim-robot``.
+
+``add_serve_arguments``/``serve_main`` and ``add_sim_robot_arguments``/``sim_robot_main`` plug
+into any argparse parser (the project's ``adaptctl``); ``python -m controller.link`` runs them
+standalone. Config flags are generated one-to-one from the pydantic models' fields
+(STYLE principle 5): ``--watchdog-timeout-s`` is ``LinkConfig.watchdog_timeout_s``, with its
+description as help; tuple-valued fields are set through ``--config YAML``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from controller.link.security import CurveKeys, load_key_pair, load_public_key
+
+_SCALARS = (bool, int, float, str, Path)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+    """One flag per scalar field of ``model`` (``--field-name``), default None = unchanged."""
+    group = parser.add_argument_group(f"{model.__name__} (defaults: the model's)")
+    for name, field in model.model_fields.items():
+        kind = _scalar_type(field.annotation)
+        if kind is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        help_text = field.description or ""
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        elif typing.get_origin(kind) is Literal:
+            group.add_argument(flag, choices=typing.get_args(kind), help=help_text)
+        else:
+            group.add_argument(flag, type=kind, help=help_text)
+
+
+def model_overrides(args: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
+    """The flags of ``model``'s fields that were given on the command line."""
+    return {n: getattr(args, n) for n in model.model_fields if getattr(args, n, None) is not None}
+
+
+def _scalar_type(annotation: Any) -> Any:
+    """bool/int/float/str/Path/Literal[...] of an annotation (Optional unwrapped), else None."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        kinds = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = kinds[0] if len(kinds) == 1 else None
+    if annotation in _SCALARS or typing.get_origin(annotation) is Literal:
+        return annotation
+    return None
+
+
+# ---- adaptctl serve -------------------------------------------------------------------------
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``adaptctl serve ARTIFACT``."""
+    from controller.config import ControllerConfig
+    from controller.link.server import LinkConfig
+
+    parser.add_argument("artifact", type=Path, help="Artifact directory to serve.")
+    parser.add_argument(
+        "--bind",
+        default="tcp://127.0.0.1:5555",
+        help="ZeroMQ endpoint to listen on (default: loopback only). Any non-loopback address "
+        "needs --curve-secret-key or --insecure.",
+    )
+    parser.add_argument(
+        "--curve-secret-key",
+        type=Path,
+        help="The server's CURVE certificate (NAME.key_secret): encrypt and authenticate.",
+    )
+    parser.add_argument(
+        "--curve-authorized",
+        type=Path,
+        help="Directory of robots' public certificates (*.key) allowed in (default: any robot "
+        "that knows the server's public key).",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="Allow a network bind without CURVE (anyone who can reach the port can command).",
+    )
+    parser.add_argument("--config", type=Path, help="Controller config YAML (overridden by flags).")
+    add_model_arguments(parser, ControllerConfig)
+    add_model_arguments(parser, LinkConfig)
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    """Run ``adaptctl serve`` with parsed ``args``; returns the exit status."""
+    from controller.config import ControllerConfig
+    from controller.link.server import LinkConfig, LinkServer, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    overrides = model_overrides(args, ControllerConfig)
+    if args.config is not None:
+        config = ControllerConfig.from_yaml(args.config, **overrides)
+    else:
+        config = ControllerConfig(**overrides)
+    keys = None
+    if args.curve_secret_key is not None:
+        keys = CurveKeys(
+            server_secret_file=args.curve_secret_key, authorized_dir=args.curve_authorized
+        )
+    elif args.curve_authorized is not None:
+        raise SystemExit("--curve-authorized needs --curve-secret-key")
+
+    def ready(server: LinkServer) -> None:
+        print(f"serving {args.artifact} on {server.endpoint}", flush=True)
+
+    link_config = LinkConfig(**model_overrides(args, LinkConfig))
+    serve(
+        args.artifact, args.bind, curve_keys=keys, insecure=args.insecure, config=config,
+        link_config=link_config, ready=ready,
+    )  # fmt: skip
+    return 0
+
+
+# ---- adaptctl sim-robot ---------------------------------------------------------------------
+def add_sim_robot_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``adaptctl sim-robot``."""
+    parser.add_argument("--connect", default="tcp://127.0.0.1:5555", help="Server endpoint.")
+    parser.add_argument(
+        "--family", help="Task family to simulate (default: the one the server's artifact has)."
+    )
+    task = parser.add_mutually_exclusive_group(required=True)
+    task.add_argument("--target-velocity", type=float, help="Velocity task v* in m/s.")
+    task.add_argument("--direction", type=int, choices=(-1, 1), help="Direction task.")
+    task.add_argument("--goal", type=float, nargs=2, metavar=("X", "Y"), help="Goal task.")
+    parser.add_argument("--episodes", type=int, default=20, help="K, episodes per adaptation.")
+    parser.add_argument("--adapted-episodes", type=int, help="Episodes after (default: K).")
+    parser.add_argument("--steps", type=int, default=1, help="Adaptation steps (K each).")
+    parser.add_argument("--horizon", type=int, help="Steps per episode (default: the family's).")
+    parser.add_argument("--deadline-ms", type=float, default=50.0, help="act() deadline.")
+    parser.add_argument("--server-key", type=Path, help="Server's public certificate (CURVE).")
+    parser.add_argument("--client-key", type=Path, help="This robot's NAME.key_secret (CURVE).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the simulation's resets.")
+    parser.add_argument("--json", action="store_true", help="Print the result as JSON.")
+
+
+def sim_robot_main(args: argparse.Namespace) -> int:
+    """Run ``adaptctl sim-robot`` with parsed ``args``; prints a before/after summary."""
+    from controller.link.client import RobotClient
+    from controller.link.sim_robot import run_sim_robot
+    from sim.tasks import DirectionTask, GoalTask, Task, VelocityTask
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    server_key = None if args.server_key is None else load_public_key(args.server_key)
+    client_keys = None if args.client_key is None else load_key_pair(args.client_key)
+    family = args.family
+    if family is None:  # ask the server which family its artifact was trained on
+        with RobotClient(args.connect, args.deadline_ms, server_key, client_keys=client_keys) as c:
+            family = c.family
+    task: Task
+    if args.target_velocity is not None:
+        task = VelocityTask(args.target_velocity)
+    elif args.direction is not None:
+        task = DirectionTask(args.direction)
+    else:
+        task = GoalTask((args.goal[0], args.goal[1]))
+    result = run_sim_robot(
+        args.connect, family, task, args.episodes, adapted_episodes=args.adapted_episodes,
+        adapt_steps=args.steps, horizon=args.horizon, deadline_ms=args.deadline_ms,
+        server_public_key=server_key, client_keys=client_keys, seed=args.seed,
+    )  # fmt: skip
+    summary = result.summary()
+    if args.json:
+        print(json.dumps({**summary, "result": _jsonable(result)}, indent=2))
+    else:
+        for key, value in summary.items():
+            print(f"{key:>24}: {value}")
+    return 0
+
+
+def _jsonable(result: Any) -> Any:
+    from controller.link.codec import to_wire
+
+    return to_wire(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m controller.link {serve,sim-robot} ...``"""
+    parser = argparse.ArgumentParser(prog="python -m controller.link")
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_serve_arguments(commands.add_parser("serve", help="Serve an artifact over ZeroMQ."))
+    add_sim_robot_arguments(commands.add_parser("sim-robot", help="A simulated robot client."))
+    args = parser.parse_args(argv)
+    return serve_main(args) if args.command == "serve" else sim_robot_main(args)

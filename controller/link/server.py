@@ -1,0 +1,427 @@
+"""The link server: a Controller behind a ZeroMQ ROUTER socket (protocol: docs/protocol.md).
+
+One serving thread owns the socket and answers every request in arrival order: HELLO, STEP
+(record the previous transition, act, reply), EPISODE_END, STATUS and BYE inline; ADAPT, SWAP
+and RESET go to a worker thread, so step requests keep being answered by the current policy
+while the controller builds the next one off the serving path (controller/runtime.py). A reply
+to a waiting ADAPT/SWAP/RESET is sent when the worker finishes; a pipe wakes the serving
+thread's poll. Every malformed request gets an ERROR reply and the server carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import zmq
+from pydantic import BaseModel, ConfigDict, Field
+from zmq.auth.thread import ThreadAuthenticator
+
+from controller.link.codec import (
+    Message,
+    decode_request,
+    encode,
+    error_header,
+    read_array,
+    read_reward,
+    to_wire,
+)
+from controller.link.protocol import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_SOCKET_MAX_BYTES,
+    FINISHED_REPLY,
+    PROTOCOL_VERSION,
+    STARTED_REPLY,
+    WIRE_DTYPE,
+    ErrorCode,
+    MessageType,
+    ProtocolError,
+)
+from controller.link.security import CurveKeys, check_bind, secure_server_socket
+from controller.link.sessions import RecordingController, Session, SessionTable, WatchdogEvent
+from controller.link.worker import Job, Worker
+
+if TYPE_CHECKING:
+    from controller.config import ControllerConfig
+
+log = logging.getLogger(__name__)
+
+Reply = tuple[dict[str, Any], Sequence[np.ndarray]]
+
+
+class LinkConfig(BaseModel):
+    """How the link server listens, limits and watches its robots."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    watchdog_timeout_s: float = Field(
+        default=1.0,
+        gt=0.0,
+        description="A robot silent for longer is reported and its episode in progress dropped "
+        "(its session and recorded episodes are kept). 1 s is 1000 periods of a 1 kHz loop.",
+    )
+    max_message_bytes: int = Field(
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        ge=1024,
+        description="Largest request body answered normally; bigger ones get TOO_LARGE.",
+    )
+    socket_max_bytes: int = Field(
+        default=DEFAULT_SOCKET_MAX_BYTES,
+        ge=1024,
+        description="ZMQ_MAXMSGSIZE: libzmq disconnects a peer sending a bigger frame (no reply).",
+    )
+    max_sessions: int = Field(
+        default=16,
+        ge=1,
+        description="Sessions kept; a new robot beyond it evicts the longest-silent one.",
+    )
+
+
+class ServingController(RecordingController, Protocol):
+    """What the server needs from ``controller.runtime.Controller``."""
+
+    @property
+    def artifact(self) -> Any: ...
+
+    @property
+    def config(self) -> Any: ...
+
+    def adapt(self) -> Any: ...
+
+    def swap(self, path: str) -> Any: ...
+
+    def reset(self) -> None: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+def welcome_layout(controller: ServingController) -> dict[str, Any]:
+    """The artifact's layout as sent in WELCOME (bounds as the controller clips to)."""
+    artifact = controller.artifact
+    low, high = controller.config.action_bounds(artifact.metadata)
+    layout = artifact.layout
+    return {
+        "observation_size": layout.observation_size,
+        "action_size": layout.action_size,
+        "observation_names": list(layout.observation_names),
+        "action_names": list(layout.action_names),
+        "action_low": np.asarray(low, np.float64).tolist(),
+        "action_high": np.asarray(high, np.float64).tolist(),
+        "family": artifact.metadata.family,
+    }
+
+
+class LinkServer:
+    """Serves ``controller`` on ``bind`` (see module docstring); binds in the constructor."""
+
+    def __init__(
+        self,
+        controller: ServingController,
+        bind: str = "tcp://127.0.0.1:5555",
+        *,
+        curve_keys: CurveKeys | None = None,
+        insecure: bool = False,
+        config: LinkConfig | None = None,
+    ) -> None:
+        check_bind(bind, curve_keys, insecure)
+        self.config = config or LinkConfig()
+        self._controller = controller
+        self._layout = welcome_layout(controller)
+        self._observation_size = int(self._layout["observation_size"])
+        self._sessions = SessionTable(controller, self.config.max_sessions)
+        self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self._socket = self._context.socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, self.config.socket_max_bytes)
+        self._authenticator: ThreadAuthenticator | None = None
+        try:
+            if curve_keys is not None:
+                self._authenticator = secure_server_socket(self._context, self._socket, curve_keys)
+            self._socket.bind(bind)
+        except BaseException:
+            self._release_socket()
+            raise
+        self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.secure = curve_keys is not None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._worker = Worker()
+        self._policy = str(controller.status()["policy_id"])
+        self._errors: Counter[str] = Counter()
+        self._requests = 0
+        self._watchdog_events: deque[WatchdogEvent] = deque(maxlen=32)
+        self._watchdog_count = 0
+        self._reports: dict[str, Any] = {}
+
+    # ---- lifetime ---------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        """Answer requests until :meth:`stop` (from another thread or a signal handler)."""
+        poller = zmq.Poller()
+        poller.register(self._socket, zmq.POLLIN)
+        poller.register(self._worker.wake_fd, zmq.POLLIN)
+        scan_every = min(self.config.watchdog_timeout_s / 4, 0.25)
+        next_scan = time.monotonic() + scan_every
+        log.info("serving %s on %s", self._layout["family"], self.endpoint)
+        while not self._stop.is_set():
+            ready = dict(poller.poll(timeout=100))  # ms; bounds how long stop() takes
+            if self._socket in ready:
+                self._drain_socket()
+            if self._worker.wake_fd in ready:
+                self._finish_jobs()
+            if time.monotonic() >= next_scan:
+                next_scan = time.monotonic() + scan_every
+                self._scan()
+
+    def start(self) -> LinkServer:
+        """Serve in a background thread (the socket moves to it); returns self."""
+        self._thread = threading.Thread(target=self.serve_forever, name="link-server", daemon=True)
+        self._thread.start()
+        return self
+
+    def request_stop(self) -> None:
+        """Make serve_forever return within 0.1 s (safe from a signal handler)."""
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Stop serving, wait for the threads (up to 5 s each) and release the socket."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+        self._worker.close()
+        self._release_socket()
+
+    def __enter__(self) -> LinkServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _release_socket(self) -> None:
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
+        if not self._socket.closed:
+            self._socket.close(linger=0)
+            self._context.term()
+
+    # ---- requests ---------------------------------------------------------------------------
+    def _drain_socket(self) -> None:
+        while True:
+            try:
+                frames = self._socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            # A REQ peer's envelope is [identity, b""]; a DEALER may leave out the delimiter.
+            split = 2 if len(frames) >= 2 and frames[1] == b"" else 1
+            envelope, body = frames[:split], frames[split:]
+            self._requests += 1
+            try:
+                reply = self._dispatch(body, envelope)
+            except ProtocolError as error:
+                self._errors[error.code.name] += 1
+                reply = error_header(error.code, error.message, error.seq), ()
+            except Exception as error:
+                log.exception("request failed")
+                self._errors[ErrorCode.INTERNAL.name] += 1
+                reply = (
+                    error_header(ErrorCode.INTERNAL, f"{type(error).__name__}: {error}", None),
+                    (),
+                )
+            if reply is not None:
+                self._socket.send_multipart(envelope + encode(*reply), copy=False)
+
+    def _dispatch(self, body: list[bytes], envelope: list[bytes]) -> Reply | None:
+        message = decode_request(body, self.config.max_message_bytes)
+        if message.type is MessageType.HELLO:
+            return self._on_hello(message)
+        session = self._sessions.get(message.fields["session"])
+        if session is None:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_SESSION,
+                "unknown session (the server restarted or the session was closed): send HELLO",
+                message.seq,
+            )
+        if message.seq <= session.last_seq:
+            raise ProtocolError(
+                ErrorCode.OUT_OF_ORDER,
+                f"seq {message.seq} is not above the last accepted {session.last_seq}",
+                message.seq,
+            )
+        self._sessions.touch(session, message.seq)
+        try:
+            return self._on_request(message, session, envelope)
+        except ProtocolError:
+            if message.type in (MessageType.STEP, MessageType.EPISODE_END):
+                # The robot falls back to its safe action: the episode is no longer on-policy.
+                self._sessions.drop_episode(session, f"an ERROR reply to a {message.type}")
+            raise
+
+    def _on_request(
+        self, message: Message, session: Session, envelope: list[bytes]
+    ) -> Reply | None:
+        fields, seq = message.fields, message.seq
+        if message.type is MessageType.STEP:
+            return self._on_step(message, session)
+        if message.type is MessageType.EPISODE_END:
+            receipt = self._sessions.end_episode(
+                session,
+                read_reward(message),
+                fields["terminated"],
+                fields.get("interrupted", False),
+            )
+            ready = self._controller.status()["episodes_ready"]
+            return {"type": MessageType.EPISODE.value, "seq": seq, **receipt,
+                    "episodes_ready": ready}, ()  # fmt: skip
+        if message.type is MessageType.ADAPT:
+            return self._submit(message, self._controller.adapt, envelope)
+        if message.type is MessageType.SWAP:
+            path = str(fields["path"])
+            return self._submit(message, lambda: self._controller.swap(path), envelope)
+        if message.type is MessageType.RESET:
+            return self._submit(message, self._controller.reset, envelope)
+        if message.type is MessageType.STATUS:
+            status = {**self._controller.status(), "link": self.link_status()}
+            return {
+                "type": MessageType.STATUS_REPLY.value,
+                "seq": seq,
+                "status": to_wire(status),
+            }, ()
+        self._sessions.close(session, "said bye")  # BYE, the only request type left
+        return {"type": MessageType.OK.value, "seq": seq}, ()
+
+    def _on_hello(self, message: Message) -> Reply:
+        fields = message.fields
+        if fields["version"] != PROTOCOL_VERSION:
+            raise ProtocolError(
+                ErrorCode.BAD_VERSION,
+                f"this server speaks protocol version {PROTOCOL_VERSION}, "
+                f"the client asked for {fields['version']}",
+                message.seq,
+            )
+        session, resumed = self._sessions.open(
+            str(fields.get("client", "")), message.seq, fields.get("resume")
+        )
+        status = self._controller.status()
+        header = {
+            "type": MessageType.WELCOME.value, "seq": message.seq, "version": PROTOCOL_VERSION,
+            "session": session.id, "resumed": resumed, "stream": session.stream, **self._layout,
+            "policy": status["policy_id"], "episodes_per_step": status["episodes_per_step"],
+            "max_message_bytes": self.config.max_message_bytes,
+            "watchdog_timeout_s": self.config.watchdog_timeout_s,
+        }  # fmt: skip
+        return header, ()
+
+    def _on_step(self, message: Message, session: Session) -> Reply:
+        observation = read_array(message, 0, self._observation_size, "observation")
+        reward = read_reward(message)
+        fields = message.fields
+        self._sessions.before_act(
+            session, reward, fields["done"], fields.get("start", False),
+            fields.get("interrupted", False),
+        )  # fmt: skip
+        command = self._controller.act(
+            observation, fields.get("deterministic", False), stream=session.stream
+        )
+        self._sessions.after_act(session, observation, command)
+        header = {"type": MessageType.ACTION.value, "seq": message.seq, "dtype": WIRE_DTYPE,
+                  "policy": self._policy, "adapting": self._worker.busy is not None}  # fmt: skip
+        return header, (command,)
+
+    # ---- adapt, swap and reset in the worker ----------------------------------------------
+    def _submit(
+        self, message: Message, run: Callable[[], Any], envelope: list[bytes]
+    ) -> Reply | None:
+        busy = self._worker.busy
+        if busy is not None:
+            raise ProtocolError(
+                ErrorCode.BUSY, f"a {busy} is running; retry when STATUS shows it done", message.seq
+            )
+        wait = message.fields.get("wait", True)
+        self._worker.submit(Job(message.type.value, run, envelope if wait else None, message.seq))
+        if wait:
+            return None  # answered by _finish_jobs
+        return {"type": STARTED_REPLY[message.type].value, "seq": message.seq}, ()
+
+    def _finish_jobs(self) -> None:
+        for job, result, error in self._worker.finished():
+            self._policy = str(self._controller.status()["policy_id"])
+            report = to_wire(result)
+            self._reports[job.kind] = report if error is None else {"error": str(error)}
+            if job.reply_to is None:
+                continue
+            if error is not None:
+                header = error_header(ErrorCode.INTERNAL, f"{job.kind} failed: {error}", job.seq)
+            else:
+                finished = FINISHED_REPLY[MessageType(job.kind)]
+                header = {"type": finished.value, "seq": job.seq, "report": report}
+            self._socket.send_multipart(job.reply_to + encode(header), copy=False)
+
+    # ---- watchdog and status ----------------------------------------------------------------
+    def _scan(self) -> None:
+        events = self._sessions.watchdog(self.config.watchdog_timeout_s)
+        self._watchdog_events.extend(events)
+        self._watchdog_count += len(events)
+
+    def link_status(self) -> dict[str, Any]:
+        """The link's part of STATUS: sessions, watchdog events, error counts, last reports."""
+        now = time.monotonic()
+        sessions = [
+            {"session": s.id[:8], "stream": s.stream, "client": s.client, "silent": s.silent,
+             "silent_s": round(now - s.last_seen, 3), "steps": s.steps,
+             "recording_steps": s.episode_steps if s.recording else None,
+             "episodes_recorded": s.episodes_recorded, "episodes_dropped": s.episodes_dropped}
+            for s in self._sessions
+        ]  # fmt: skip
+        return {
+            "endpoint": self.endpoint,
+            "secure": self.secure,
+            "requests": self._requests,
+            "busy": self._worker.busy,
+            "sessions": sessions,
+            "watchdog_count": self._watchdog_count,
+            "watchdog_events": [e._asdict() for e in self._watchdog_events],
+            "errors": dict(self._errors),
+            "last_reports": dict(self._reports),
+        }
+
+
+def serve(
+    artifact_path: str | Path,
+    bind: str = "tcp://127.0.0.1:5555",
+    *,
+    curve_keys: CurveKeys | None = None,
+    insecure: bool = False,
+    config: ControllerConfig | None = None,
+    link_config: LinkConfig | None = None,
+    ready: Callable[[LinkServer], None] | None = None,
+) -> None:
+    """Load the artifact into a Controller and serve it until SIGINT/SIGTERM.
+
+    ``config`` is the controller's (journal, safe action, ...); ``ready`` is called once the
+    socket is bound (e.g. to print the endpoint).
+    """
+    from controller.runtime import Controller  # torch and onnxruntime: only when serving
+
+    with Controller.load(artifact_path, config) as controller:
+        server = LinkServer(
+            controller, bind, curve_keys=curve_keys, insecure=insecure, config=link_config
+        )
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                previous[number] = signal.signal(number, lambda *_: server.request_stop())
+        try:
+            if ready is not None:
+                ready(server)
+            server.serve_forever()
+        finally:
+            server.stop()
+            for number, handler in previous.items():
+                signal.signal(number, handler)

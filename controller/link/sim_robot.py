@@ -1,0 +1,181 @@
+"""A simulated robot over the wire: one MuJoCo (or 2D navigation) simulation in this process,
+driven only through the link protocol, so the whole real-robot path is exercised end to end.
+
+The test-time protocol of the MAML paper (Finn et al. 2017, sec. 5.3): K episodes with the
+initialization, one adaptation step on the controller's machine per K episodes, then episodes
+with the adapted policy. Unlike ``adaptctl run`` (controller/simloop.py, the sim as a batch in
+the controller's process), this robot knows nothing of torch or the artifact: it sees only the
+WELCOME layout and the actions that come back. This is the sim side: it may import ``sim``;
+the client module it uses may not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from controller.link.client import LinkFault, RobotClient
+from sim.families import Family, get_family
+from sim.simulator import Simulator
+from sim.tasks import Task, VelocityTask, task_to_dict
+
+log = logging.getLogger(__name__)
+
+
+class EpisodeStats(NamedTuple):
+    """Outcome of one episode played over the link."""
+
+    episode_return: float
+    length: int
+    velocity_error: float | None
+    """Mean |v_x - v*| over the episode's steps (velocity tasks only, else None)."""
+    policy_id: str
+    """The policy that served the episode's last action."""
+    recorded: bool
+    """The server recorded the episode (usable for adaptation)."""
+    safe_actions: int
+    """Steps of the episode that got the safe action (link faults)."""
+
+
+class SimRobotResult(NamedTuple):
+    """Everything one run of :func:`run_sim_robot` saw."""
+
+    family: str
+    task: dict[str, Any]
+    before: list[EpisodeStats]
+    """The episodes collected before each adaptation step (K per step), in order."""
+    adapt_reports: list[dict[str, Any]]
+    """The controller's report of each adaptation step."""
+    after: list[EpisodeStats]
+    """The episodes played with the adapted policy."""
+    link: dict[str, Any]
+    """The client's counters at the end (ClientStats as a dict)."""
+
+    def summary(self) -> dict[str, Any]:
+        """Mean return (and mean |v - v*|) of the first K episodes and of the adapted ones."""
+
+        def mean(values: list[float | None]) -> float | None:
+            kept = [v for v in values if v is not None]
+            return float(np.mean(kept)) if kept else None
+
+        k = len(self.before) // max(len(self.adapt_reports), 1)
+        first = self.before[:k]
+        return {
+            "family": self.family,
+            "task": self.task,
+            "return_before": mean([e.episode_return for e in first]),
+            "return_after": mean([e.episode_return for e in self.after]),
+            "velocity_error_before": mean([e.velocity_error for e in first]),
+            "velocity_error_after": mean([e.velocity_error for e in self.after]),
+            "adaptations_accepted": sum(bool(r.get("accepted")) for r in self.adapt_reports),
+            "safe_actions": self.link["safe_actions"],
+        }
+
+
+def run_episode(
+    client: RobotClient,
+    simulator: Simulator,
+    task: Task,
+    rng: np.random.Generator,
+    horizon: int,
+    *,
+    deterministic: bool = False,
+) -> EpisodeStats:
+    """Play one episode of ``task`` on a one-simulation ``simulator``: observation -> link ->
+    action -> simulation step, until the horizon or a terminal state."""
+    observation = simulator.reset([task], rng)[0]
+    safe_before = client.stats().safe_actions
+    reward, total, errors, terminated, length = 0.0, 0.0, [], False, 0
+    for _ in range(horizon):
+        action = client.act(observation, reward, deterministic=deterministic)
+        result = simulator.step(action[None, :])
+        reward = float(sum(float(term[0]) for term in result.reward_terms.values()))
+        total += reward
+        length += 1
+        if isinstance(task, VelocityTask):
+            errors.append(abs(float(result.infos["x_velocity"][0]) - task.velocity))
+        observation = result.observations[0]
+        terminated = bool(result.terminated[0])
+        if terminated:
+            break
+    receipt = client.episode_end(reward, terminated=terminated)
+    return EpisodeStats(
+        episode_return=total,
+        length=length,
+        velocity_error=float(np.mean(errors)) if errors else None,
+        policy_id=client.policy_id,
+        recorded=bool(receipt and receipt.get("recorded")),
+        safe_actions=client.stats().safe_actions - safe_before,
+    )
+
+
+def run_sim_robot(
+    endpoint: str,
+    family: str | Family,
+    task: Task,
+    episodes: int,
+    *,
+    adapted_episodes: int | None = None,
+    adapt_steps: int = 1,
+    horizon: int | None = None,
+    deadline_ms: float = 50.0,
+    server_public_key: bytes | None = None,
+    client_keys: tuple[bytes, bytes] | None = None,
+    seed: int = 0,
+    deterministic_after: bool = False,
+    on_fault: Callable[[LinkFault], None] | None = None,
+    on_episode: Callable[[str, EpisodeStats], None] | None = None,
+) -> SimRobotResult:
+    """K = ``episodes`` episodes, one adaptation, repeated ``adapt_steps`` times, then
+    ``adapted_episodes`` (default K) episodes with the adapted policy; all over the link.
+
+    ``horizon`` defaults to the family's (200 for locomotion). ``on_episode(phase, stats)`` is
+    called after each episode with phase "before" or "after".
+    """
+    family = get_family(family) if isinstance(family, str) else family
+    task = family.validate(task)
+    horizon = family.horizon if horizon is None else horizon
+    rng = np.random.default_rng(seed)
+    before: list[EpisodeStats] = []
+    after: list[EpisodeStats] = []
+    reports: list[dict[str, Any]] = []
+    with RobotClient(
+        endpoint, deadline_ms, server_public_key, client_keys=client_keys, on_fault=on_fault,
+        name=f"sim-robot:{family.name}",
+    ) as client:  # fmt: skip
+        _check_layout(client, family)
+        simulator = family.make_simulator(1, 1)
+        for _ in range(adapt_steps):
+            for _ in range(episodes):
+                before.append(run_episode(client, simulator, task, rng, horizon))
+                if on_episode is not None:
+                    on_episode("before", before[-1])
+            report = client.adapt() or {}
+            log.info("adaptation: %s", report.get("reason"))
+            reports.append(report)
+        for _ in range(episodes if adapted_episodes is None else adapted_episodes):
+            stats = run_episode(
+                client, simulator, task, rng, horizon, deterministic=deterministic_after
+            )
+            after.append(stats)
+            if on_episode is not None:
+                on_episode("after", stats)
+        link = client.stats()._asdict()
+    return SimRobotResult(family.name, task_to_dict(task), before, reports, after, link)
+
+
+def _check_layout(client: RobotClient, family: Family) -> None:
+    layout = client.layout
+    if (layout.observation_size, layout.action_size) != (
+        family.observation_size,
+        family.action_size,
+    ):
+        raise ValueError(
+            f"the server serves observations of {layout.observation_size} and actions of "
+            f"{layout.action_size} values, but family {family.name} has "
+            f"{family.observation_size} and {family.action_size}: start the sim robot with the "
+            "family the artifact was trained on"
+        )

@@ -1,0 +1,541 @@
+"""The embeddable online-adaptation controller: act, record, adapt, swap.
+
+One :class:`Controller` serves one artifact. Acting runs the policy's ONNX graph in an
+onnxruntime session (one intra-op thread, built once per policy) and adds the Gaussian
+exploration noise; the K episodes it records feed THE adaptation step that meta-training uses
+(``controller.adaptation.adapt``, STYLE principle 1). A new policy (adapted, reset or swapped) is
+built completely off the serving path and published by assigning one reference, so acting never
+waits for, nor sees half of, an update.
+
+Threads: ``act``/``record``/``end_episode`` belong to one serving thread; ``adapt``, ``swap``,
+``reset`` and ``status`` may run in any other thread (updates are serialised among themselves).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from threadpoolctl import ThreadpoolController
+
+from controller.adaptation import adapt as adaptation_step
+from controller.adaptation import batch_from_arrays
+from controller.artifact import (
+    Artifact,
+    ArtifactError,
+    check_compatible,
+    load_artifact,
+    policy_to_onnx,
+)
+from controller.config import ControllerConfig
+from controller.journal import (
+    Journal,
+    RecordedEpisode,
+    Recorder,
+    encode_array,
+    episode_record,
+    pad_episodes,
+    replay,
+)
+from controller.policy import Params, PolicySpec, gaussian_kl
+
+
+def policy_id(params: Params) -> str:
+    """Short content hash of a parameter set: which policy collected an episode."""
+    digest = hashlib.sha256()
+    for name in sorted(params):
+        digest.update(name.encode())
+        digest.update(params[name].detach().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class _Serving:
+    """One policy ready to serve: parameters, session, and the buffers of single-observation acts.
+
+    The IOBinding reads its input from ``input`` and writes ``mean`` into ``output`` in place:
+    about 1 µs less per call than ``session.run`` (bench/runtime_bench.py).
+    """
+
+    def __init__(
+        self, spec: PolicySpec, params: Params, onnx_model: bytes, threads: int, generation: int
+    ) -> None:
+        self.params = params
+        self.policy_id = policy_id(params)
+        self.generation = generation
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
+        self.std = np.exp(params["log_std"].detach().numpy()).astype(np.float32)
+        self.input = np.zeros((1, spec.observation_size), dtype=np.float32)
+        self.output = np.zeros((1, spec.action_size), dtype=np.float32)
+        self._output_value = ort.OrtValue.ortvalue_from_numpy(self.output)
+        self.binding = self.session.io_binding()
+        self.binding.bind_cpu_input("observation", self.input)
+        self.binding.bind_ortvalue_output("mean", self._output_value)
+        # Smoke test before anyone is served by it: it runs and gives a finite mean.
+        self.session.run_with_iobinding(self.binding)
+        if not np.isfinite(self.output).all():
+            raise ArtifactError("the policy gives a non-finite action for a zero observation")
+
+    def batch_mean(self, observations: np.ndarray) -> np.ndarray:
+        """[N, O] float32 -> [N, A] float32."""
+        return np.asarray(self.session.run(["mean"], {"observation": observations})[0])
+
+
+class AdaptTimings(NamedTuple):
+    """Wall time of the parts of one adaptation, in seconds."""
+
+    baseline_s: float
+    """Padding the episodes, returns, baseline fit and advantages."""
+    gradient_s: float
+    """The policy-gradient step (``controller.adaptation.adapt``)."""
+    export_s: float
+    """Finite parameters, the ONNX graph of the new parameters and its onnxruntime session."""
+    check_s: float
+    """The KL bound, from both sessions' means on the episodes' observations."""
+    swap_s: float
+    """Publishing the new policy to the serving path."""
+    journal_s: float
+    """Appending the adaptation to the journal (after it serves)."""
+
+    @property
+    def to_serving_s(self) -> float:
+        """From the episodes in hand to the adapted policy serving."""
+        return self.baseline_s + self.gradient_s + self.check_s + self.export_s + self.swap_s
+
+
+@dataclass(frozen=True)
+class AdaptReport:
+    """What one call of :meth:`Controller.adapt` did."""
+
+    accepted: bool
+    reason: str
+    """Why it was accepted or rejected, in words."""
+    step: int
+    """Index of this gradient step from the initialization (0 = first)."""
+    step_size: float
+    episode_returns: tuple[float, ...]
+    """Undiscounted returns of the K episodes used (empty when none were)."""
+    kl: float | None
+    """Mean KL(pre-adaptation || adapted) over the episodes' observations (None: not computed)."""
+    timings: AdaptTimings | None
+    policy_id: str
+    """The policy serving after this call."""
+
+
+@dataclass(frozen=True)
+class SwapReport:
+    """What one call of :meth:`Controller.swap` did."""
+
+    accepted: bool
+    reason: str
+    previous_digest: str
+    digest: str
+    """Digest of the artifact serving after this call."""
+    seconds: float
+
+
+class Controller:
+    """Serves an artifact's policy, records episodes and adapts it online (see module doc)."""
+
+    def __init__(self, artifact: Artifact, config: ControllerConfig | None = None) -> None:
+        self.config = config or ControllerConfig()
+        self._update_lock = threading.RLock()
+        self._rng = np.random.default_rng(self.config.seed)
+        self._pending: dict[int, tuple[np.ndarray, np.ndarray, str]] = {}
+        self._counters = {"non_finite_observations": 0, "adaptations_accepted": 0}
+        self._counters.update({"adaptations_rejected": 0, "swaps": 0, "swaps_refused": 0})
+        self._threadpools = ThreadpoolController()  # the loaded BLAS/OpenMP libraries, once
+        self._install(artifact)
+        self._serving = self._initial
+        self._journal: Journal | None = None
+        self._recorder = Recorder(artifact.spec.observation_size, artifact.spec.action_size)
+        if self.config.journal_dir is not None:
+            self._recover(Journal(self.config.journal_dir, self.config.journal_fsync))
+
+    @classmethod
+    def load(cls, path: str | Path, config: ControllerConfig | None = None) -> Controller:
+        """Load and verify the artifact in ``path``; recover the journal if one is configured."""
+        return cls(load_artifact(path), config)
+
+    def _install(self, artifact: Artifact) -> None:
+        """Make ``artifact`` the initialization (not yet serving); raises if it is unusable."""
+        low, high = self.config.action_bounds(artifact.metadata)
+        initial = _Serving(
+            artifact.spec, artifact.params, artifact.onnx_model, self.config.intra_op_threads, 0
+        )
+        self._artifact, self._initial, self._low, self._high = artifact, initial, low, high
+        self._safe_zeros = np.clip(np.zeros_like(low), low, high)
+
+    def _recover(self, journal: Journal) -> None:
+        recovered = replay(journal.records, self._initial.policy_id, self.config.resume)
+        if recovered.adapted_params is not None:
+            params = {k: torch.from_numpy(v) for k, v in recovered.adapted_params.items()}
+            self._serving = self._build(params, recovered.adaptations)
+        self._recorder = Recorder(
+            self.spec.observation_size, self.spec.action_size, recovered.next_episode_id
+        )
+        self._recorder.restore(recovered.episodes)
+        self._recorder.keep_only(self._serving.policy_id)
+        self._recovered_episodes = len(recovered.episodes)
+        self._journal = journal
+
+    def _build(self, params: Params, generation: int) -> _Serving:
+        model = policy_to_onnx(self.spec, params).SerializeToString()
+        return _Serving(self.spec, params, model, self.config.intra_op_threads, generation)
+
+    @property
+    def spec(self) -> PolicySpec:
+        return self._artifact.spec
+
+    @property
+    def artifact(self) -> Artifact:
+        return self._artifact
+
+    @property
+    def params(self) -> Params:
+        """The parameters serving now (do not modify them in place)."""
+        return self._serving.params
+
+    @property
+    def episodes_per_step(self) -> int:
+        """K, the finished on-policy episodes one adaptation step needs."""
+        return self.config.resolved_episodes_per_step(self._artifact.metadata)
+
+    # -- acting ----------------------------------------------------------------------------
+
+    def act(
+        self, observation: np.ndarray, deterministic: bool = False, stream: int = 0
+    ) -> np.ndarray:
+        """The command for one observation [O] -> [A], or a batch [N, O] -> [N, A] (streams 0..N-1).
+
+        Float32, clipped to the actuator range. Exploring (the default) adds
+        ``exp(log_std) * z``, z ~ N(0, I); ``deterministic`` gives the mean. A non-finite
+        observation gets the safe action and is counted: never a NaN command.
+        """
+        serving = self._serving  # one read: the whole call uses one policy, even across a swap
+        observation = np.asarray(observation)
+        if observation.ndim != 1:
+            return self._act_batch(serving, observation, deterministic)
+        if observation.shape != serving.input.shape[1:]:
+            raise ValueError(
+                f"act() needs an observation of {serving.input.shape[1]} values "
+                f"({self._artifact.metadata.family}), got shape {observation.shape}"
+            )
+        serving.input[0] = observation
+        if not np.isfinite(serving.input).all():
+            return self._safe(stream, serving.policy_id)
+        serving.session.run_with_iobinding(serving.binding)
+        mean = serving.output[0]
+        if deterministic:
+            sample = mean.copy()
+        else:
+            sample = mean + serving.std * self._rng.standard_normal(mean.shape, dtype=np.float32)
+        if not np.isfinite(sample).all():  # a finite but huge observation can overflow
+            return self._safe(stream, serving.policy_id)
+        command = np.minimum(np.maximum(sample, self._low), self._high)
+        self._pending[stream] = (command, sample, serving.policy_id)
+        return command.copy()
+
+    def _act_batch(
+        self, serving: _Serving, observations: np.ndarray, deterministic: bool
+    ) -> np.ndarray:
+        if observations.ndim != 2 or observations.shape[1] != self.spec.observation_size:
+            raise ValueError(
+                f"act() needs [O] or [N, O] observations with O={self.spec.observation_size}, "
+                f"got shape {observations.shape}"
+            )
+        observations = np.ascontiguousarray(observations, dtype=np.float32)
+        finite = np.isfinite(observations).all(axis=1)
+        if not finite.all():  # the rows get the safe action; zeros keep the others' run clean
+            observations = np.where(finite[:, None], observations, np.float32(0.0))
+        mean = serving.batch_mean(observations)
+        if deterministic:
+            samples = mean
+        else:
+            samples = mean + serving.std * self._rng.standard_normal(mean.shape, dtype=np.float32)
+        finite &= np.isfinite(samples).all(axis=1)
+        commands = np.minimum(np.maximum(samples, self._low), self._high)
+        for row in np.flatnonzero(~finite).tolist():
+            commands[row] = samples[row] = self._safe(row, serving.policy_id)
+        for stream in range(commands.shape[0]):
+            self._pending[stream] = (commands[stream], samples[stream], serving.policy_id)
+        return commands.copy()
+
+    def _safe(self, stream: int, policy: str) -> np.ndarray:
+        self._counters["non_finite_observations"] += 1
+        pending = self._pending.get(stream)
+        hold = self.config.safe_action == "hold" and pending is not None
+        command = pending[0].copy() if hold and pending is not None else self._safe_zeros.copy()
+        self._pending[stream] = (command, command, policy)
+        return command.copy()
+
+    # -- recording -------------------------------------------------------------------------
+
+    def record(
+        self,
+        observation: np.ndarray,
+        action: np.ndarray,
+        reward: float,
+        done: bool,
+        stream: int = 0,
+    ) -> None:
+        """Append a transition to the episode in progress of ``stream``; ``done`` ends it.
+
+        Pass the command :meth:`act` returned for ``observation``: the controller stores the
+        Gaussian sample behind it (before clipping), as meta-training's sampler does, because
+        the policy gradient needs the log-probability of what the policy sampled. Any other
+        action (say, overridden by a safety layer) is stored as given.
+        """
+        pending = self._pending.get(stream)
+        policy = self._serving.policy_id
+        stored = np.asarray(action, dtype=np.float32)
+        if pending is not None and np.array_equal(pending[0], stored):
+            stored, policy = pending[1], pending[2]
+        self._recorder.record(stream, observation, stored, reward, policy)
+        if done:
+            self.end_episode(stream, truncated=False)
+
+    def end_episode(self, stream: int = 0, truncated: bool = True) -> RecordedEpisode | None:
+        """Finish the episode of ``stream`` (``truncated``: cut by a time limit, not terminal).
+
+        The episode is appended to the journal (fsync'd) before this returns. Returns it, or
+        None when it was empty or dropped (non-finite values, or a policy change mid-episode).
+        """
+        episode = self._recorder.end(stream, terminated=not truncated)
+        if episode is not None and self._journal is not None:
+            self._journal.append(episode_record(episode))
+        return episode
+
+    def episodes(self) -> list[RecordedEpisode]:
+        """Finished episodes not yet used by an adaptation, oldest first."""
+        return list(self._recorder.finished)
+
+    # -- adapting --------------------------------------------------------------------------
+
+    def adapt(self) -> AdaptReport:
+        """One policy-gradient step on K finished on-policy episodes; serve the result if sound.
+
+        Uses the K oldest episodes recorded with the policy serving now, and consumes them
+        (accepted or not). A step is on-policy: the next step needs K fresh episodes of the
+        adapted policy, so call ``adapt()`` once per K episodes. The step size is the artifact's
+        ``step_size(step)`` (paper: 0.1, then 0.05). The new parameters must be finite and
+        within ``config.max_kl`` of the pre-adaptation policy; otherwise the report says why and
+        the current policy keeps serving.
+        """
+        with self._update_lock:
+            serving, settings = self._serving, self._artifact.metadata.adaptation.settings
+            step, k = serving.generation, self.episodes_per_step
+            step_size = settings.step_size(step)
+            if self.config.steps is not None and step >= self.config.steps:
+                reason = f"already adapted {step} step(s), the configured limit; reset() first"
+                return self._rejected(reason, step, step_size, [], None, None)
+            episodes = self._recorder.take(serving.policy_id, k)
+            if episodes is None:
+                have = self._recorder.available(serving.policy_id)
+                reason = f"need {k} finished episodes of the serving policy, have {have}"
+                return self._rejected(reason, step, step_size, [], None, None)
+            return self._adapt_on(serving, episodes, step, step_size)
+
+    def _adapt_on(
+        self, serving: _Serving, episodes: list[RecordedEpisode], step: int, step_size: float
+    ) -> AdaptReport:
+        metadata, clock = self._artifact.metadata, [time.perf_counter()]
+        with self._threads_limited():
+            padded = pad_episodes(episodes, metadata.adaptation.horizon)
+            batch = batch_from_arrays(*padded, metadata.adaptation.settings)
+            clock.append(time.perf_counter())
+            adapted = adaptation_step(self.spec, serving.params, batch, step_size)
+            clock.append(time.perf_counter())
+            new, reason = self._build_checked(adapted, step + 1)
+            clock.append(time.perf_counter())
+            kl = None
+            if new is not None:
+                observations = padded[0][padded[3]]  # the valid steps, [N, O]
+                kl, reason = self._kl_check(serving, new, observations)
+            clock.append(time.perf_counter())
+        if reason is None and new is not None:
+            self._serving = new  # the atomic switch: the next act() uses the adapted policy
+            self._recorder.keep_only(new.policy_id)
+        else:
+            new = None
+        clock.append(time.perf_counter())
+        reason = reason or f"step {step} with alpha={step_size} on {len(episodes)} episodes"
+        self._journal_adaptation(serving, new, episodes, reason, kl)
+        clock.append(time.perf_counter())
+        timings = AdaptTimings(*np.diff(clock).tolist())
+        self._counters["adaptations_accepted" if new else "adaptations_rejected"] += 1
+        returns = tuple(e.episode_return() for e in episodes)
+        current = self._serving.policy_id
+        return AdaptReport(new is not None, reason, step, step_size, returns, kl, timings, current)
+
+    @contextmanager
+    def _threads_limited(self) -> Iterator[None]:
+        """Run the adaptation math on ``config.adapt_threads`` threads (torch, BLAS, OpenMP).
+
+        Multi-threaded torch and OpenBLAS took 450-650 ms instead of 33 ms for this step on a
+        loaded 2-core machine (bench/runtime_bench.py): their worker threads spin waiting for
+        cores that other processes hold. The limit holds only while adapting.
+        """
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.config.adapt_threads)
+        try:
+            with self._threadpools.limit(limits=self.config.adapt_threads):
+                yield
+        finally:
+            torch.set_num_threads(previous)
+
+    def _build_checked(self, params: Params, generation: int) -> tuple[_Serving | None, str | None]:
+        """The serving form of adapted parameters, or None and why it cannot serve."""
+        bad = [name for name, value in params.items() if not torch.isfinite(value).all()]
+        if bad:
+            return None, f"the step made parameters non-finite: {', '.join(bad)}"
+        try:
+            return self._build(params, generation), None
+        except (ArtifactError, RuntimeError) as error:
+            return None, f"the adapted policy cannot serve: {error}"
+
+    def _kl_check(
+        self, before: _Serving, after: _Serving, observations: np.ndarray
+    ) -> tuple[float, str | None]:
+        """Mean KL(before || after) over ``observations`` [N, O], and a reason if too large.
+
+        The means come from the two onnxruntime sessions (4x faster than torch eager on 4,000
+        observations), so the check also covers the graph that will serve.
+        """
+        mean_before = torch.from_numpy(before.batch_mean(observations))
+        mean_after = torch.from_numpy(after.batch_mean(observations))
+        kl = float(
+            gaussian_kl(
+                mean_before.double(),
+                before.params["log_std"].double(),
+                mean_after.double(),
+                after.params["log_std"].double(),
+            ).mean()
+        )
+        bound = self.config.resolved_max_kl(self._artifact.metadata)
+        if not np.isfinite(kl) or kl > bound:
+            return kl, f"KL {kl:.4g} exceeds max_kl {bound:g}"
+        return kl, None
+
+    def _rejected(
+        self,
+        reason: str,
+        step: int,
+        step_size: float,
+        returns: list[float],
+        kl: float | None,
+        timings: AdaptTimings | None,
+    ) -> AdaptReport:
+        self._counters["adaptations_rejected"] += 1
+        current = self._serving.policy_id
+        return AdaptReport(False, reason, step, step_size, tuple(returns), kl, timings, current)
+
+    def _journal_adaptation(
+        self,
+        before: _Serving,
+        after: _Serving | None,
+        episodes: list[RecordedEpisode],
+        reason: str,
+        kl: float | None,
+    ) -> None:
+        if self._journal is None:
+            return
+        params = (
+            None if after is None else {k: encode_array(v.numpy()) for k, v in after.params.items()}
+        )
+        self._journal.append(
+            {
+                "kind": "adaptation",
+                "accepted": after is not None,
+                "reason": reason,
+                "from": before.policy_id,
+                "policy": before.policy_id if after is None else after.policy_id,
+                "consumed": [e.episode_id for e in episodes],
+                "kl": kl,
+                "params": params,
+                "time": time.time(),
+            }
+        )
+
+    # -- reset and swap --------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Serve the initialization again (drops the adaptations, keeps the journal)."""
+        with self._update_lock:
+            self._serving = self._initial
+            self._recorder.keep_only(self._initial.policy_id)
+            if self._journal is not None:
+                self._journal.append({"kind": "reset", "policy": self._initial.policy_id})
+
+    def swap(self, path: str | Path) -> SwapReport:
+        """Replace the initialization itself by the artifact in ``path``, while serving.
+
+        The candidate is loaded, verified, checked compatible (same observation/action layout
+        and bounds) and its session built before one reference switches; a corrupt or
+        incompatible one is refused and the current policy keeps serving.
+        """
+        start = time.perf_counter()
+        with self._update_lock:
+            previous = self._artifact
+            try:
+                candidate = load_artifact(path)
+                check_compatible(previous, candidate)
+                self._install(candidate)
+            except (ValueError, RuntimeError) as error:
+                # ArtifactError, ConfigError (ValueErrors) or onnxruntime's failures (RuntimeErrors):
+                # _install assigns nothing until the candidate's session is built and tested.
+                self._counters["swaps_refused"] += 1
+                seconds = time.perf_counter() - start
+                return SwapReport(False, str(error), previous.digest, previous.digest, seconds)
+            self._serving = self._initial
+            self._recorder.keep_only(self._initial.policy_id)
+            self._counters["swaps"] += 1
+            if self._journal is not None:
+                record = {"kind": "swap", "artifact": candidate.digest, "path": str(path)}
+                self._journal.append({**record, "policy": self._initial.policy_id})
+            seconds = time.perf_counter() - start
+            reason = f"serving {candidate.path} ({candidate.metadata.family})"
+            return SwapReport(True, reason, previous.digest, candidate.digest, seconds)
+
+    # -- status and lifetime ---------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-friendly snapshot: what serves, what is recorded, what happened."""
+        serving, artifact = self._serving, self._artifact
+        return {
+            "artifact_path": str(artifact.path),
+            "artifact_digest": artifact.digest,
+            "family": artifact.metadata.family,
+            "policy_id": serving.policy_id,
+            "adaptation_steps": serving.generation,
+            "episodes_per_step": self.episodes_per_step,
+            "episodes_ready": self._recorder.available(serving.policy_id),
+            "episodes_in_progress": self._recorder.in_progress,
+            "episodes_discarded": self._recorder.discarded,
+            "journal": None if self._journal is None else str(self._journal.path),
+            "journal_torn_bytes": 0 if self._journal is None else self._journal.torn_bytes,
+            **self._counters,
+        }
+
+    def close(self) -> None:
+        """Release the journal (its lock); the controller must not record afterwards."""
+        if self._journal is not None:
+            self._journal.close()
+
+    def __enter__(self) -> Controller:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,177 @@
+"""The main job: a robot in MuJoCo gets a new task, tries K episodes, adapts, and runs again.
+
+The K episodes of a phase run as a batch of K simulations, but every action comes from
+:meth:`Controller.act` and every transition goes through :meth:`Controller.record`, the calls a
+real robot's loop makes (one stream per simulation). This is the only controller module that
+imports ``sim`` (and so MuJoCo); the controller's core runs without it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from controller.runtime import AdaptReport, Controller
+from sim.families import Family, get_family
+from sim.tasks import Task, VelocityTask, task_to_dict
+
+
+@dataclass
+class Phase:
+    """K episodes run with one policy: the initialization, or after s adaptation steps."""
+
+    name: str
+    policy_id: str
+    returns: list[float]
+    velocity_error: float | None
+    """Mean |v_x - v*| over the episodes' steps (velocity tasks only)."""
+    trace: dict[str, list[float]] = field(repr=False)
+    """Per-step means over the K episodes, for the plot: 'x_velocity' or 'x', 'y'."""
+
+    @property
+    def mean_return(self) -> float:
+        return float(np.mean(self.returns))
+
+    @property
+    def stderr(self) -> float:
+        n = len(self.returns)
+        return float(np.std(self.returns, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+
+
+@dataclass
+class RunResult:
+    family: str
+    task: dict[str, Any]
+    episodes_per_phase: int
+    phases: list[Phase]
+    adaptations: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        for phase, raw in zip(self.phases, out["phases"], strict=True):
+            raw["mean_return"], raw["stderr"] = phase.mean_return, phase.stderr
+            raw.pop("trace")
+        return out
+
+
+def run_phase(
+    controller: Controller, family: Family, task: Task, episodes: int, seed: int, name: str,
+    num_threads: int = 2,
+) -> Phase:  # fmt: skip
+    """K episodes of ``task`` in K simulations, acting and recording through the controller."""
+    sim = family.make_simulator(episodes, num_threads)
+    observation = sim.reset([task] * episodes, np.random.default_rng(seed))
+    alive = np.ones(episodes, dtype=bool)
+    returns = np.zeros(episodes)
+    velocity_sum, velocity_count = 0.0, 0
+    trace: dict[str, list[float]] = {}
+    policy_id = controller.status()["policy_id"]
+    for _ in range(family.horizon):
+        action = controller.act(observation)  # streams 0..K-1, exploring as on the robot
+        result = sim.step(action, None if alive.all() else alive)
+        reward = np.sum(list(result.reward_terms.values()), axis=0)
+        for i in np.flatnonzero(alive).tolist():
+            done = bool(result.terminated[i])
+            controller.record(observation[i], action[i], float(reward[i]), done, stream=i)
+        returns += np.where(alive, reward, 0.0)
+        if isinstance(task, VelocityTask):
+            v = result.infos["x_velocity"][alive]
+            velocity_sum += float(np.abs(v - task.velocity).sum())
+            velocity_count += int(alive.sum())
+            trace.setdefault("x_velocity", []).append(float(v.mean()) if v.size else math.nan)
+        elif "x_velocity" in result.infos:
+            v = result.infos["x_velocity"][alive]
+            trace.setdefault("x_velocity", []).append(float(v.mean()) if v.size else math.nan)
+        else:  # 2D navigation: the mean path
+            trace.setdefault("x", []).append(float(result.observations[alive, 0].mean()))
+            trace.setdefault("y", []).append(float(result.observations[alive, 1].mean()))
+        alive &= ~result.terminated
+        if not alive.any():
+            break
+        observation = result.observations
+    for i in np.flatnonzero(alive).tolist():
+        controller.end_episode(stream=i, truncated=True)
+    error = velocity_sum / velocity_count if velocity_count else None
+    return Phase(name, policy_id, returns.tolist(), error, trace)
+
+
+def run(
+    controller: Controller, task: Task, steps: int = 1, seed: int = 0, num_threads: int = 2
+) -> RunResult:
+    """Initialization episodes, ``steps`` adaptation steps, then evaluation episodes."""
+    family = get_family(controller.artifact.metadata.family)
+    task = family.validate(task)
+    k = controller.episodes_per_step
+    phases, adaptations = [], []
+    for step in range(steps + 1):
+        name = "initialization" if step == 0 else f"after {step} step{'s' * (step > 1)}"
+        phases.append(run_phase(controller, family, task, k, seed + step, name, num_threads))
+        if step < steps:
+            report: AdaptReport = controller.adapt()
+            adaptations.append(_report_dict(report))
+            if not report.accepted:
+                raise RuntimeError(f"adaptation step {step + 1} was rejected: {report.reason}")
+    return RunResult(family.name, task_to_dict(task), k, phases, adaptations)
+
+
+def _report_dict(report: AdaptReport) -> dict[str, Any]:
+    timings = report.timings
+    return {
+        "accepted": report.accepted, "reason": report.reason, "step": report.step,
+        "step_size": report.step_size, "kl": report.kl,
+        "to_serving_ms": None if timings is None else 1000 * timings.to_serving_s,
+    }  # fmt: skip
+
+
+def format_table(result: RunResult) -> str:
+    velocity = any(p.velocity_error is not None for p in result.phases)
+    header = f"{'phase':<16}{'return (mean ± se)':>22}"
+    header += f"{'mean |v - v*|':>16}" if velocity else ""
+    lines = [f"{result.family} {result.task}: {result.episodes_per_phase} episodes per phase",
+             header]  # fmt: skip
+    for p in result.phases:
+        line = f"{p.name:<16}{f'{p.mean_return:.1f} ± {p.stderr:.1f}':>22}"
+        if p.velocity_error is not None:
+            line += f"{p.velocity_error:>16.3f}"
+        lines.append(line)
+    for a in result.adaptations:
+        lines.append(f"adaptation step {a['step'] + 1}: alpha {a['step_size']}, KL {a['kl']:.4f}, "
+                     f"{a['to_serving_ms']:.1f} ms to serving")  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot(result: RunResult, task: Task, path: str | Path) -> None:
+    """Velocity against time (or the mean path, for 2D navigation), before and after."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(result.phases)))
+    for phase, color in zip(result.phases, colors, strict=True):
+        if "x_velocity" in phase.trace:
+            t = np.arange(len(phase.trace["x_velocity"]))
+            ax.plot(t, phase.trace["x_velocity"], color=color, label=phase.name)
+        else:
+            ax.plot(phase.trace["x"], phase.trace["y"], color=color, label=phase.name)
+    if isinstance(task, VelocityTask):
+        ax.axhline(task.velocity, color="tab:red", linestyle="--", label="target v*")
+    if "x_velocity" in result.phases[0].trace:
+        ax.set_xlabel("control step (0.05 s)")
+        ax.set_ylabel("forward velocity, mean of the K episodes (m/s)")
+    else:
+        goal = result.task["goal"]
+        ax.plot([goal[0]], [goal[1]], marker="*", color="tab:red", markersize=14, label="goal")
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+    ax.set_title(f"{result.family}: {result.task}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,144 @@
+"""``adaptctl``: the command line. Training and evaluation live here; the controller's
+commands (run, serve, sim-robot) are added by ``controller.cli``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controller.artifact import ArtifactError, load_artifact
+from controller.policy import init_params
+from meta_train import evaluate as ev
+from meta_train.config import ConfigError, TrainConfig
+from meta_train.trainer import RunDirError, policy_spec, train
+from sim.families import get_family
+from sim.sampler import BatchSampler
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    """``key.sub=value`` pairs onto the config model (values parsed as YAML scalars)."""
+    result = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set takes key=value (e.g. iterations=50), got {pair!r}")
+        result[key] = yaml.safe_load(value)
+    return result
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = TrainConfig.from_yaml(args.config, _overrides(args.set))
+    out = Path(args.out or Path("runs") / f"{Path(args.config).stem}-{config.mode}-s{config.seed}")
+    print(f"training {config.mode} on {config.family}: {config.iterations} iterations -> {out}")
+    state = train(config, out, resume=args.resume, progress=not args.quiet,
+                  max_iterations=args.max_iterations)  # fmt: skip
+    print(f"done at iteration {state.iteration}; best average return {state.best_return:.2f} "
+          f"(iteration {state.best_iteration}); artifact: {out / 'artifact'}")  # fmt: skip
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    config = TrainConfig.from_yaml(args.config, _overrides(args.set))
+    family = get_family(config.family)
+    ev.set_threads(config.torch_threads)
+    cfg = config.evaluation
+    tasks = ev.test_tasks(family, cfg.num_tasks, cfg.task_seed)
+    sampler = BatchSampler(family, config.sampler.num_threads)
+    k = cfg.episodes_per_step or config.episodes_per_task
+    adaptation = config.adaptation
+    maml_sizes = [adaptation.step_size(s) for s in range(cfg.gradient_steps)]
+    results: dict[str, ev.MethodResult] = {}
+    provenance: dict[str, Any] = {"command": " ".join(sys.argv), "config": args.config}
+    methods = [("maml", args.maml), ("pretrained", args.pretrained), ("oracle", args.oracle)]
+    for name, path in methods:
+        if path is None:
+            continue
+        artifact = load_artifact(path)
+        provenance[name] = {"artifact": str(path), "digest": artifact.digest,
+                            "training": {k: artifact.metadata.training.get(k) for k in
+                                         ("iterations_done", "best_iteration", "best_return")}}  # fmt: skip
+        oracle = name == "oracle"
+        if name == "maml":
+            sizes = maml_sizes
+        elif oracle:
+            sizes = []
+        else:
+            sizes = [ev.COMPARATOR_STEP_SIZES[family.name][name]] * cfg.gradient_steps
+        print(f"evaluating {name} ({path}) on {len(tasks)} test tasks ...", flush=True)
+        results[name] = ev.evaluate_method(
+            sampler, artifact.spec, artifact.params, tasks, k, sizes, adaptation,
+            seed=cfg.task_seed + 1, task_features=oracle, horizon=config.horizon,
+        )  # fmt: skip
+    if args.random:
+        spec = policy_spec(config.model_copy(update={"mode": "maml"}), family)
+        sizes = [ev.COMPARATOR_STEP_SIZES[family.name]["random"]] * cfg.gradient_steps
+        print("evaluating random initialization ...", flush=True)
+        results["random"] = ev.evaluate_method(
+            sampler, spec, init_params(spec, config.seed + 1), tasks, k, sizes, adaptation,
+            seed=cfg.task_seed + 1, horizon=config.horizon,
+        )  # fmt: skip
+    if not results:
+        raise ConfigError("nothing to evaluate: give --maml, --pretrained, --oracle or --random")
+    document = ev.results_document(family, tasks, results, provenance)
+    path = ev.write_results(document, args.out)
+    print(ev.format_table(document))
+    print(f"wrote {path} and {path.with_suffix('.png')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adaptctl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="meta-train (or train a comparator) from a config file")
+    p.add_argument("config", help="YAML config, e.g. configs/cheetah_velocity.yaml")
+    p.add_argument("--out", help="run directory (default runs/<config>-<mode>-s<seed>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set iterations=50 --set mode=oracle",
+    )
+    p.add_argument("--max-iterations", type=int, help="stop after this many iterations now")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="the paper's test protocol on held-out tasks")
+    p.add_argument("config", help="the family's YAML config (evaluation settings)")
+    p.add_argument("--maml", help="MAML artifact directory")
+    p.add_argument("--pretrained", help="pretrained-comparator artifact directory")
+    p.add_argument("--oracle", help="oracle artifact directory")
+    p.add_argument("--random", action="store_true", help="also evaluate a random initialization")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--out", default="results", help="where the JSON and PNG go")
+    p.set_defaults(func=cmd_eval)
+
+    try:
+        from controller import cli as controller_cli
+    except ImportError:  # pragma: no cover - the controller's commands are optional here
+        controller_cli = None  # type: ignore[assignment]
+    if controller_cli is not None:
+        controller_cli.add_subcommands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ConfigError, RunDirError, ArtifactError, ValueError) as error:
+        print(f"adaptctl: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("adaptctl: interrupted (a training run resumes with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Meta-training run configuration: one frozen pydantic model per concern, loaded from YAML.
+
+YAML files in ``configs/`` only override these defaults (the paper's settings, MAML_RL.md);
+unknown keys are rejected with the key named.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+
+from controller.adaptation import AdaptationSettings
+from meta_train.maml import MetaSettings
+
+Mode = Literal["maml", "pretrained", "oracle"]
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be used, with the offending keys named."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PolicyConfig(_Frozen):
+    """Architecture of the Gaussian MLP (sizes of input and output come from the family)."""
+
+    hidden_sizes: tuple[PositiveInt, ...] = Field(
+        default=(100, 100), description="Units per hidden layer (paper: 2 x 100)."
+    )
+    activation: Literal["relu", "tanh"] = Field(default="relu", description="Paper: ReLU.")
+    init_log_std: float = Field(default=0.0, description="Initial log-std (authors: 0).")
+
+
+class SamplerConfig(_Frozen):
+    """Where episodes are collected."""
+
+    backend: Literal["local"] = Field(
+        default="local", description="'local': the batched MuJoCo sampler in this process."
+    )
+    num_threads: PositiveInt = Field(default=2, description="MuJoCo batch threads.")
+
+
+class EvalConfig(_Frozen):
+    """The paper's evaluation protocol (MAML_RL.md, 'Evaluation protocol')."""
+
+    num_tasks: PositiveInt = Field(default=40, description="Held-out test tasks.")
+    task_seed: int = Field(
+        default=1_000_003,
+        description="Seed of the test tasks; training draws its tasks from SeedSequence([seed, "
+        "iteration]) streams, which never use this seed's stream.",
+    )
+    gradient_steps: PositiveInt = Field(default=3, description="Report after 0..steps steps.")
+    episodes_per_step: PositiveInt | None = Field(
+        default=None, description="K per step; None: the training K."
+    )
+
+
+class TrainConfig(_Frozen):
+    """A meta-training (or comparator training) run."""
+
+    family: str = Field(description="Task family name, e.g. 'cheetah_velocity'.")
+    mode: Mode = Field(
+        default="maml",
+        description="'maml': MAML-TRPO; 'pretrained': TRPO on the mixture of tasks; "
+        "'oracle': TRPO with the task's features appended to the observation.",
+    )
+    seed: int = Field(default=1, description="Seeds parameters, tasks and episodes.")
+    iterations: PositiveInt = Field(default=500, description="Meta-iterations (paper: 500).")
+    meta_batch_size: PositiveInt = Field(
+        default=40, description="Tasks per meta-iteration (paper: 40; 2D navigation: 20)."
+    )
+    episodes_per_task: PositiveInt = Field(
+        default=20, description="K episodes per task and gradient step (paper: 20)."
+    )
+    horizon: PositiveInt | None = Field(default=None, description="None: the family's.")
+    torch_threads: PositiveInt = Field(default=2, description="torch intra-op threads.")
+    checkpoint_every: PositiveInt = Field(default=5, description="Iterations between saves.")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="The policy.")
+    meta: MetaSettings = Field(default_factory=MetaSettings, description="Meta-optimiser.")
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="Sampling.")
+    evaluation: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+
+    @property
+    def adaptation(self) -> AdaptationSettings:
+        return self.meta.adaptation
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        """Load ``path``; ``overrides`` (dotted keys, e.g. ``{"iterations": 3}``) win."""
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"cannot read config {path}: {error}") from error
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {path} must be a mapping of keys to values")
+        for dotted, value in (overrides or {}).items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for key in parents:
+                node = node.setdefault(key, {})
+            node[leaf] = value
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+            )
+            raise ConfigError(f"invalid config {path}: {problems}") from error

@@ -1,0 +1,171 @@
+"""The paper's evaluation protocol (MAML_RL.md, 'Evaluation protocol') and its figure.
+
+40 held-out test tasks from a fixed seed; for each task, K on-policy episodes per gradient step;
+the mean return over the tasks (± standard error over tasks) after 0, 1, 2, 3 steps. Each step
+adapts with controller.adaptation.adapt, the function the runtime controller runs. Every method
+(MAML, pretrained, random, oracle) goes through this same code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from controller.adaptation import AdaptationSettings, adapt, task_batch
+from controller.policy import Params, PolicySpec, SamplingPolicy, stack_params
+from sim.families import Family
+from sim.sampler import BatchSampler
+from sim.tasks import Task, task_to_dict
+
+# The paper's numbers (MAML_RL.md, last table): mean over 40 test tasks after 0/1/2/3 steps.
+PAPER_RESULTS: dict[str, dict[str, list[float]]] = {
+    "navigation2d": {"maml": [-40.4, -11.7, -3.3, -3.2], "pretrained": [-40.8, -19.7, -11.7, -8.5],
+                     "random": [-82.7, -58.0, -53.8, -46.8], "oracle": [-2.3]},
+    "cheetah_velocity": {"maml": [-129.5, -78.6, -66.6, -60.8],
+                         "pretrained": [-158.0, -135.4, -128.5, -133.6],
+                         "random": [-254.8, -254.3, -246.8, -230.8], "oracle": [-54.5]},
+    "cheetah_direction": {"maml": [-50.7, 293.2, 313.5, 315.7],
+                          "pretrained": [-43.0, -24.7, -12.8, 19.6],
+                          "random": [-35.7, 21.8, 62.3, 86.2], "oracle": [442.7]},
+    "ant_velocity": {"maml": [30.6, 96.7, 100.1, 101.4], "pretrained": [-1.8, 6.1, 8.5, 9.5],
+                     "random": [-78.6, -62.8, -48.5, -35.6], "oracle": [107.9]},
+    "ant_direction": {"maml": [8.7, 499.1, 500.7, 499.1], "pretrained": [3.2, 1.3, 6.5, 6.9],
+                      "random": [3.1, 9.2, 16.0, 26.1], "oracle": [524.8]},
+}  # fmt: skip
+
+# First-step fine-tuning step sizes of the authors' test scripts, for pretrained and random
+# (MAML_RL.md, 'Comparators'); MAML uses the artifact's own (0.1, then 0.05).
+COMPARATOR_STEP_SIZES: dict[str, dict[str, float]] = {
+    "cheetah_velocity": {"pretrained": 0.02, "random": 0.1},
+    "cheetah_direction": {"pretrained": 0.2, "random": 1.0},
+    "ant_velocity": {"pretrained": 0.2, "random": 1.0},
+    "ant_direction": {"pretrained": 0.2, "random": 1.0},
+    "navigation2d": {"pretrained": 0.1, "random": 0.1},
+}
+
+
+def test_tasks(family: Family, num_tasks: int, seed: int) -> list[Task]:
+    """The held-out test tasks: drawn from their own seed, never from a training stream."""
+    return family.sample_tasks(np.random.default_rng(seed), num_tasks)
+
+
+class MethodResult(NamedTuple):
+    """Returns of one method over the test tasks."""
+
+    returns: np.ndarray
+    """[steps + 1, T]: mean return over the K episodes of each task after s gradient steps."""
+
+    @property
+    def mean(self) -> list[float]:
+        return [float(r.mean()) for r in self.returns]
+
+    @property
+    def stderr(self) -> list[float]:
+        n = self.returns.shape[1]
+        return [float(r.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0 for r in self.returns]
+
+
+def evaluate_method(
+    sampler: BatchSampler, spec: PolicySpec, params: Params, tasks: Sequence[Task],
+    episodes_per_step: int, step_sizes: Sequence[float], settings: AdaptationSettings,
+    seed: int, task_features: bool = False, horizon: int | None = None,
+) -> MethodResult:  # fmt: skip
+    """Sample, adapt each task's policy with step_sizes[s], sample again, ..."""
+    per_task = [params] * len(tasks)
+    rows = []
+    for step in range(len(step_sizes) + 1):
+        policy = SamplingPolicy(spec, stack_params(per_task), seed + 7919 * step)
+        episodes = sampler.sample(
+            tasks, episodes_per_step, policy, seed + 104729 * step, horizon, task_features
+        )
+        rows.append(episodes.returns().mean(axis=1))
+        if step < len(step_sizes):
+            per_task = [
+                adapt(spec, per_task[i], task_batch(episodes, i, settings), step_sizes[step])
+                for i in range(len(tasks))
+            ]
+    return MethodResult(np.stack(rows))
+
+
+def results_document(
+    family: Family, tasks: Sequence[Task], results: dict[str, MethodResult],
+    provenance: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    return {
+        "family": family.name,
+        "num_tasks": len(tasks),
+        "tasks": [task_to_dict(t) for t in tasks],
+        "methods": {
+            name: {"mean": r.mean, "stderr": r.stderr, "per_task": r.returns.tolist()}
+            for name, r in results.items()
+        },
+        "paper": PAPER_RESULTS.get(family.name, {}),
+        "provenance": provenance,
+    }
+
+
+def format_table(document: dict[str, Any]) -> str:
+    """Ours next to the paper's, one row per method, one column per gradient step."""
+    methods = document["methods"]
+    steps = max(len(m["mean"]) for m in methods.values())
+    header = f"{'method':<11}" + "".join(f"{'step ' + str(s):>22}" for s in range(steps))
+    lines = [f"{document['family']}: mean return over {document['num_tasks']} test tasks "
+             "± standard error (paper in brackets)", header]  # fmt: skip
+    for name, m in methods.items():
+        paper = document["paper"].get(name, [])
+        cells = []
+        for s in range(len(m["mean"])):
+            ref = f" [{paper[s]:.1f}]" if s < len(paper) else ""
+            cells.append(f"{m['mean'][s]:.1f}±{m['stderr'][s]:.1f}{ref}".rjust(22))
+        lines.append(f"{name:<11}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def plot_results(documents: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Figure 5 of the paper: return against gradient steps, one panel per family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(documents), figsize=(4.2 * len(documents), 3.4), squeeze=False)
+    styles = {"maml": ("tab:red", "o"), "pretrained": ("tab:blue", "s"),
+              "random": ("tab:gray", "^"), "oracle": ("tab:green", None)}  # fmt: skip
+    for ax, doc in zip(axes[0], documents, strict=True):
+        steps = max(len(m["mean"]) for m in doc["methods"].values())
+        for name, m in doc["methods"].items():
+            color, marker = styles.get(name, ("black", "x"))
+            mean, err = np.array(m["mean"]), np.array(m["stderr"])
+            if len(mean) == 1:  # the oracle does not adapt: a horizontal line
+                ax.axhline(mean[0], color=color, linestyle="--", label=name)
+                continue
+            x = np.arange(len(mean))
+            ax.errorbar(x, mean, yerr=err, color=color, marker=marker, capsize=3, label=name)
+        ax.set_title(doc["family"])
+        ax.set_xlabel("number of gradient steps")
+        ax.set_xticks(range(steps))
+        ax.set_ylabel("average return")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_results(document: dict[str, Any], out_dir: str | Path) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{document['family']}.json"
+    path.write_text(json.dumps(document, indent=1) + "\n")
+    plot_results([document], out / f"{document['family']}.png")
+    return path
+
+
+def set_threads(num_threads: int) -> None:
+    torch.set_num_threads(num_threads)

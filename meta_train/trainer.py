@@ -1,0 +1,262 @@
+"""The meta-training loop: sample, adapt, sample again, take the TRPO meta-step; repeat.
+
+Every iteration draws its randomness from ``SeedSequence([seed, iteration])``, so a run resumed
+from a checkpoint produces exactly the iterations an uninterrupted run would. The paper keeps the
+iteration with the best average training return (MAML_RL.md, 'Settings'): here the mean return
+of the valid (post-adaptation) episodes, i.e. the meta-objective's own return.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+import yaml
+from tqdm import tqdm
+
+from controller.artifact import ArtifactAdaptation, IOLayout, save_artifact
+from controller.policy import Params, PolicySpec, SamplingPolicy, init_params, stack_params
+from meta_train.comparators import policy_step
+from meta_train.config import TrainConfig
+from meta_train.maml import adapted_params_for_tasks, meta_step
+from sim.families import Family, get_family
+from sim.sampler import BatchSampler
+
+CHECKPOINT_DIR = "checkpoint"
+LOG_FILE = "log.jsonl"
+CONFIG_FILE = "config.yaml"
+ARTIFACT_DIR = "artifact"
+
+
+class RunDirError(RuntimeError):
+    """The run directory holds something that conflicts with the requested run."""
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds: enough to continue exactly where the run stopped."""
+
+    iteration: int
+    """The next iteration to run."""
+    params: Params
+    best_params: Params
+    best_return: float
+    best_iteration: int
+
+
+def policy_spec(config: TrainConfig, family: Family) -> PolicySpec:
+    extra = family.task_space.feature_size if config.mode == "oracle" else 0
+    return PolicySpec(
+        observation_size=family.observation_size + extra,
+        action_size=family.action_size,
+        hidden_sizes=config.policy.hidden_sizes,
+        activation=config.policy.activation,
+        init_log_std=config.policy.init_log_std,
+    )
+
+
+def io_layout(config: TrainConfig, family: Family) -> IOLayout:
+    names = family.observation_names
+    if config.mode == "oracle":
+        kind = family.task_space.sample(np.random.default_rng(0), 1)[0].kind
+        names += tuple(f"task:{kind}:{i}" for i in range(family.task_space.feature_size))
+    return IOLayout(
+        observation_size=len(names),
+        action_size=family.action_size,
+        observation_names=names,
+        action_names=family.action_names,
+        action_low=tuple(float(x) for x in family.action_low),
+        action_high=tuple(float(x) for x in family.action_high),
+    )
+
+
+def iteration_seeds(seed: int, iteration: int) -> dict[str, int]:
+    """Independent seeds for every random draw of one iteration."""
+    names = ("tasks", "train_reset", "train_policy", "valid_reset", "valid_policy")
+    values = np.random.SeedSequence([seed, iteration]).generate_state(len(names))
+    return {name: int(v) for name, v in zip(names, values, strict=True)}
+
+
+def run_iteration(
+    config: TrainConfig, family: Family, spec: PolicySpec, sampler: BatchSampler,
+    params: Params, iteration: int,
+) -> tuple[Params, dict[str, Any]]:  # fmt: skip
+    """One meta-iteration; returns the new parameters and the log record."""
+    seeds = iteration_seeds(config.seed, iteration)
+    tasks = family.sample_tasks(np.random.default_rng(seeds["tasks"]), config.meta_batch_size)
+    oracle = config.mode == "oracle"
+    start = time.perf_counter()
+    train = sampler.sample(
+        tasks, config.episodes_per_task, SamplingPolicy(spec, params, seeds["train_policy"]),
+        seeds["train_reset"], config.horizon, task_features=oracle,
+    )  # fmt: skip
+    sampled = time.perf_counter()
+    if config.mode == "maml":
+        adapted = adapted_params_for_tasks(spec, params, train, config.meta)
+        inner_done = time.perf_counter()
+        valid = sampler.sample(
+            tasks, config.episodes_per_task,
+            SamplingPolicy(spec, stack_params(adapted), seeds["valid_policy"]),
+            seeds["valid_reset"], config.horizon,
+        )  # fmt: skip
+        sampled_valid = time.perf_counter()
+        new_params, report = meta_step(spec, params, train, valid, config.meta)
+        sampling_s = (sampled - start) + (sampled_valid - inner_done)
+        inner_s = inner_done - sampled
+        return_after = float(valid.returns().mean())
+    else:
+        new_params, report = policy_step(spec, params, train, config.meta)
+        sampling_s, inner_s = sampled - start, 0.0
+        return_after = float(train.returns().mean())
+    end = time.perf_counter()
+    trpo = report.trpo
+    record = {
+        "iteration": iteration,
+        "return_before": float(train.returns().mean()),
+        "return_after": return_after,
+        "accepted": trpo.accepted,
+        "kl": trpo.kl,
+        "step_fraction": trpo.step_fraction,
+        "backtracks": trpo.backtracks,
+        "surrogate_before": trpo.surrogate_before,
+        "surrogate_after": trpo.surrogate_after,
+        "reject_reason": trpo.reason,
+        "sampling_s": round(sampling_s, 4),
+        "inner_s": round(inner_s, 4),
+        "outer_s": round(end - start - sampling_s - inner_s, 4),
+        "total_s": round(end - start, 4),
+    }
+    return new_params, record
+
+
+def train(
+    config: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
+    max_iterations: int | None = None,
+) -> TrainState:  # fmt: skip
+    """Run (or continue, with ``resume``) the training in ``run_dir``; returns the final state.
+
+    ``max_iterations`` stops after that many iterations of this call (the run can be resumed).
+    """
+    run_dir = Path(run_dir)
+    family = get_family(config.family)
+    spec = policy_spec(config, family)
+    state = _prepare_run_dir(config, run_dir, spec, resume)
+    torch.set_num_threads(config.torch_threads)
+    sampler = BatchSampler(family, config.sampler.num_threads)
+    stop = config.iterations
+    if max_iterations is not None:
+        stop = min(stop, state.iteration + max_iterations)
+    bar = tqdm(
+        range(state.iteration, stop), initial=state.iteration, total=config.iterations,
+        desc=f"{config.mode} {config.family}", disable=not progress, unit="it",
+    )  # fmt: skip
+    with open(run_dir / LOG_FILE, "a") as log:
+        for iteration in bar:
+            new_params, record = run_iteration(
+                config, family, spec, sampler, state.params, iteration
+            )
+            if record["return_after"] > state.best_return:
+                # The return was earned by the parameters that entered this iteration.
+                state.best_return, state.best_iteration = record["return_after"], iteration
+                state.best_params = state.params
+            state.params, state.iteration = new_params, iteration + 1
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            bar.set_postfix(before=f"{record['return_before']:.1f}",
+                            after=f"{record['return_after']:.1f}",
+                            best=f"{state.best_return:.1f}", s=f"{record['total_s']:.1f}")  # fmt: skip
+            if state.iteration % config.checkpoint_every == 0 or state.iteration == stop:
+                save_checkpoint(run_dir, state)
+                export(config, family, spec, state, run_dir / ARTIFACT_DIR)
+    return state
+
+
+def export(
+    config: TrainConfig, family: Family, spec: PolicySpec, state: TrainState, path: Path
+) -> None:
+    """Write the best parameters so far as an artifact."""
+    training = json.loads(config.model_dump_json())
+    training.update(best_iteration=state.best_iteration, best_return=state.best_return,
+                    iterations_done=state.iteration)  # fmt: skip
+    save_artifact(
+        path, spec, state.best_params, family=family.name, layout=io_layout(config, family),
+        adaptation=ArtifactAdaptation(
+            episodes_per_step=config.episodes_per_task,
+            horizon=config.horizon or family.horizon, settings=config.adaptation,
+        ),
+        training=training, overwrite=True,
+    )  # fmt: skip
+
+
+def save_checkpoint(run_dir: Path, state: TrainState) -> None:
+    """Write the state so that a crash at any point leaves the previous checkpoint usable."""
+    directory = run_dir / CHECKPOINT_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    tag = f"{state.iteration:06d}"
+    tensors = {f"params/{k}": v for k, v in state.params.items()}
+    tensors.update({f"best/{k}": v for k, v in state.best_params.items()})
+    safetensors.torch.save_file(
+        {k: v.detach().contiguous() for k, v in tensors.items()}, directory / f"{tag}.safetensors"
+    )
+    meta = {"iteration": state.iteration, "best_return": state.best_return,
+            "best_iteration": state.best_iteration, "tensors": f"{tag}.safetensors"}  # fmt: skip
+    tmp = directory / "state.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, directory / "state.json")  # the commit point
+    for old in directory.glob("*.safetensors"):
+        if old.name != meta["tensors"]:
+            old.unlink()
+
+
+def load_checkpoint(run_dir: Path) -> TrainState:
+    directory = run_dir / CHECKPOINT_DIR
+    try:
+        meta = json.loads((directory / "state.json").read_text())
+        tensors = safetensors.torch.load_file(directory / meta["tensors"])
+    except (OSError, ValueError, KeyError) as error:
+        raise RunDirError(f"cannot resume from {directory}: {error}") from error
+    params = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("params/")}
+    best = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("best/")}
+    return TrainState(meta["iteration"], params, best, meta["best_return"], meta["best_iteration"])
+
+
+def _prepare_run_dir(
+    config: TrainConfig, run_dir: Path, spec: PolicySpec, resume: bool
+) -> TrainState:
+    config_text = yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=True)
+    has_checkpoint = (run_dir / CHECKPOINT_DIR / "state.json").exists()
+    if not resume:
+        if has_checkpoint:
+            raise RunDirError(
+                f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / CONFIG_FILE).write_text(config_text)
+        (run_dir / LOG_FILE).write_text("")
+        params = init_params(spec, config.seed)
+        return TrainState(0, params, params, -float("inf"), -1)
+    if not has_checkpoint:
+        raise RunDirError(f"nothing to resume in {run_dir}: no checkpoint/state.json")
+    saved = (run_dir / CONFIG_FILE).read_text()
+    if saved != config_text:
+        raise RunDirError(
+            f"the config differs from the one {run_dir} was started with ({run_dir / CONFIG_FILE});"
+            " resume with that config, or start a new run"
+        )
+    state = load_checkpoint(run_dir)
+    _truncate_log(run_dir / LOG_FILE, state.iteration)
+    return state
+
+
+def _truncate_log(path: Path, next_iteration: int) -> None:
+    """Drop log records of iterations after the checkpoint: they will be run again."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    kept = [line for line in lines if line and json.loads(line)["iteration"] < next_iteration]
+    path.write_text("".join(line + "\n" for line in kept))

@@ -1,0 +1,183 @@
+"""Shared helpers of the robot-link tests (tests/test_link_*.py): artifacts, servers, raw peers."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import zmq
+
+from controller.adaptation import AdaptationSettings
+from controller.artifact import ArtifactAdaptation, IOLayout, save_artifact
+from controller.policy import PolicySpec, init_params
+from sim.families import get_family
+
+REPO = Path(__file__).resolve().parent.parent
+TIMEOUT_MS = 5000  # every blocking socket call in these tests gives up after this
+
+
+def family_artifact(
+    path: Path,
+    family_name: str = "cheetah_velocity",
+    *,
+    episodes_per_step: int = 2,
+    horizon: int = 20,
+    seed: int = 0,
+    first_step_size: float = 0.1,
+) -> Path:
+    """A freshly initialized artifact with the layout of ``family_name`` (small K, horizon)."""
+    family = get_family(family_name)
+    spec = PolicySpec(observation_size=family.observation_size, action_size=family.action_size)
+    save_artifact(
+        path,
+        spec,
+        init_params(spec, seed),
+        family=family.name,
+        layout=IOLayout(
+            observation_size=family.observation_size,
+            action_size=family.action_size,
+            observation_names=family.observation_names,
+            action_names=family.action_names,
+            action_low=tuple(float(v) for v in family.action_low),
+            action_high=tuple(float(v) for v in family.action_high),
+        ),
+        adaptation=ArtifactAdaptation(
+            episodes_per_step=episodes_per_step,
+            horizon=horizon,
+            settings=AdaptationSettings(first_step_size=first_step_size),
+        ),
+    )
+    return path
+
+
+class RawPeer:
+    """A bare REQ socket speaking the protocol by hand, to send anything at all."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.REQ)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+        self.seq = 0
+
+    def request(self, frames: Sequence[bytes], timeout_ms: int = TIMEOUT_MS) -> list[bytes]:
+        self.socket.send_multipart(list(frames))
+        if not self.socket.poll(timeout_ms, zmq.POLLIN):
+            raise TimeoutError(f"no reply within {timeout_ms} ms")
+        return self.socket.recv_multipart()
+
+    def call(
+        self, header: dict[str, Any], *arrays: bytes, timeout_ms: int = TIMEOUT_MS
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        """Send ``header`` (seq filled in when absent) and raw array frames; decoded reply."""
+        if "seq" not in header:
+            self.seq += 1
+            header = {**header, "seq": self.seq}
+        reply = self.request([msgpack.packb(header), *arrays], timeout_ms)
+        return msgpack.unpackb(reply[0]), reply[1:]
+
+    def hello(self, timeout_ms: int = TIMEOUT_MS) -> dict[str, Any]:
+        reply, _ = self.call(
+            {"type": "hello", "version": 1, "client": "raw"}, timeout_ms=timeout_ms
+        )
+        assert reply["type"] == "welcome", reply
+        self.session = reply["session"]
+        return reply
+
+    def step(self, observation: np.ndarray, **fields: Any) -> tuple[dict[str, Any], list[bytes]]:
+        header = {"type": "step", "session": self.session, "dtype": "<f4", "reward": 0.0,
+                  "done": False, **fields}  # fmt: skip
+        return self.call(header, np.asarray(observation, "<f4").tobytes())
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        self.context.term()
+
+
+def python_process(code: str, *args: str) -> subprocess.Popen[str]:
+    """A fresh interpreter running ``code`` (cwd: the repository), output captured."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def free_tcp_endpoint() -> str:
+    """A loopback endpoint whose port was free a moment ago (for servers in other processes)."""
+    context = zmq.Context()
+    socket = context.socket(zmq.REP)
+    port = socket.bind_to_random_port("tcp://127.0.0.1")
+    socket.close(linger=0)
+    context.term()
+    return f"tcp://127.0.0.1:{port}"
+
+
+@contextmanager
+def server_process(
+    artifact: Path, endpoint: str, journal: Path, *extra: str
+) -> Iterator[subprocess.Popen[str]]:
+    """``python -m controller.link serve`` in its own process; killed on exit."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "controller.link", "serve", str(artifact), "--bind", endpoint,
+         "--journal-dir", str(journal), *extra],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_server(endpoint, process)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)
+
+
+def wait_for_server(endpoint: str, process: subprocess.Popen[str], timeout_s: float = 60) -> None:
+    """Block until a HELLO to ``endpoint`` is answered (the server process is up)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise RuntimeError(f"server exited with {process.returncode}:\n{output}")
+        peer = RawPeer(endpoint)
+        try:
+            peer.hello(timeout_ms=200)
+            peer.call({"type": "bye", "session": peer.session}, timeout_ms=200)
+            return
+        except TimeoutError:
+            time.sleep(0.05)
+        finally:
+            peer.close()
+    raise TimeoutError(f"server on {endpoint} did not answer within {timeout_s} s")
+
+
+def wait_for_line(process: subprocess.Popen[str], text: str, timeout_s: float = 30) -> str:
+    """Read the process's output until a line contains ``text``; the output read so far."""
+    assert process.stdout is not None
+    seen = []
+    deadline = time.monotonic() + timeout_s
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                break
+            line = process.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if text in line:
+                return "".join(seen)
+    raise TimeoutError(f"no line with {text!r} within {timeout_s} s; output:\n{''.join(seen)}")

@@ -1,0 +1,146 @@
+"""The whole robot path in separate processes: sim robot <-> link <-> controller, and its faults."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from link_support import (
+    REPO,
+    family_artifact,
+    free_tcp_endpoint,
+    python_process,
+    server_process,
+    wait_for_line,
+)
+
+from controller.link.client import RobotClient
+from controller.link.sim_robot import run_episode
+from sim.families import get_family
+from sim.tasks import VelocityTask
+
+pytestmark = pytest.mark.timeout(240)
+HORIZON = 30
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # A small first step keeps the KL of one step from a fresh initialization under max_kl.
+    root = tmp_path_factory.mktemp("e2e")
+    return family_artifact(root / "init", horizon=HORIZON, first_step_size=0.01)
+
+
+def test_sim_robot_process_adapts_through_a_server_process(artifact: Path, tmp_path: Path) -> None:
+    endpoint = free_tcp_endpoint()
+    with server_process(artifact, endpoint, tmp_path / "journal"):
+        robot = subprocess.run(
+            [sys.executable, "-m", "controller.link", "sim-robot", "--connect", endpoint,
+             "--target-velocity", "1.0", "--episodes", "2", "--adapted-episodes", "2",
+             "--horizon", str(HORIZON), "--json"],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert robot.returncode == 0, robot.stderr
+    result = json.loads(robot.stdout)
+    before, after = result["result"]["before"], result["result"]["after"]
+    assert [e["recorded"] for e in before] == [True, True]
+    assert all(e["length"] == HORIZON for e in before + after)
+    assert result["adaptations_accepted"] == 1 and result["safe_actions"] == 0
+    (report,) = result["result"]["adapt_reports"]
+    assert {e["policy_id"] for e in after} == {report["policy_id"]} != {before[0]["policy_id"]}
+    assert np.isfinite([result["velocity_error_before"], result["velocity_error_after"]]).all()
+
+
+def test_server_killed_mid_episode_and_restarted_loses_no_recorded_episode(
+    artifact: Path, tmp_path: Path
+) -> None:
+    endpoint, journal = free_tcp_endpoint(), tmp_path / "journal"
+    family = get_family("cheetah_velocity")
+    simulator, task = family.make_simulator(1, 1), VelocityTask(1.0)
+    rng = np.random.default_rng(0)
+    with server_process(artifact, endpoint, journal) as server:
+        client = RobotClient(endpoint, deadline_ms=50, reconnect_interval_ms=100)
+        recorded = [run_episode(client, simulator, task, rng, HORIZON).recorded for _ in range(2)]
+        assert recorded == [True, True]
+        observation = simulator.reset([task], rng)[0]
+        for _ in range(5):  # mid-episode ...
+            assert np.any(client.act(observation) != 0.0)
+        server.send_signal(signal.SIGKILL)  # ... the server dies
+        server.wait(timeout=10)
+        for _ in range(5):
+            tick = time.perf_counter()
+            np.testing.assert_array_equal(client.act(observation), np.zeros(6, np.float32))
+            assert time.perf_counter() - tick < 0.5
+    with server_process(artifact, endpoint, journal):  # restarted on the same journal
+        deadline = time.monotonic() + 30
+        while not client.stats().connected and time.monotonic() < deadline:
+            client.act(observation)
+            time.sleep(0.02)
+        assert client.stats().reconnects == 1
+        assert np.any(client.act(observation) != 0.0)
+        assert client.episode_end(0.0)["recorded"] is False  # the interrupted episode is dropped
+        assert run_episode(client, simulator, task, rng, HORIZON).recorded
+        status = client.status()
+        assert status["episodes_ready"] == 3  # 2 from before the crash (the journal) + 1
+        assert client.stats().faults["timeout"] == 1
+        client.close()
+
+
+ROBOT = """
+import sys, numpy as np
+from controller.link.client import RobotClient
+client = RobotClient(sys.argv[1], deadline_ms=200)
+for episode in range(2):
+    for t in range(10):
+        client.act(np.zeros(17, np.float32), 0.5)
+    assert client.episode_end(0.5)["recorded"]
+print("recorded", flush=True)
+while True:  # mid-episode until killed
+    client.act(np.zeros(17, np.float32), 0.5)
+"""
+
+
+def test_a_vanished_robot_is_noticed_and_its_episodes_kept(artifact: Path, tmp_path: Path) -> None:
+    endpoint = free_tcp_endpoint()
+    with server_process(artifact, endpoint, tmp_path / "journal", "--watchdog-timeout-s", "0.5"):
+        robot = python_process(ROBOT, endpoint)
+        try:
+            wait_for_line(robot, "recorded", timeout_s=60)
+            time.sleep(0.2)
+        finally:
+            os.kill(robot.pid, signal.SIGKILL)
+            robot.wait(timeout=10)
+        with RobotClient(endpoint, deadline_ms=200, name="operator") as operator:
+            deadline = time.monotonic() + 10
+            while not (link := operator.status()["link"])["watchdog_count"]:
+                assert time.monotonic() < deadline, link
+                time.sleep(0.1)
+            (event,) = link["watchdog_events"]
+            assert event["client"] == "robot" and event["dropped_steps"] > 0
+            assert [s["silent"] for s in link["sessions"] if s["client"] == "robot"] == [True]
+            assert operator.status()["episodes_ready"] == 2
+            report = operator.adapt()  # the vanished robot's episodes still feed an adaptation
+            assert report is not None and report["accepted"], report
+
+
+@pytest.mark.slow
+def test_a_meta_trained_artifact_tracks_the_target_velocity_better_after_adapting(
+    tmp_path: Path,
+) -> None:
+    shipped = REPO / "artifacts" / "cheetah_velocity"
+    if not (shipped / "metadata.json").is_file():
+        pytest.skip(f"no meta-trained artifact at {shipped} (made by meta-training, issue 3)")
+    from controller.link.sim_robot import run_sim_robot
+
+    endpoint = free_tcp_endpoint()
+    with server_process(shipped, endpoint, tmp_path / "journal"):
+        result = run_sim_robot(endpoint, "cheetah_velocity", VelocityTask(1.37), episodes=20)
+    summary = result.summary()
+    assert summary["adaptations_accepted"] == 1, result.adapt_reports
+    assert summary["velocity_error_after"] < summary["velocity_error_before"], summary

@@ -1,0 +1,309 @@
+"""The link server with a real Controller and real sockets: recording, faults, jobs, fuzz."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from link_support import RawPeer, family_artifact
+
+from controller import Controller, ControllerConfig
+from controller.link.protocol import DEFAULT_MAX_MESSAGE_BYTES, ErrorCode
+from controller.link.security import LinkSecurityError, is_local_endpoint
+from controller.link.server import LinkConfig, LinkServer
+
+K = 2
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # A small first step keeps the KL of one step from a fresh initialization under max_kl.
+    return family_artifact(tmp_path_factory.mktemp("link") / "init", first_step_size=0.01)
+
+
+@pytest.fixture()
+def controller(artifact: Path) -> Iterator[Controller]:
+    with Controller.load(artifact, ControllerConfig(seed=0)) as ctl:
+        yield ctl
+
+
+@pytest.fixture()
+def server(controller: Controller) -> Iterator[LinkServer]:
+    config = LinkConfig(watchdog_timeout_s=0.3)
+    with LinkServer(controller, "tcp://127.0.0.1:*", config=config).start() as srv:
+        yield srv
+
+
+@pytest.fixture()
+def peer(server: LinkServer) -> Iterator[RawPeer]:
+    raw = RawPeer(server.endpoint)
+    raw.hello()
+    yield raw
+    raw.close()
+
+
+def observation(value: float = 0.0) -> np.ndarray:
+    return np.full(17, value, dtype=np.float32)  # cheetah_velocity observes 17 values
+
+
+def play(peer: RawPeer, rewards: list[float], offset: float = 0.0, **end: Any) -> dict[str, Any]:
+    """One episode of len(rewards) steps; observation t is filled with offset + t."""
+    for t in range(len(rewards)):
+        reply, frames = peer.step(
+            observation(offset + t), start=t == 0, reward=rewards[t - 1] if t else 0.0
+        )
+        assert reply["type"] == "action", reply
+        assert len(frames[0]) == 4 * 6
+    receipt, _ = peer.call({"type": "episode_end", "session": peer.session,
+                            "reward": rewards[-1], "terminated": False, **end})  # fmt: skip
+    return receipt
+
+
+def test_welcome_carries_the_artifacts_layout(server: LinkServer, peer: RawPeer) -> None:
+    welcome = peer.hello()
+    assert (welcome["observation_size"], welcome["action_size"]) == (17, 6)
+    assert len(welcome["observation_names"]) == 17 and welcome["family"] == "cheetah_velocity"
+    assert welcome["action_low"] == [-1.0] * 6 and welcome["action_high"] == [1.0] * 6
+    assert welcome["episodes_per_step"] == K and welcome["version"] == 1
+
+
+def test_episodes_are_recorded_with_their_rewards_aligned(
+    controller: Controller, peer: RawPeer
+) -> None:
+    receipt = play(peer, [1.0, 2.0, 3.0])
+    assert receipt["type"] == "episode" and receipt["recorded"] and receipt["steps"] == 3
+    (episode,) = controller.episodes()
+    np.testing.assert_array_equal(episode.observations[:, 0], [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(episode.rewards, [1.0, 2.0, 3.0])
+    assert not episode.terminated
+
+
+def test_done_on_a_step_ends_the_episode_as_terminated_and_starts_the_next(
+    controller: Controller, peer: RawPeer
+) -> None:
+    peer.step(observation(0), start=True)
+    peer.step(observation(1), reward=5.0)
+    peer.step(observation(10), reward=6.0, done=True)  # a fall: observation 10 starts anew
+    peer.step(observation(11), reward=7.0)
+    peer.call({"type": "episode_end", "session": peer.session, "reward": 8.0, "terminated": True})
+    first, second = controller.episodes()
+    np.testing.assert_array_equal(first.rewards, [5.0, 6.0])
+    np.testing.assert_array_equal(second.observations[:, 0], [10.0, 11.0])
+    assert first.terminated and second.terminated
+
+
+def _step_frames(peer: RawPeer, **changes: Any) -> list[bytes]:
+    header = {"type": "step", "session": peer.session, "seq": peer.seq + 1, "dtype": "<f4",
+              "reward": 0.0, "done": False, **changes}  # fmt: skip
+    return [msgpack.packb(header), observation(0.5).tobytes()]
+
+
+MALFORMED = {
+    "truncated observation": (lambda p: [_step_frames(p)[0], observation()[:-1].tobytes()],
+                              ErrorCode.WRONG_SIZE),
+    "truncated header": (lambda p: [_step_frames(p)[0][:-3], observation().tobytes()],
+                         ErrorCode.MALFORMED),
+    "too long observation": (lambda p: [_step_frames(p)[0], np.zeros(18, "<f4").tobytes()],
+                             ErrorCode.WRONG_SIZE),
+    "float64 observation": (lambda p: [_step_frames(p, dtype="<f8")[0],
+                                       np.zeros(17, "<f8").tobytes()], ErrorCode.WRONG_DTYPE),
+    "NaN observation": (lambda p: [_step_frames(p)[0], observation(np.nan).tobytes()],
+                        ErrorCode.NOT_FINITE),
+    "infinite reward": (lambda p: _step_frames(p, reward=float("inf")), ErrorCode.NOT_FINITE),
+    "unknown type": (lambda p: [msgpack.packb({"type": "fly", "seq": p.seq + 1})],
+                     ErrorCode.UNKNOWN_TYPE),
+    "oversized": (lambda p: [_step_frames(p)[0], b"\x00" * (DEFAULT_MAX_MESSAGE_BYTES + 4)],
+                  ErrorCode.TOO_LARGE),
+    "repeated seq": (lambda p: _step_frames(p, seq=p.seq), ErrorCode.OUT_OF_ORDER),
+    "old seq": (lambda p: _step_frames(p, seq=0), ErrorCode.OUT_OF_ORDER),
+    "unknown session": (lambda p: _step_frames(p, session="f" * 32), ErrorCode.UNKNOWN_SESSION),
+    "missing field": (lambda p: [msgpack.packb({"type": "step", "seq": p.seq + 1,
+                                                "session": p.session})], ErrorCode.MALFORMED),
+    "empty header": (lambda p: [b""], ErrorCode.MALFORMED),
+    "bad version": (lambda p: [msgpack.packb({"type": "hello", "seq": 1, "version": 99})],
+                    ErrorCode.BAD_VERSION),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_each_malformed_message_gets_an_error_and_the_server_keeps_serving(
+    server: LinkServer, peer: RawPeer, case: str
+) -> None:
+    make, code = MALFORMED[case]
+    peer.step(observation(), start=True)
+    frames = make(peer)
+    peer.seq += 1
+    reply = msgpack.unpackb(peer.request(frames)[0])
+    assert reply["type"] == "error" and reply["code"] == code and reply["name"] == code.name
+    assert reply["message"]
+    after, frames_after = peer.step(observation(0.25))
+    assert after["type"] == "action" and np.isfinite(np.frombuffer(frames_after[0], "<f4")).all()
+    assert server.link_status()["errors"] == {code.name: 1}
+
+
+def test_an_error_mid_episode_drops_that_episode_only(
+    controller: Controller, peer: RawPeer
+) -> None:
+    peer.step(observation(0), start=True)
+    peer.step(observation(1), reward=1.0)
+    reply, _ = peer.step(observation(np.nan), reward=1.0)
+    assert reply["code"] == ErrorCode.NOT_FINITE
+    peer.step(observation(3), reward=1.0)
+    receipt, _ = peer.call(
+        {"type": "episode_end", "session": peer.session, "reward": 1.0, "terminated": False}
+    )
+    assert not receipt["recorded"]
+    assert play(peer, [1.0, 1.0])["recorded"]
+    assert len(controller.episodes()) == 1 and controller.status()["episodes_discarded"] == 1
+
+
+def test_interrupted_drops_the_episode_and_recording_resumes_at_the_next(
+    controller: Controller, peer: RawPeer
+) -> None:
+    peer.step(observation(0), start=True)
+    peer.step(observation(1), reward=1.0, interrupted=True)  # the robot applied a safe action
+    peer.step(observation(2), reward=1.0)
+    receipt, _ = peer.call(
+        {"type": "episode_end", "session": peer.session, "reward": 1.0, "terminated": False}
+    )
+    assert not receipt["recorded"]
+    assert play(peer, [1.0], offset=9)["recorded"]
+    assert [e.length for e in controller.episodes()] == [1]
+
+
+class SlowAdaptController(Controller):
+    """The real controller, with an adaptation that takes at least 0.5 s."""
+
+    def adapt(self) -> Any:
+        time.sleep(0.5)
+        return super().adapt()
+
+
+def test_steps_are_answered_while_an_adaptation_runs(artifact: Path) -> None:
+    with (
+        SlowAdaptController.load(artifact, ControllerConfig(seed=0)) as controller,
+        LinkServer(controller, "tcp://127.0.0.1:*").start() as server,
+    ):
+        robot, operator = RawPeer(server.endpoint), RawPeer(server.endpoint)
+        robot.hello(), operator.hello()
+        for _ in range(K):
+            assert play(robot, [1.0, -1.0, 0.5])["recorded"]
+        before = robot.step(observation(), start=True)[0]["policy"]
+        started = time.monotonic()
+        assert operator.call({"type": "adapt", "session": operator.session, "wait": False})[0][
+            "type"] == "adapting"  # fmt: skip
+        busy, _ = operator.call({"type": "adapt", "session": operator.session})
+        assert busy["code"] == ErrorCode.BUSY
+        latencies, flags = [], []
+        while time.monotonic() - started < 0.4:
+            tick = time.perf_counter()
+            reply, _ = robot.step(observation(), reward=0.0)
+            latencies.append(time.perf_counter() - tick)
+            flags.append(reply["adapting"])
+        assert all(flags) and max(latencies) < 0.1
+        deadline = time.monotonic() + 10
+        while server.link_status()["busy"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        report = server.link_status()["last_reports"]["adapt"]
+        assert report["accepted"], report
+        after = robot.step(observation(), reward=0.0)[0]
+        assert after["policy"] == report["policy_id"] != before and not after["adapting"]
+        robot.close(), operator.close()
+
+
+def test_adapt_and_reset_with_wait_reply_when_done(controller: Controller, peer: RawPeer) -> None:
+    for offset in range(K):
+        play(peer, [1.0, 0.0, -1.0], offset=offset)
+    initial = controller.status()["policy_id"]
+    adapted, _ = peer.call({"type": "adapt", "session": peer.session})
+    assert adapted["type"] == "adapted" and adapted["report"]["accepted"], adapted
+    assert (
+        adapted["report"]["policy_id"] != initial and len(adapted["report"]["episode_returns"]) == K
+    )
+    too_few, _ = peer.call({"type": "adapt", "session": peer.session})
+    assert not too_few["report"]["accepted"] and "need" in too_few["report"]["reason"]
+    assert peer.call({"type": "reset", "session": peer.session})[0]["type"] == "reset_done"
+    assert controller.status()["policy_id"] == initial
+
+
+def test_swap_refuses_a_corrupt_artifact_and_takes_a_compatible_one(
+    tmp_path: Path, controller: Controller, peer: RawPeer
+) -> None:
+    corrupt = family_artifact(tmp_path / "corrupt", seed=1)
+    (corrupt / "params.safetensors").write_bytes(b"garbage")
+    refused, _ = peer.call({"type": "swap", "session": peer.session, "path": str(corrupt)})
+    assert refused["type"] == "swapped" and not refused["report"]["accepted"]
+    assert peer.step(observation(), start=True)[0]["type"] == "action"  # still serving
+    other = family_artifact(tmp_path / "other", seed=2)
+    swapped, _ = peer.call({"type": "swap", "session": peer.session, "path": str(other)})
+    assert swapped["report"]["accepted"], swapped
+    assert peer.step(observation())[0]["policy"] == controller.status()["policy_id"]
+
+
+def test_watchdog_reports_a_silent_robot_and_keeps_its_state(
+    server: LinkServer, controller: Controller, peer: RawPeer
+) -> None:
+    play(peer, [1.0, 2.0])
+    peer.step(observation(), start=True)
+    peer.step(observation(), reward=1.0)  # mid-episode, then silence
+    deadline = time.monotonic() + 5
+    while not server.link_status()["watchdog_count"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = server.link_status()
+    (event,) = status["watchdog_events"]
+    assert event["dropped_steps"] == 2 and event["silent_s"] > 0.3
+    (session,) = status["sessions"]
+    assert session["silent"] and session["episodes_recorded"] == 1
+    assert controller.status()["episodes_ready"] == 1  # the recorded episode is kept
+    assert peer.step(observation(), reward=1.0)[0]["type"] == "action"  # the robot is back
+    assert not server.link_status()["sessions"][0]["silent"]
+
+
+def test_network_binds_need_keys_or_insecure(controller: Controller) -> None:
+    assert is_local_endpoint("tcp://127.0.0.1:5555") and is_local_endpoint("tcp://[::1]:1")
+    assert is_local_endpoint("ipc:///tmp/x") and is_local_endpoint("tcp://localhost:5")
+    assert not is_local_endpoint("tcp://0.0.0.0:5555") and not is_local_endpoint("tcp://*:1")
+    with pytest.raises(LinkSecurityError, match="--insecure"):
+        LinkServer(controller, "tcp://0.0.0.0:*")
+    with LinkServer(controller, "tcp://0.0.0.0:*", insecure=True) as server:
+        assert server.endpoint.startswith("tcp://0.0.0.0:")
+
+
+_FRAME = st.binary(max_size=48)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_server_fuzz_every_message_gets_one_reply(server: LinkServer, data: st.DataObject) -> None:
+    peer = RawPeer(server.endpoint)
+    try:
+        peer.hello()
+        header = data.draw(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "type": st.sampled_from(["step", "episode_end", "status", "hello", "x"]),
+                    "seq": st.integers(min_value=-1, max_value=2**64 - 1),
+                    "session": st.sampled_from([peer.session, "nope"]),
+                    "dtype": st.sampled_from(["<f4", "<f8", ""]),
+                    "reward": st.floats(),
+                    "done": st.booleans() | st.integers(),
+                    "start": st.booleans(),
+                    "version": st.integers(min_value=0, max_value=2),
+                },
+            )
+        )
+        frames = [msgpack.packb(header), *data.draw(st.lists(_FRAME, max_size=3))]
+        reply = msgpack.unpackb(peer.request(frames, timeout_ms=2000)[0])
+        assert reply["type"] in {"error", "action", "episode", "status_reply", "welcome"}
+        assert peer.step(observation(), start=True)[0]["type"] == "action"
+    finally:
+        peer.close()

@@ -1,0 +1,351 @@
+"""The runtime Controller against real onnxruntime and real MuJoCo (HalfCheetah velocity)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from controller import Controller, ControllerConfig
+from controller.adaptation import AdaptationSettings, adapt, task_batch
+from controller.artifact import ArtifactAdaptation, IOLayout, load_artifact, save_artifact
+from controller.config import ConfigError
+from controller.journal import JournalError
+from controller.policy import PolicySpec, init_params, kl_divergence, mean_action
+from sim.episodes import Episodes
+from sim.families import Family, get_family
+from sim.tasks import VelocityTask
+
+K, HORIZON = 4, 40
+
+
+@pytest.fixture(scope="module")
+def family() -> Family:
+    return get_family("cheetah_velocity")
+
+
+def make_artifact(path: Path, family: Family, seed: int, high: float | None = None) -> Path:
+    spec = PolicySpec(observation_size=family.observation_size, action_size=family.action_size)
+    bound = family.action_high if high is None else np.full(family.action_size, high)
+    save_artifact(
+        path,
+        spec,
+        init_params(spec, seed),
+        family=family.name,
+        layout=IOLayout(
+            observation_size=family.observation_size,
+            action_size=family.action_size,
+            observation_names=family.observation_names,
+            action_names=family.action_names,
+            action_low=tuple(float(-b) for b in bound),
+            action_high=tuple(float(b) for b in bound),
+        ),
+        adaptation=ArtifactAdaptation(
+            episodes_per_step=K, horizon=HORIZON, settings=AdaptationSettings()
+        ),
+    )
+    return path
+
+
+@pytest.fixture()
+def artifact(tmp_path: Path, family: Family) -> Path:
+    return make_artifact(tmp_path / "init", family, seed=11)
+
+
+def collect(ctl: Controller, family: Family, velocity: float, seed: int) -> dict[str, np.ndarray]:
+    """K episodes in lock-step through the Controller API, one stream per simulation."""
+    sim = family.make_simulator(K, 1)
+    obs = sim.reset([VelocityTask(velocity)] * K, np.random.default_rng(seed))
+    seen: dict[str, list[np.ndarray]] = {"observations": [], "commands": [], "rewards": []}
+    for _ in range(HORIZON):
+        commands = ctl.act(obs)
+        result = sim.step(commands)
+        rewards = np.sum(list(result.reward_terms.values()), axis=0).astype(np.float32)
+        for stream in range(K):
+            ctl.record(obs[stream], commands[stream], rewards[stream], False, stream=stream)
+        for name, value in zip(seen, (obs, commands, rewards), strict=True):
+            seen[name].append(value)
+        obs = result.observations
+    for stream in range(K):
+        ctl.end_episode(stream, truncated=True)
+    return {k: np.stack(v, axis=1) for k, v in seen.items()}  # [K, H, ...]
+
+
+def test_act_matches_torch_mean(artifact: Path) -> None:
+    wide = ControllerConfig(action_low=(-1e3,) * 6, action_high=(1e3,) * 6)
+    ctl = Controller.load(artifact, wide)
+    obs = np.random.default_rng(0).normal(0, 2, size=(32, 17)).astype(np.float32)
+    expected = mean_action(ctl.spec, ctl.params, torch.from_numpy(obs)).numpy()
+    single = np.stack([ctl.act(o, deterministic=True) for o in obs])
+    batch = ctl.act(obs, deterministic=True)
+    assert single.dtype == np.float32 and batch.shape == (32, 6)
+    assert np.abs(single - expected).max() <= 1e-5
+    assert np.abs(batch - expected).max() <= 1e-5
+
+
+def test_actions_are_clipped_to_the_actuator_range(artifact: Path) -> None:
+    ctl = Controller.load(artifact, ControllerConfig(seed=0))
+    obs = np.random.default_rng(1).normal(0, 50, size=(500, 17)).astype(np.float32)
+    commands = np.concatenate([ctl.act(obs), np.stack([ctl.act(o) for o in obs[:50]])])
+    assert np.all(commands >= -1.0) and np.all(commands <= 1.0)
+    assert np.any(commands == 1.0) and np.any(commands == -1.0)  # the clip did bind
+    tight = Controller.load(
+        artifact, ControllerConfig(action_low=(-0.2,) * 6, action_high=(0.3,) * 6)
+    )
+    commands = tight.act(obs)
+    assert commands.min() == pytest.approx(-0.2) and commands.max() == pytest.approx(0.3)
+    with pytest.raises(ConfigError, match="need 6 values"):
+        Controller.load(artifact, ControllerConfig(action_low=(-1.0,) * 5))
+
+
+def test_non_finite_observations_get_the_safe_action(artifact: Path) -> None:
+    ctl = Controller.load(artifact, ControllerConfig(seed=0))
+    for bad in (np.nan, np.inf, -np.inf):
+        obs = np.zeros(17, np.float32)
+        obs[3] = bad
+        np.testing.assert_array_equal(ctl.act(obs), np.zeros(6, np.float32))
+    assert np.isfinite(ctl.act(np.full(17, 3e38, np.float32))).all()  # finite, overflowing
+    batch = np.zeros((3, 17), np.float32)
+    batch[1, 0] = np.nan
+    commands = ctl.act(batch)
+    np.testing.assert_array_equal(commands[1], np.zeros(6))
+    assert np.all(commands[[0, 2]] != 0)
+    assert ctl.status()["non_finite_observations"] == 5  # 3 singles, the overflow, 1 row
+
+    hold = Controller.load(artifact, ControllerConfig(safe_action="hold", seed=0))
+    last = hold.act(np.ones(17, np.float32))
+    np.testing.assert_array_equal(hold.act(np.full(17, np.nan, np.float32)), last)
+
+
+def test_recording_keeps_the_sample_before_clipping(artifact: Path, family: Family) -> None:
+    ctl = Controller.load(artifact, ControllerConfig(seed=3))
+    seen = collect(ctl, family, 1.0, seed=0)
+    episodes = ctl.episodes()
+    assert [e.length for e in episodes] == [HORIZON] * K
+    recorded = np.stack([e.actions for e in episodes])
+    np.testing.assert_array_equal(np.clip(recorded, -1, 1), seen["commands"])
+    assert np.abs(recorded).max() > 1.0  # std 1 at initialization: some samples lie outside
+    np.testing.assert_array_equal(
+        np.stack([e.observations for e in episodes]), seen["observations"]
+    )
+    np.testing.assert_array_equal(np.stack([e.rewards for e in episodes]), seen["rewards"])
+
+
+def test_adaptation_equals_the_meta_training_step(artifact: Path, family: Family) -> None:
+    # 4 short episodes make a noisy gradient (KL ~10): this test is about equality, not the bound.
+    ctl = Controller.load(artifact, ControllerConfig(seed=4, max_kl=1e6))
+    init = {k: v.clone() for k, v in ctl.params.items()}
+    collect(ctl, family, 1.5, seed=1)
+    episodes = ctl.episodes()
+    report = ctl.adapt()
+    assert report.accepted, report.reason
+    assert report.step == 0 and report.step_size == 0.1
+    assert report.timings is not None and report.timings.to_serving_s > 0
+    # Meta-training's inner loop on the same episodes, as the sampler would hand them over.
+    stacked = {
+        "observations": np.stack([e.observations for e in episodes])[None],
+        "actions": np.stack([e.actions for e in episodes])[None],
+        "rewards": np.stack([e.rewards for e in episodes])[None],
+    }
+    shape = stacked["rewards"].shape
+    reference = Episodes(
+        **stacked,
+        reward_terms={"total": stacked["rewards"]},
+        valid=np.ones(shape, bool),
+        terminated=np.zeros(shape, bool),
+        infos={},
+        tasks=[VelocityTask(1.5)],
+    )
+    settings = load_artifact(artifact).metadata.adaptation.settings
+    expected = adapt(ctl.spec, init, task_batch(reference, 0, settings), 0.1)
+    for name, value in expected.items():
+        torch.testing.assert_close(ctl.params[name], value, rtol=0, atol=1e-6)
+    obs = torch.from_numpy(stacked["observations"].reshape(-1, 17))
+    kl = float(kl_divergence(ctl.spec, init, expected, obs).mean())
+    assert report.kl == pytest.approx(kl, rel=1e-4)
+    assert report.episode_returns == pytest.approx(reference.returns()[0].tolist())
+    # The served ONNX session is the adapted policy.
+    np.testing.assert_allclose(
+        ctl.act(stacked["observations"][0, 0, 0], deterministic=True),
+        np.clip(mean_action(ctl.spec, expected, obs[0]).numpy(), -1, 1),
+        atol=1e-5,
+    )
+
+
+def test_each_step_needs_fresh_on_policy_episodes(artifact: Path, family: Family) -> None:
+    ctl = Controller.load(artifact, ControllerConfig(seed=5, steps=2, max_kl=1e6))
+    first = ctl.adapt()
+    assert not first.accepted and f"need {K} finished episodes" in first.reason
+    collect(ctl, family, 0.5, seed=2)
+    assert ctl.adapt().accepted
+    assert ctl.status()["episodes_ready"] == 0  # consumed; stale ones are not reused
+    again = ctl.adapt()
+    assert not again.accepted and "have 0" in again.reason
+    collect(ctl, family, 0.5, seed=3)
+    second = ctl.adapt()
+    assert second.accepted and second.step == 1 and second.step_size == 0.05
+    collect(ctl, family, 0.5, seed=4)
+    assert "limit" in ctl.adapt().reason
+    ctl.reset()
+    assert ctl.status()["adaptation_steps"] == 0
+    for name, value in load_artifact(artifact).params.items():
+        assert torch.equal(ctl.params[name], value)
+
+
+def test_adaptation_beyond_the_kl_bound_is_rejected(artifact: Path, family: Family) -> None:
+    ctl = Controller.load(artifact, ControllerConfig(seed=6, max_kl=1e-9))
+    before = ctl.status()["policy_id"]
+    obs = np.ones(17, np.float32)
+    command = ctl.act(obs, deterministic=True)
+    collect(ctl, family, 1.0, seed=5)
+    report = ctl.adapt()
+    assert not report.accepted and "exceeds max_kl" in report.reason
+    assert report.kl is not None and report.kl > 1e-9
+    assert ctl.status()["policy_id"] == before
+    np.testing.assert_array_equal(ctl.act(obs, deterministic=True), command)
+    assert ctl.status()["adaptations_rejected"] == 1
+
+
+def test_swap_during_concurrent_acting_drops_no_call(tmp_path: Path, family: Family) -> None:
+    paths = [make_artifact(tmp_path / f"a{i}", family, seed=20 + i) for i in range(2)]
+    ctl = Controller.load(paths[0])
+    obs = np.random.default_rng(2).normal(size=17).astype(np.float32)
+    means = [
+        np.clip(mean_action(a.spec, a.params, torch.from_numpy(obs)).numpy(), -1, 1)
+        for a in map(load_artifact, paths)
+    ]
+    outputs: list[np.ndarray] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                outputs.append(ctl.act(obs, deterministic=True))
+            except BaseException as error:  # any failure of a call is what this test counts
+                errors.append(error)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    reports = [ctl.swap(paths[(i + 1) % 2]) for i in range(100)]
+    stop.set()
+    thread.join()
+    assert not errors and all(r.accepted for r in reports)
+    served = np.stack(outputs)
+    matches = [np.abs(served - m).max(axis=1) <= 1e-5 for m in means]
+    assert np.all(matches[0] | matches[1]), "every call is served whole by one of the two"
+    assert matches[0].any() and matches[1].any()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "metadata", "missing", "incompatible"])
+def test_bad_swaps_are_refused_and_the_old_policy_serves(
+    tmp_path: Path, family: Family, damage: str
+) -> None:
+    current = make_artifact(tmp_path / "current", family, seed=1)
+    candidate = make_artifact(tmp_path / "candidate", family, seed=2, high=None)
+    if damage == "flip":
+        flipped = bytearray((candidate / "policy.onnx").read_bytes())
+        flipped[-100] ^= 0x10
+        (candidate / "policy.onnx").write_bytes(bytes(flipped))
+    elif damage == "truncate":
+        data = (candidate / "params.safetensors").read_bytes()
+        (candidate / "params.safetensors").write_bytes(data[:-8])
+    elif damage == "metadata":
+        document = json.loads((candidate / "metadata.json").read_text())
+        document["adaptation"]["settings"]["first_step_size"] = 10.0
+        (candidate / "metadata.json").write_text(json.dumps(document))
+    elif damage == "missing":
+        (candidate / "params.safetensors").unlink()
+    else:
+        candidate = make_artifact(tmp_path / "wide", family, seed=2, high=2.0)
+    ctl = Controller.load(current)
+    obs = np.full(17, 0.5, np.float32)
+    before = ctl.act(obs, deterministic=True)
+    report = ctl.swap(candidate)
+    assert not report.accepted and report.digest == report.previous_digest
+    assert {
+        "flip": "SHA-256",
+        "truncate": "truncated",
+        "metadata": "edited",
+        "missing": "missing",
+        "incompatible": "incompatible",
+    }[damage] in report.reason
+    np.testing.assert_array_equal(ctl.act(obs, deterministic=True), before)
+    assert ctl.status()["artifact_digest"] == report.previous_digest
+
+
+_CRASHING_ROBOT = """
+import os, signal, sys
+import numpy as np
+from controller import Controller, ControllerConfig
+ctl = Controller.load(sys.argv[1], ControllerConfig(journal_dir=sys.argv[2], seed=0))
+rng = np.random.default_rng(0)
+for episode in range(int(sys.argv[3]) + 1):
+    for step in range(7 + episode):
+        obs = rng.normal(size=17).astype(np.float32)
+        ctl.record(obs, ctl.act(obs), float(rng.normal()), False)
+    if episode < int(sys.argv[3]):
+        ctl.end_episode()
+np.savez(sys.argv[4], *[np.concatenate([e.observations.ravel(), e.actions.ravel(), e.rewards])
+                        for e in ctl.episodes()])
+os.kill(os.getpid(), signal.SIGKILL)  # a crash: no close(), the last episode is in progress
+"""
+
+
+def test_a_crash_loses_no_finished_episode(artifact: Path, tmp_path: Path) -> None:
+    journal, expected = tmp_path / "journal", tmp_path / "expected.npz"
+    args = [str(artifact), str(journal), "3", str(expected)]
+    result = subprocess.run([sys.executable, "-c", _CRASHING_ROBOT, *args], check=False)
+    assert result.returncode == -9
+    ctl = Controller.load(artifact, ControllerConfig(journal_dir=journal))
+    recovered = ctl.episodes()
+    with np.load(expected) as saved:
+        assert len(recovered) == len(saved.files) == 3
+        for episode, key in zip(recovered, saved.files, strict=True):
+            flat = np.concatenate(
+                [episode.observations.ravel(), episode.actions.ravel(), episode.rewards]
+            )
+            np.testing.assert_array_equal(flat, saved[key])
+    assert ctl.status()["episodes_ready"] == 3
+
+
+def test_journal_resumes_the_adapted_policy(artifact: Path, tmp_path: Path, family: Family) -> None:
+    config = ControllerConfig(journal_dir=tmp_path / "journal", seed=8, max_kl=1e6)
+    with Controller.load(artifact, config) as ctl:
+        collect(ctl, family, 1.0, seed=6)
+        assert ctl.adapt().accepted
+        collect(ctl, family, 1.0, seed=7)
+        adapted, status = ctl.params, ctl.status()
+        with pytest.raises(JournalError, match="in use by another controller"):
+            Controller.load(artifact, config)
+    with open(tmp_path / "journal" / "journal.bin", "ab") as handle:
+        handle.write(b"ACJ1\x00\x10")  # a torn frame, as a crash mid-write leaves
+    resumed = Controller.load(artifact, config)
+    assert resumed.status()["policy_id"] == status["policy_id"]
+    assert resumed.status()["adaptation_steps"] == 1 and resumed.status()["episodes_ready"] == K
+    assert resumed.status()["journal_torn_bytes"] == 6
+    for name, value in adapted.items():
+        assert torch.equal(resumed.params[name], value)
+    assert resumed.adapt().step_size == 0.05
+    resumed.close()
+    fresh = Controller.load(artifact, config.model_copy(update={"resume": False}))
+    assert fresh.status()["adaptation_steps"] == 0 and fresh.status()["episodes_ready"] == 0
+    fresh.close()
+
+
+def test_config_from_yaml(tmp_path: Path, artifact: Path) -> None:
+    file = tmp_path / "controller.yaml"
+    file.write_text("safe_action: hold\nmax_kl: 0.5\nepisodes_per_step: 2\n")
+    config = ControllerConfig.from_yaml(file, max_kl=0.25, seed=None)
+    assert config.safe_action == "hold" and config.max_kl == 0.25
+    assert Controller.load(artifact, config).episodes_per_step == 2
+    assert Controller.load(artifact).episodes_per_step == K  # the artifact's default
+    file.write_text("safe_actoin: hold\n")
+    with pytest.raises(ConfigError, match="safe_actoin"):
+        ControllerConfig.from_yaml(file)
