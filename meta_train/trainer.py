@@ -215,15 +215,20 @@ def save_checkpoint(run_dir: Path, state: TrainState) -> None:
             old.unlink()
 
 
-def load_checkpoint(run_dir: Path) -> TrainState:
+def load_checkpoint(run_dir: Path, spec: PolicySpec) -> TrainState:
     directory = run_dir / CHECKPOINT_DIR
     try:
         meta = json.loads((directory / "state.json").read_text())
-        tensors = safetensors.torch.load_file(directory / meta["tensors"])
+        # Fresh (aligned) copies: BLAS results can depend on the alignment of their inputs,
+        # and a resumed run must compute exactly what an uninterrupted one does.
+        loaded = safetensors.torch.load_file(directory / meta["tensors"])
+        tensors = {k: v.clone() for k, v in loaded.items()}
     except (OSError, ValueError, KeyError) as error:
         raise RunDirError(f"cannot resume from {directory}: {error}") from error
-    params = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("params/")}
-    best = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("best/")}
+    # In the spec's order, not the file's (sorted): flattening follows dict order, and the
+    # order of a sum changes its rounding.
+    params = {k: tensors[f"params/{k}"] for k in spec.parameter_shapes}
+    best = {k: tensors[f"best/{k}"] for k in spec.parameter_shapes}
     return TrainState(meta["iteration"], params, best, meta["best_return"], meta["best_iteration"])
 
 
@@ -250,7 +255,7 @@ def _prepare_run_dir(
             f"the config differs from the one {run_dir} was started with ({run_dir / CONFIG_FILE});"
             " resume with that config, or start a new run"
         )
-    state = load_checkpoint(run_dir)
+    state = load_checkpoint(run_dir, spec)
     _truncate_log(run_dir / LOG_FILE, state.iteration)
     return state
 

@@ -186,8 +186,10 @@ class LocomotionSimulator:
             self._batch.step(ids=ids, nstep=FRAME_SKIP)
         else:
             self._disableflags[:] = self._flags_no_sensor
-            self._batch.step(ids=ids, nstep=FRAME_SKIP)
-            self._disableflags[:] = self._flags
+            try:
+                self._batch.step(ids=ids, nstep=FRAME_SKIP)
+            finally:
+                self._disableflags[:] = self._flags
             self._batch.forward(ids=ids)  # cfrc_ext at the post-step state
         x_velocity = (self._qpos[:, 0] - x_before) / self._dt
         terms = {"forward": self._forward_term(x_velocity)}

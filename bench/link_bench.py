@@ -1,0 +1,196 @@
+"""Robot-link benchmark: action round trips through the link next to a bare pyzmq echo.
+
+Issue 5's goals, measured in one run: link round-trip p50 <= 1.5x the echo's and p99 <= 300 µs;
+a 1 kHz control loop held for ``duration_s`` (60 s by default) with no more replies later than
+1 ms than the echo has. The link server and the echo each run in their own process, as a robot
+and its controller would; the robot side is the real ``RobotClient`` (encoding, checks and
+all), the echo side a bare REQ socket sending the very same frames (msgpack header + the
+observation's float32 bytes). Uses a freshly initialized HalfCheetah-velocity artifact.
+Run: ``.venv/bin/python -m bench.link_bench [--duration-s 60]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from bench.runtime_bench import FAMILY, fresh_artifact
+from controller.link.client import RobotClient
+from controller.link.codec import encode
+from sim.families import get_family
+
+PERIOD_S = 0.001  # the 1 kHz control loop
+ECHO = """
+import sys, zmq
+context = zmq.Context()
+socket = context.socket(zmq.REP)
+socket.bind(sys.argv[1])
+print("ready", flush=True)
+while True:
+    socket.send_multipart(socket.recv_multipart())
+"""
+
+
+def _start(command: list[str], ready: str) -> subprocess.Popen[str]:
+    """A child process, once it printed a line containing ``ready``."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if ready in line:
+            return process
+    raise RuntimeError(f"{command[:4]} exited before it was ready ({process.wait()})")
+
+
+def _free_endpoint() -> str:
+    context = zmq.Context()
+    socket = context.socket(zmq.REP)
+    port = socket.bind_to_random_port("tcp://127.0.0.1")
+    socket.close(linger=0)
+    context.term()
+    return f"tcp://127.0.0.1:{port}"
+
+
+def _percentiles(microseconds: np.ndarray) -> dict[str, float]:
+    p50, p99, p999 = np.percentile(microseconds, [50, 99, 99.9])
+    return {"p50_us": float(p50), "p99_us": float(p99), "p99.9_us": float(p999)}
+
+
+def round_trips(call: Callable[[], Any], calls: int, warmup: int = 500) -> np.ndarray:
+    """Microseconds of each of ``calls`` back-to-back calls (after ``warmup`` untimed ones)."""
+    for _ in range(warmup):
+        call()
+    out = np.empty(calls)
+    for i in range(calls):
+        start = time.perf_counter_ns()
+        call()
+        out[i] = time.perf_counter_ns() - start
+    return out / 1e3
+
+
+def control_loop(call: Callable[[], Any], duration_s: float) -> dict[str, Any]:
+    """Call once per 1 ms tick for ``duration_s``: replies later than 1 ms, and missed ticks.
+
+    Sleeps until 0.2 ms before each tick, then spins to it: ``time.sleep`` alone wakes up to
+    ~0.1 ms late on Linux, and spinning the whole period would starve the server of a core.
+    """
+    ticks = int(duration_s / PERIOD_S)
+    late, missed, worst = 0, 0, 0.0
+    start = time.perf_counter()
+    for i in range(ticks):
+        tick = start + i * PERIOD_S
+        if time.perf_counter() > tick + PERIOD_S:
+            missed += 1  # the previous reply overran this whole period
+            continue
+        if (gap := tick - time.perf_counter()) > 2e-4:
+            time.sleep(gap - 2e-4)
+        while time.perf_counter() < tick:
+            pass
+        sent = time.perf_counter()
+        call()
+        latency = time.perf_counter() - sent
+        late += latency > PERIOD_S
+        worst = max(worst, latency)
+    return {"ticks": ticks, "late_replies": late, "missed_ticks": missed, "worst_us": worst * 1e6}
+
+
+def bench_link(duration_s: float = 60.0, calls: int = 20_000) -> dict[str, Any]:
+    """Round-trip percentiles over ``calls`` calls and a 1 kHz loop of ``duration_s`` seconds,
+    for the link and for the echo; prints a table and returns the numbers."""
+    family = get_family(FAMILY)
+    observation = np.zeros(family.observation_size, np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        artifact = fresh_artifact(Path(tmp) / "init", family, seed=0)
+        link_endpoint, echo_endpoint = _free_endpoint(), _free_endpoint()
+        server = _start(
+            [
+                sys.executable,
+                "-m",
+                "controller.link",
+                "serve",
+                str(artifact),
+                "--bind",
+                link_endpoint,
+            ],
+            "serving",
+        )
+        echo = _start([sys.executable, "-c", ECHO, echo_endpoint], "ready")
+        try:
+            return _measure(link_endpoint, echo_endpoint, observation, duration_s, calls)
+        finally:
+            for process in (server, echo):
+                process.terminate()
+                process.wait(timeout=10)
+
+
+def _measure(
+    link_endpoint: str, echo_endpoint: str, observation: np.ndarray, duration_s: float, calls: int
+) -> dict[str, Any]:
+    context = zmq.Context()
+    echo = context.socket(zmq.REQ)
+    echo.connect(echo_endpoint)
+    header = {"type": "step", "seq": 1, "session": "0" * 32, "dtype": "<f4", "reward": 0.0,
+              "done": False}  # fmt: skip
+    frames = encode(header, [observation])  # the same bytes a link STEP carries
+
+    def echo_call() -> None:
+        echo.send_multipart(frames)
+        echo.recv_multipart()
+
+    # A generous deadline: lateness is counted here, not turned into safe actions.
+    with RobotClient(link_endpoint, deadline_ms=100) as client:
+        paths: dict[str, Callable[[], Any]] = {
+            "link": lambda: client.act(observation, 0.0),
+            "echo": echo_call,
+        }
+        trips = {name: _percentiles(round_trips(call, calls)) for name, call in paths.items()}
+        loops = {name: control_loop(call, duration_s) for name, call in paths.items()}
+        safe_actions = client.stats().safe_actions
+    echo.close(linger=0)
+    context.term()
+    result = {
+        "calls": calls,
+        "request_bytes": sum(len(f) for f in frames),
+        "round_trip": trips,
+        "p50_ratio": trips["link"]["p50_us"] / trips["echo"]["p50_us"],
+        "control_loop_1khz": {"duration_s": duration_s, **loops},
+        "link_safe_actions": safe_actions,
+    }
+    _print(result)
+    return result
+
+
+def _print(result: dict[str, Any]) -> None:
+    print(f"round trip over tcp loopback, {result['calls']} calls, {result['request_bytes']} B")
+    print(f"{'path':<6} {'p50 µs':>9} {'p99 µs':>9} {'p99.9 µs':>9}")
+    for name, trip in result["round_trip"].items():
+        print(f"{name:<6} {trip['p50_us']:>9.1f} {trip['p99_us']:>9.1f} {trip['p99.9_us']:>9.1f}")
+    link_p99 = result["round_trip"]["link"]["p99_us"]
+    print(f"link/echo p50 ratio {result['p50_ratio']:.2f} (goal <= 1.5); link p99 {link_p99:.0f} µs "
+          "(goal <= 300)")  # fmt: skip
+    loop = result["control_loop_1khz"]
+    print(f"\n1 kHz control loop, {loop['duration_s']:g} s")
+    print(f"{'path':<6} {'ticks':>7} {'> 1 ms':>7} {'missed':>7} {'worst µs':>9}")
+    for name in ("link", "echo"):
+        row = loop[name]
+        print(f"{name:<6} {row['ticks']:>7} {row['late_replies']:>7} {row['missed_ticks']:>7} "
+              f"{row['worst_us']:>9.0f}")  # fmt: skip
+    print(f"safe actions from the link client: {result['link_safe_actions']}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration-s", type=float, default=60.0, help="1 kHz loop length.")
+    parser.add_argument("--calls", type=int, default=20_000, help="Round trips per path.")
+    options = parser.parse_args()
+    bench_link(options.duration_s, options.calls)

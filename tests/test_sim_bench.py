@@ -1,0 +1,39 @@
+"""The sampler bench runs end to end at a tiny size, and ``python -m bench`` saves its results."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+# bench/ is not an installed package (make bench runs it from the repository root)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.__main__ import discover, save
+from bench.sampler_bench import bench_sampler, format_table
+
+
+def test_bench_sampler_measures_all_three_contenders() -> None:
+    results = bench_sampler(
+        seconds_budget=1.0, num_tasks=2, episodes_per_task=2, gym_envs=2, rounds=1
+    )
+    for robot in ("cheetah", "ant"):
+        row = results[robot]
+        assert row["simulations"] == 4 and 20 <= row["horizon"] <= 200
+        for key in ("sampler", "raw_batch", "gym_vector"):
+            assert row[f"{key}_steps_per_s"] > 0
+        assert (
+            row["ratio_to_raw_batch"] == row["sampler_steps_per_s"] / row["raw_batch_steps_per_s"]
+        )
+    assert "| ant_velocity | 4 x" in format_table(results)
+    json.dumps(results)  # JSON-ready for runs/bench.json
+
+
+def test_bench_main_discovers_modules_and_merges_results(tmp_path: Path) -> None:
+    assert "sampler" in discover()
+    path = tmp_path / "bench.json"
+    save({"sampler": {"x": 1.0}}, {}, path)
+    save({"link": {"y": 2.0}}, {"runtime": "skipped: no module"}, path)
+    record = json.loads(path.read_text())
+    assert record["benches"] == {"sampler": {"x": 1.0}, "link": {"y": 2.0}}
+    assert record["problems"] == {"runtime": "skipped: no module"}
