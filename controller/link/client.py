@@ -85,6 +85,17 @@ class ClientStats(NamedTuple):
     connected: bool
 
 
+def _receive(socket: zmq.Socket[bytes], timeout_ms: int) -> list[bytes] | None:
+    """The next reply, or None after ``timeout_ms``. A receive timeout set on the socket costs
+    less than a poll before each receive (``Socket.poll`` builds a Poller per call)."""
+    if socket.rcvtimeo != timeout_ms:
+        socket.rcvtimeo = timeout_ms
+    try:
+        return socket.recv_multipart()
+    except zmq.Again:
+        return None
+
+
 def _code(fields: Mapping[str, Any]) -> ErrorCode | None:
     """The ErrorCode of an ERROR header, None if the code is missing or unknown."""
     try:
@@ -334,13 +345,13 @@ class RobotClient:
         if self._interrupted:
             header["interrupted"] = True
         header["seq"] = seq = next(self._seq)
-        socket.send_multipart(encode(header, () if array is None else (array,)), copy=True)
-        if not socket.poll(timeout_ms, zmq.POLLIN):
+        socket.send_multipart(encode(header, () if array is None else (array,)))
+        frames = _receive(socket, timeout_ms)
+        if frames is None:
             self._disconnect("timeout", f"no reply within {timeout_ms} ms (seq {seq})", report)
             if raise_errors:
                 raise LinkError(f"{header['type']} got no reply within {timeout_ms} ms")
             return None
-        frames = socket.recv_multipart()
         try:
             fields = unpack_header(frames[0], _MAX_REPLY_HEADER)
             if read_seq(fields) != seq:
@@ -379,12 +390,13 @@ class RobotClient:
         ):
             self._fault("bad_reply", f"expected an action of {size} float32, got {fields}")
             return None
-        action = np.frombuffer(frames[0], dtype=WIRE_DTYPE).astype(np.float32)
+        action = np.frombuffer(frames[0], dtype=WIRE_DTYPE)
         if not np.isfinite(action).all():
             self._fault("bad_reply", "the server sent a non-finite action")
             return None
         # Defence in depth: the controller clips already; a robot never trusts the wire.
-        return np.clip(action, self.layout.action_low, self.layout.action_high)
+        # (minimum/maximum: a fresh float32 array, a few µs cheaper than np.clip.)
+        return np.minimum(np.maximum(action, self.layout.action_low), self.layout.action_high)
 
     def _fault(self, kind: str, message: str, code: ErrorCode | None = None) -> None:
         with self._stats_lock:  # the reconnect thread reports too
@@ -461,10 +473,11 @@ class RobotClient:
         if resume is not None:
             header["resume"] = resume
         socket.send_multipart(encode(header))
-        if not socket.poll(timeout_ms, zmq.POLLIN):
+        frames = _receive(socket, timeout_ms)
+        if frames is None:
             raise LinkError(f"no WELCOME from {self.endpoint} within {timeout_ms} ms")
         try:
-            fields = unpack_header(socket.recv_multipart()[0], _MAX_REPLY_HEADER)
+            fields = unpack_header(frames[0], _MAX_REPLY_HEADER)
         except ProtocolError as error:
             raise LinkError(f"bad WELCOME from {self.endpoint}: {error.message}") from None
         if fields.get("type") == MessageType.ERROR.value:

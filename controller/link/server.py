@@ -235,7 +235,9 @@ class LinkServer:
                     (),
                 )
             if reply is not None:
-                self._socket.send_multipart(envelope + encode(*reply), copy=False)
+                self._socket.send_multipart(envelope + encode(*reply))
+            if not self._socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return  # (cheaper than a recv that raises zmq.Again)
 
     def _dispatch(self, body: list[bytes], envelope: list[bytes]) -> Reply | None:
         message = decode_request(body, self.config.max_message_bytes)
@@ -361,7 +363,7 @@ class LinkServer:
             else:
                 finished = FINISHED_REPLY[MessageType(job.kind)]
                 header = {"type": finished.value, "seq": job.seq, "report": report}
-            self._socket.send_multipart(job.reply_to + encode(header), copy=False)
+            self._socket.send_multipart(job.reply_to + encode(header))
 
     # ---- watchdog and status ----------------------------------------------------------------
     def _scan(self) -> None:
