@@ -68,7 +68,8 @@ def latencies(call: Callable[[np.ndarray], Any], observations: np.ndarray, n: in
 
 
 def act_paths(ctl: Controller) -> dict[str, Callable[[np.ndarray], Any]]:
-    """The serving path and its alternatives, each a full act: mean, noise, clip."""
+    """The serving path and its alternatives: mean, noise, clip (Controller.act also checks the
+    observation and the sample for non-finite values and keeps the sample for record())."""
     artifact, rng = ctl.artifact, np.random.default_rng(0)
     low, high = (
         np.asarray(v, np.float32) for v in (artifact.layout.action_low, artifact.layout.action_high)
@@ -97,10 +98,10 @@ def act_paths(ctl: Controller) -> dict[str, Callable[[np.ndarray], Any]]:
         return np.clip(mean + std * rng.standard_normal(6, dtype=np.float32), low, high)
 
     return {
-        "onnxruntime, Controller.act (IOBinding)": ctl.act,
-        "onnxruntime, session.run": session_run,
-        "numpy forward": numpy_act,
-        "torch eager forward": torch_act,
+        "Controller.act (onnxruntime IOBinding, full)": ctl.act,
+        "onnxruntime session.run + noise + clip": session_run,
+        "numpy forward + noise + clip": numpy_act,
+        "torch eager forward + noise + clip": torch_act,
     }
 
 
@@ -203,6 +204,13 @@ def bench_runtime(
         "swap": swapping,
         "torch_threads": torch.get_num_threads(),
     }
+    serving_p99 = acting["Controller.act (onnxruntime IOBinding, full)"]["p99_us"]
+    results["goals_met"] = {  # issue 4, "How we will know"
+        "act_p99_le_50us": serving_p99 <= 50.0,
+        "adapt_to_serving_le_30ms": adapting["to_serving_ms_median"] <= 30.0,
+        "swap_p99_le_2x_quiet": swapping["p99_swapping_us"] <= 2 * swapping["p99_quiet_us"],
+        "swap_zero_failures": swapping["failures"] == 0,
+    }
     print_table(
         results, calls, swaps, load_artifact(paths[0]).metadata.family if artifact else FAMILY
     )
@@ -211,9 +219,9 @@ def bench_runtime(
 
 def print_table(results: dict[str, Any], calls: int, swaps: int, family: str) -> None:
     print(f"\nact latency, {calls} single-observation calls ({family}, 1 thread), µs")
-    print(f"  {'path':42s} {'p50':>8s} {'p99':>8s}")
+    print(f"  {'path':46s} {'p50':>8s} {'p99':>8s}")
     for name, row in results["act"].items():
-        print(f"  {name:42s} {row['p50_us']:8.1f} {row['p99_us']:8.1f}")
+        print(f"  {name:46s} {row['p50_us']:8.1f} {row['p99_us']:8.1f}")
     adapt = results["adapt"]
     print(
         f"\nadaptation, {EPISODES} episodes x {HORIZON} steps -> serving (torch threads "
@@ -224,7 +232,7 @@ def print_table(results: dict[str, Any], calls: int, swaps: int, family: str) ->
     )
     print(
         "  split (median): "
-        + ", ".join(f"{k[:-3]} {v:.2f}" for k, v in adapt.items() if k.endswith("_s_ms"))
+        + ", ".join(f"{k[:-5]} {v:.2f}" for k, v in adapt.items() if k.endswith("_s_ms"))
     )
     swap = results["swap"]
     print(f"\nact while swapping {swaps} times in another thread, µs")
@@ -233,6 +241,7 @@ def print_table(results: dict[str, Any], calls: int, swaps: int, family: str) ->
         f"(p99.9 {swap['p999_swapping_us']:.1f}, max {swap['max_swapping_us']:.0f}); "
         f"{int(swap['calls_while_swapping'])} calls, failures {int(swap['failures'])}"
     )
+    print("\ngoals met: " + ", ".join(f"{k} {v}" for k, v in results["goals_met"].items()))
 
 
 if __name__ == "__main__":

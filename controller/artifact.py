@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import numpy as np
-import onnx
 import safetensors.torch
 import torch
-from onnx import TensorProto, helper, numpy_helper
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from controller.adaptation import AdaptationSettings
 from controller.policy import Params, PolicySpec
+from controller.serving import policy_to_onnx, verify_onnx_matches
 
 FORMAT_NAME: Final = "adaptctl-artifact"
 FORMAT_VERSION = 1
@@ -328,97 +327,3 @@ def check_compatible(current: Artifact, candidate: Artifact) -> None:
             f"artifact {candidate.path} is incompatible with the serving one "
             f"({current.path}): " + "; ".join(problems)
         )
-
-
-# ONNX: opset 17 and IR version 8 are read by every onnxruntime since 1.14 (2023), so an artifact
-# also serves on a robot with an older runtime; Gemm, Relu and Tanh are all it needs. The
-# ``log_std`` output is the initializer itself (no node computes it).
-ONNX_OPSET = 17
-ONNX_IR_VERSION = 8
-
-
-def policy_to_onnx(spec: PolicySpec, params: Mapping[str, torch.Tensor]) -> onnx.ModelProto:
-    """The mean network and log-std as an ONNX graph.
-
-    Input ``observation`` float32 [batch, O]; outputs ``mean`` float32 [batch, A] and
-    ``log_std`` float32 [A]. Initializers carry the parameter names of ``Params``.
-    """
-    initializers = [numpy_helper.from_array(params[n].numpy(), n) for n in spec.parameter_shapes]
-    nodes, x = [], "observation"
-    activation = {"relu": "Relu", "tanh": "Tanh"}[spec.activation]
-    for i in range(len(spec.hidden_sizes)):
-        w, b = f"hidden.{i}.weight", f"hidden.{i}.bias"
-        nodes.append(helper.make_node("Gemm", [x, w, b], [f"h{i}.linear"], transB=1))
-        nodes.append(helper.make_node(activation, [f"h{i}.linear"], [f"h{i}"]))
-        x = f"h{i}"
-    nodes.append(helper.make_node("Gemm", [x, "mean.weight", "mean.bias"], ["mean"], transB=1))
-    graph = helper.make_graph(
-        nodes,
-        "adaptctl_policy",
-        [_value_info("observation", ["batch", spec.observation_size])],
-        [
-            _value_info("mean", ["batch", spec.action_size]),
-            _value_info("log_std", [spec.action_size]),
-        ],
-        initializers,
-    )
-    return helper.make_model(
-        graph,
-        producer_name="adaptctl",
-        opset_imports=[helper.make_opsetid("", ONNX_OPSET)],
-        ir_version=ONNX_IR_VERSION,
-    )
-
-
-def _value_info(name: str, shape: list[str | int]) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
-
-
-def _signature(values: Any) -> list[tuple[str, int, list[str | int]]]:
-    """(name, element type, shape with symbolic dims as strings) of graph inputs/outputs."""
-    out = []
-    for value in values:
-        tensor = value.type.tensor_type
-        dims = [d.dim_param if d.dim_param else d.dim_value for d in tensor.shape.dim]
-        out.append((value.name, tensor.elem_type, dims))
-    return out
-
-
-def _operators(model: onnx.ModelProto) -> list[tuple[Any, ...]]:
-    return [
-        (
-            n.op_type,
-            list(n.input),
-            list(n.output),
-            {a.name: helper.get_attribute_value(a) for a in n.attribute},
-        )
-        for n in model.graph.node
-    ]
-
-
-def verify_onnx_matches(spec: PolicySpec, params: Mapping[str, torch.Tensor], data: bytes) -> None:
-    """ValueError unless ``data`` is the graph :func:`policy_to_onnx` makes of these params.
-
-    Compares the interface, the sequence of operators and every initializer bit for bit, which
-    catches an ONNX file paired with the wrong parameters without running it.
-    """
-    try:
-        model = onnx.load_model_from_string(data)
-        onnx.checker.check_model(model)
-    except Exception as error:  # protobuf DecodeError, onnx ValidationError
-        raise ValueError(f"not a valid ONNX model: {error}") from error
-    expected = policy_to_onnx(spec, params)
-    for part in ("input", "output"):
-        got = _signature(getattr(model.graph, part))
-        want = _signature(getattr(expected.graph, part))
-        if got != want:
-            raise ValueError(f"graph {part}s are {got}, the policy spec needs {want}")
-    got_ops, want_ops = _operators(model), _operators(expected)
-    if got_ops != want_ops:
-        raise ValueError(f"graph operators {got_ops} differ from the policy spec's {want_ops}")
-    initializers = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    if set(initializers) != set(spec.parameter_shapes):
-        raise ValueError(f"graph initializers {sorted(initializers)} are not the policy's")
-    for name, array in initializers.items():
-        if not np.array_equal(array, params[name].numpy()):
-            raise ValueError(f"initializer {name!r} differs from {name!r} in the parameters")

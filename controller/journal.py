@@ -15,11 +15,13 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import msgpack
 import numpy as np
+import torch
 
 JOURNAL_FILE = "journal.bin"
 JOURNAL_VERSION = 1
@@ -75,6 +77,28 @@ def episode_record(episode: RecordedEpisode) -> dict[str, Any]:
         "observations": encode_array(episode.observations),
         "actions": encode_array(episode.actions),
         "rewards": encode_array(episode.rewards),
+    }
+
+
+def adaptation_record(
+    before: str,
+    after: str | None,
+    params: Mapping[str, torch.Tensor] | None,
+    consumed: list[int],
+) -> dict[str, Any]:
+    """The record of one adaptation: accepted when ``after`` (the new policy id) is given.
+
+    An accepted one carries the new parameters, so that a restarted controller can serve them.
+    """
+    encoded = None if params is None else {k: encode_array(v.numpy()) for k, v in params.items()}
+    return {
+        "kind": "adaptation",
+        "accepted": after is not None,
+        "from": before,
+        "policy": before if after is None else after,
+        "consumed": consumed,
+        "params": encoded,
+        "time": time.time(),
     }
 
 
@@ -141,9 +165,15 @@ class Journal:
         payload = msgpack.packb(record, use_bin_type=True)
         frame = _HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
         with self._lock:
-            self._file.seek(0, os.SEEK_END)
-            self._file.write(frame)
-            self._sync()
+            try:
+                self._file.seek(0, os.SEEK_END)
+                self._file.write(frame)
+                self._sync()
+            except (OSError, ValueError) as error:  # ValueError: the file was closed
+                raise JournalError(
+                    f"could not append a {record.get('kind')} record to {self.path}: {error}; "
+                    "it is kept in memory only (check the disk, or run without a journal_dir)"
+                ) from error
 
     def _sync(self) -> None:
         self._file.flush()
@@ -212,9 +242,12 @@ def replay(records: list[dict[str, Any]], init_policy_id: str, resume: bool) -> 
     """Replay the journal's records onto a controller serving ``init_policy_id``.
 
     The adapted policy is resumed only when its chain of adaptations starts from this very
-    initialization (``resume``); otherwise the initialization serves, and the recovered
-    episodes (collected by another policy) stay history, never used as on-policy data.
+    initialization; otherwise the initialization serves, and episodes collected by another
+    policy stay history, never used as on-policy data. Without ``resume`` nothing is restored.
     """
+    if not resume:
+        next_id = 1 + max((int(r["id"]) for r in records if r.get("kind") == "episode"), default=-1)
+        return Recovered(None, init_policy_id, 0, [], next_id)
     pending: dict[int, RecordedEpisode] = {}
     root, current, params, steps, next_id = init_policy_id, init_policy_id, None, 0, 0
     for record in records:
@@ -232,7 +265,7 @@ def replay(records: list[dict[str, Any]], init_policy_id: str, resume: bool) -> 
         elif kind in ("reset", "swap"):
             root = current = record["policy"]
             params, steps = None, 0
-    if not resume or root != init_policy_id or params is None:
+    if root != init_policy_id or params is None:
         params, current, steps = None, init_policy_id, 0
     return Recovered(params, current, steps, list(pending.values()), next_id)
 
@@ -336,7 +369,8 @@ class Recorder:
     @property
     def in_progress(self) -> dict[int, int]:
         """stream -> steps recorded so far in its episode in progress."""
-        return {stream: len(p.rewards) for stream, p in self._partial.items()}
+        streams = list(self._partial.items())  # one C-level copy: the acting thread may insert
+        return {stream: len(partial.rewards) for stream, partial in streams}
 
 
 def pad_episodes(

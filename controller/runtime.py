@@ -13,7 +13,6 @@ Threads: ``act``/``record``/``end_episode`` belong to one serving thread; ``adap
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +22,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from threadpoolctl import ThreadpoolController
 
@@ -31,66 +29,21 @@ from controller.adaptation import adapt as adaptation_step
 from controller.adaptation import batch_from_arrays
 from controller.artifact import (
     Artifact,
-    ArtifactError,
     check_compatible,
     load_artifact,
-    policy_to_onnx,
 )
 from controller.config import ControllerConfig
 from controller.journal import (
     Journal,
     RecordedEpisode,
     Recorder,
-    encode_array,
+    adaptation_record,
     episode_record,
     pad_episodes,
     replay,
 )
 from controller.policy import Params, PolicySpec, gaussian_kl
-
-
-def policy_id(params: Params) -> str:
-    """Short content hash of a parameter set: which policy collected an episode."""
-    digest = hashlib.sha256()
-    for name in sorted(params):
-        digest.update(name.encode())
-        digest.update(params[name].detach().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-class _Serving:
-    """One policy ready to serve: parameters, session, and the buffers of single-observation acts.
-
-    The IOBinding reads its input from ``input`` and writes ``mean`` into ``output`` in place:
-    about 1 µs less per call than ``session.run`` (bench/runtime_bench.py).
-    """
-
-    def __init__(
-        self, spec: PolicySpec, params: Params, onnx_model: bytes, threads: int, generation: int
-    ) -> None:
-        self.params = params
-        self.policy_id = policy_id(params)
-        self.generation = generation
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
-        self.std = np.exp(params["log_std"].detach().numpy()).astype(np.float32)
-        self.input = np.zeros((1, spec.observation_size), dtype=np.float32)
-        self.output = np.zeros((1, spec.action_size), dtype=np.float32)
-        self._output_value = ort.OrtValue.ortvalue_from_numpy(self.output)
-        self.binding = self.session.io_binding()
-        self.binding.bind_cpu_input("observation", self.input)
-        self.binding.bind_ortvalue_output("mean", self._output_value)
-        # Smoke test before anyone is served by it: it runs and gives a finite mean.
-        self.session.run_with_iobinding(self.binding)
-        if not np.isfinite(self.output).all():
-            raise ArtifactError("the policy gives a non-finite action for a zero observation")
-
-    def batch_mean(self, observations: np.ndarray) -> np.ndarray:
-        """[N, O] float32 -> [N, A] float32."""
-        return np.asarray(self.session.run(["mean"], {"observation": observations})[0])
+from controller.serving import ServingPolicy, policy_to_onnx
 
 
 class AdaptTimings(NamedTuple):
@@ -156,6 +109,7 @@ class Controller:
         self._pending: dict[int, tuple[np.ndarray, np.ndarray, str]] = {}
         self._counters = {"non_finite_observations": 0, "adaptations_accepted": 0}
         self._counters.update({"adaptations_rejected": 0, "swaps": 0, "swaps_refused": 0})
+        self._counters["episodes_recovered"] = 0
         self._threadpools = ThreadpoolController()  # the loaded BLAS/OpenMP libraries, once
         self._install(artifact)
         self._serving = self._initial
@@ -172,7 +126,7 @@ class Controller:
     def _install(self, artifact: Artifact) -> None:
         """Make ``artifact`` the initialization (not yet serving); raises if it is unusable."""
         low, high = self.config.action_bounds(artifact.metadata)
-        initial = _Serving(
+        initial = ServingPolicy(
             artifact.spec, artifact.params, artifact.onnx_model, self.config.intra_op_threads, 0
         )
         self._artifact, self._initial, self._low, self._high = artifact, initial, low, high
@@ -188,12 +142,12 @@ class Controller:
         )
         self._recorder.restore(recovered.episodes)
         self._recorder.keep_only(self._serving.policy_id)
-        self._recovered_episodes = len(recovered.episodes)
+        self._counters["episodes_recovered"] = self._recorder.available(self._serving.policy_id)
         self._journal = journal
 
-    def _build(self, params: Params, generation: int) -> _Serving:
+    def _build(self, params: Params, generation: int) -> ServingPolicy:
         model = policy_to_onnx(self.spec, params).SerializeToString()
-        return _Serving(self.spec, params, model, self.config.intra_op_threads, generation)
+        return ServingPolicy(self.spec, params, model, self.config.intra_op_threads, generation)
 
     @property
     def spec(self) -> PolicySpec:
@@ -249,7 +203,7 @@ class Controller:
         return command.copy()
 
     def _act_batch(
-        self, serving: _Serving, observations: np.ndarray, deterministic: bool
+        self, serving: ServingPolicy, observations: np.ndarray, deterministic: bool
     ) -> np.ndarray:
         if observations.ndim != 2 or observations.shape[1] != self.spec.observation_size:
             raise ValueError(
@@ -340,16 +294,16 @@ class Controller:
             step_size = settings.step_size(step)
             if self.config.steps is not None and step >= self.config.steps:
                 reason = f"already adapted {step} step(s), the configured limit; reset() first"
-                return self._rejected(reason, step, step_size, [], None, None)
+                return self._rejected(reason, step, step_size)
             episodes = self._recorder.take(serving.policy_id, k)
             if episodes is None:
                 have = self._recorder.available(serving.policy_id)
                 reason = f"need {k} finished episodes of the serving policy, have {have}"
-                return self._rejected(reason, step, step_size, [], None, None)
+                return self._rejected(reason, step, step_size)
             return self._adapt_on(serving, episodes, step, step_size)
 
     def _adapt_on(
-        self, serving: _Serving, episodes: list[RecordedEpisode], step: int, step_size: float
+        self, serving: ServingPolicy, episodes: list[RecordedEpisode], step: int, step_size: float
     ) -> AdaptReport:
         metadata, clock = self._artifact.metadata, [time.perf_counter()]
         with self._threads_limited():
@@ -396,18 +350,20 @@ class Controller:
         finally:
             torch.set_num_threads(previous)
 
-    def _build_checked(self, params: Params, generation: int) -> tuple[_Serving | None, str | None]:
+    def _build_checked(
+        self, params: Params, generation: int
+    ) -> tuple[ServingPolicy | None, str | None]:
         """The serving form of adapted parameters, or None and why it cannot serve."""
         bad = [name for name, value in params.items() if not torch.isfinite(value).all()]
         if bad:
             return None, f"the step made parameters non-finite: {', '.join(bad)}"
         try:
             return self._build(params, generation), None
-        except (ArtifactError, RuntimeError) as error:
+        except (ValueError, RuntimeError) as error:  # onnxruntime raises RuntimeErrors
             return None, f"the adapted policy cannot serve: {error}"
 
     def _kl_check(
-        self, before: _Serving, after: _Serving, observations: np.ndarray
+        self, before: ServingPolicy, after: ServingPolicy, observations: np.ndarray
     ) -> tuple[float, str | None]:
         """Mean KL(before || after) over ``observations`` [N, O], and a reason if too large.
 
@@ -429,45 +385,24 @@ class Controller:
             return kl, f"KL {kl:.4g} exceeds max_kl {bound:g}"
         return kl, None
 
-    def _rejected(
-        self,
-        reason: str,
-        step: int,
-        step_size: float,
-        returns: list[float],
-        kl: float | None,
-        timings: AdaptTimings | None,
-    ) -> AdaptReport:
+    def _rejected(self, reason: str, step: int, step_size: float) -> AdaptReport:
+        """A report for an adaptation refused before any computation (nothing consumed)."""
         self._counters["adaptations_rejected"] += 1
-        current = self._serving.policy_id
-        return AdaptReport(False, reason, step, step_size, tuple(returns), kl, timings, current)
+        return AdaptReport(False, reason, step, step_size, (), None, None, self._serving.policy_id)
 
     def _journal_adaptation(
         self,
-        before: _Serving,
-        after: _Serving | None,
+        before: ServingPolicy,
+        after: ServingPolicy | None,
         episodes: list[RecordedEpisode],
         reason: str,
         kl: float | None,
     ) -> None:
-        if self._journal is None:
-            return
-        params = (
-            None if after is None else {k: encode_array(v.numpy()) for k, v in after.params.items()}
-        )
-        self._journal.append(
-            {
-                "kind": "adaptation",
-                "accepted": after is not None,
-                "reason": reason,
-                "from": before.policy_id,
-                "policy": before.policy_id if after is None else after.policy_id,
-                "consumed": [e.episode_id for e in episodes],
-                "kl": kl,
-                "params": params,
-                "time": time.time(),
-            }
-        )
+        if self._journal is not None:
+            consumed = [e.episode_id for e in episodes]
+            new_id, params = (None, None) if after is None else (after.policy_id, after.params)
+            record = adaptation_record(before.policy_id, new_id, params, consumed)
+            self._journal.append(record | {"reason": reason, "kl": kl})
 
     # -- reset and swap --------------------------------------------------------------------
 

@@ -197,8 +197,9 @@ def meta_step(
     batch_done = time.perf_counter()
 
     theta = {name: p.detach().requires_grad_(True) for name, p in params.items()}
-    # The exact product reuses the inner steps' graphs unless it works on a subsample.
+    # The exact second-order product reuses the inner steps' graphs (unless on a subsample).
     keep_graph = settings.hvp == "exact" and settings.hvp_subsample == 1.0
+    keep_graph = keep_graph and not settings.first_order
     gradient, surrogate_before, adapted_all, old_all = meta_gradient(
         spec, theta, train, valid, settings, keep_graph
     )
@@ -312,7 +313,7 @@ def kl_hvp(
         return finite_difference_hvp(kl_gradient, flatten(theta), settings.fd_relative_eps)
     second_order = not settings.first_order
     adapted_jac = list(adapted_all)
-    if second_order and settings.hvp_subsample == 1.0 and not adapted_jac[0]["log_std"].grad_fn:
+    if second_order and settings.hvp_subsample == 1.0 and adapted_jac[0]["log_std"].grad_fn is None:
         raise ValueError(
             "the exact second-order product needs the inner steps' graphs: call "
             "meta_gradient(..., keep_graph=True)"

@@ -130,38 +130,22 @@ def free_tcp_endpoint() -> str:
 def server_process(
     artifact: Path, endpoint: str, journal: Path, *extra: str
 ) -> Iterator[subprocess.Popen[str]]:
-    """``python -m controller.link serve`` in its own process; killed on exit."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "controller.link", "serve", str(artifact), "--bind", endpoint,
-         "--journal-dir", str(journal), *extra],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    """``python -m controller.link serve`` in its own process, once it is bound; killed on
+    exit. Its log goes to ``journal``'s sibling ``server.log``."""
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    with open(journal.parent / "server.log", "a") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "controller.link", "serve", str(artifact), "--bind", endpoint,
+             "--journal-dir", str(journal), *extra],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
+        )  # fmt: skip
     try:
-        wait_for_server(endpoint, process)
+        wait_for_line(process, "serving", timeout_s=60)
         yield process
     finally:
         if process.poll() is None:
             process.kill()
         process.wait(timeout=10)
-
-
-def wait_for_server(endpoint: str, process: subprocess.Popen[str], timeout_s: float = 60) -> None:
-    """Block until a HELLO to ``endpoint`` is answered (the server process is up)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = process.stdout.read() if process.stdout else ""
-            raise RuntimeError(f"server exited with {process.returncode}:\n{output}")
-        peer = RawPeer(endpoint)
-        try:
-            peer.hello(timeout_ms=200)
-            peer.call({"type": "bye", "session": peer.session}, timeout_ms=200)
-            return
-        except TimeoutError:
-            time.sleep(0.05)
-        finally:
-            peer.close()
-    raise TimeoutError(f"server on {endpoint} did not answer within {timeout_s} s")
 
 
 def wait_for_line(process: subprocess.Popen[str], text: str, timeout_s: float = 30) -> str:

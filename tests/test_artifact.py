@@ -20,10 +20,10 @@ from controller.artifact import (
     IOLayout,
     check_compatible,
     load_artifact,
-    policy_to_onnx,
     save_artifact,
 )
 from controller.policy import PolicySpec, init_params, mean_action
+from controller.serving import policy_to_onnx
 
 OBS, ACT = 7, 3
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -185,3 +187,30 @@ def test_decoder_fuzz_raises_only_protocol_errors(body: list[bytes], observation
             read_reward(message)
     except ProtocolError as error:
         assert isinstance(error.code, ErrorCode) and error.message
+
+
+# ---- docs/protocol.md stays the truth ------------------------------------------------------
+DOC = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+
+
+def test_the_documented_error_codes_are_the_implemented_ones() -> None:
+    rows = re.findall(r"^\| (\d+) \| `([A-Z_]+)` \|", DOC, flags=re.MULTILINE)
+    assert [(int(code), name) for code, name in rows] == [(c.value, c.name) for c in ErrorCode]
+
+
+def test_every_message_type_is_documented() -> None:
+    for kind in MessageType:
+        assert f'"{kind.value}"' in DOC, f"docs/protocol.md never names {kind.value!r}"
+    for fields in REQUEST_FIELDS.values():
+        for name in fields:
+            assert f"`{name}`" in DOC, f"docs/protocol.md never explains the field {name!r}"
+
+
+def test_the_documented_example_bytes_decode_as_stated() -> None:
+    block = DOC.split("is\n\n```\n", 1)[1].split("```", 1)[0]
+    header = msgpack.unpackb(bytes.fromhex(block.replace("\n", " ")))
+    assert header == {"type": "step", "seq": 42, "session": "9f2c4e1a7b3d5f60a1b2c3d4e5f60718",
+                      "dtype": "<f4", "reward": -0.5, "done": False}  # fmt: skip
+    assert np.array([1.0, -2.0], "<f4").tobytes().hex(" ") in DOC
+    assert f"| request header | {MAX_HEADER_BYTES} bytes |" in DOC
+    assert f"default {DEFAULT_MAX_MESSAGE_BYTES})" in DOC

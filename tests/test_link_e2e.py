@@ -65,7 +65,7 @@ def test_server_killed_mid_episode_and_restarted_loses_no_recorded_episode(
     simulator, task = family.make_simulator(1, 1), VelocityTask(1.0)
     rng = np.random.default_rng(0)
     with server_process(artifact, endpoint, journal) as server:
-        client = RobotClient(endpoint, deadline_ms=50, reconnect_interval_ms=100)
+        client = RobotClient(endpoint, deadline_ms=250, reconnect_interval_ms=100)
         recorded = [run_episode(client, simulator, task, rng, HORIZON).recorded for _ in range(2)]
         assert recorded == [True, True]
         observation = simulator.reset([task], rng)[0]
@@ -118,11 +118,15 @@ def test_a_vanished_robot_is_noticed_and_its_episodes_kept(artifact: Path, tmp_p
             robot.wait(timeout=10)
         with RobotClient(endpoint, deadline_ms=200, name="operator") as operator:
             deadline = time.monotonic() + 10
-            while not (link := operator.status()["link"])["watchdog_count"]:
+            while True:  # the watchdog scans a few times per timeout
+                link = operator.status()["link"]
+                events = [e for e in link["watchdog_events"] if e["client"] == "robot"]
+                if events:
+                    break
                 assert time.monotonic() < deadline, link
                 time.sleep(0.1)
-            (event,) = link["watchdog_events"]
-            assert event["client"] == "robot" and event["dropped_steps"] > 0
+            (event,) = events
+            assert event["dropped_steps"] > 0
             assert [s["silent"] for s in link["sessions"] if s["client"] == "robot"] == [True]
             assert operator.status()["episodes_ready"] == 2
             report = operator.adapt()  # the vanished robot's episodes still feed an adaptation

@@ -349,3 +349,22 @@ def test_config_from_yaml(tmp_path: Path, artifact: Path) -> None:
     file.write_text("safe_actoin: hold\n")
     with pytest.raises(ConfigError, match="safe_actoin"):
         ControllerConfig.from_yaml(file)
+
+
+def test_journal_history_and_corruption(artifact: Path, tmp_path: Path) -> None:
+    config = ControllerConfig(journal_dir=tmp_path / "journal", seed=9)
+    with Controller.load(artifact, config) as ctl:
+        for _ in range(2):
+            for step in range(5):
+                obs = np.full(17, step, np.float32)
+                ctl.record(obs, ctl.act(obs), 1.0, step == 4)
+    with Controller.load(artifact, config.model_copy(update={"resume": False})) as ctl:
+        assert ctl.status()["episodes_ready"] == 0  # history only
+    with Controller.load(artifact, config) as ctl:
+        assert ctl.status()["episodes_ready"] == 2
+    file = tmp_path / "journal" / "journal.bin"
+    data = bytearray(file.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # inside the first episode, intact records after it
+    file.write_bytes(bytes(data))
+    with pytest.raises(JournalError, match="corrupt at byte"):
+        Controller.load(artifact, config)

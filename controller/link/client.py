@@ -12,6 +12,7 @@ This module must never import torch, onnxruntime or mujoco (tests/test_link_clie
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -39,11 +40,15 @@ _MAX_REPLY_HEADER = 1 << 20  # STATUS replies carry reports and session lists
 
 
 class LinkError(Exception):
-    """A management request (adapt, swap, status) failed; ``code`` is set for ERROR replies."""
+    """A request failed: raised by the management calls (adapt, swap, reset, status) and by
+    the constructor; ``act`` and ``episode_end`` report it as a :class:`LinkFault` instead."""
 
-    def __init__(self, message: str, code: ErrorCode | None = None) -> None:
+    def __init__(self, message: str, kind: str, code: ErrorCode | None = None) -> None:
         super().__init__(message)
+        self.kind = kind
+        """A LinkFault kind, or ``disconnected`` (a reconnect is under way)."""
         self.code = code
+        """The ERROR reply's code (``kind == "server_error"``), else None."""
 
 
 class LinkFault(NamedTuple):
@@ -117,15 +122,15 @@ def layout_from_welcome(fields: Mapping[str, Any]) -> Layout:
 
 
 class RobotClient:
-    """The robot's end of the link (one REQ socket; not for concurrent use from threads).
+    """The robot's end of the link (one REQ socket; calls from several threads take turns).
 
     ``endpoint``: the server, e.g. ``tcp://127.0.0.1:5555``. ``deadline_ms``: the longest an
-    ``act`` waits for its action (ZeroMQ polls in whole milliseconds). ``server_public_key``:
-    the server's CURVE public key (Z85, 40 bytes) when it runs with CURVE; ``client_keys``
-    (public, secret) are this robot's own, None: a fresh pair (enough for servers that accept
-    any key holder). ``timeout_ms``: the limit for every other request except a waiting adapt
-    or swap (``adapt_timeout_ms``). The constructor says HELLO and raises :class:`LinkError`
-    if the server does not answer within ``timeout_ms``.
+    ``act`` waits for its action (whole milliseconds, as ZeroMQ counts). ``server_public_key``:
+    the server's CURVE public key (Z85) when it runs with CURVE; ``client_keys`` (public,
+    secret): this robot's own pair, None: a fresh one (enough for servers that accept any key
+    holder). ``timeout_ms`` bounds every other request but a waiting adapt/swap/reset
+    (``adapt_timeout_ms``). The constructor says HELLO and raises :class:`LinkError` if the
+    server does not answer within ``timeout_ms``.
     """
 
     def __init__(
@@ -143,29 +148,26 @@ class RobotClient:
     ) -> None:
         if deadline_ms <= 0:
             raise ValueError(f"deadline_ms must be positive, got {deadline_ms}")
-        self.endpoint = endpoint
-        self.deadline_ms = max(1, math.ceil(deadline_ms))
-        self.timeout_ms = timeout_ms
-        self.adapt_timeout_ms = adapt_timeout_ms
-        self.reconnect_interval_ms = reconnect_interval_ms
-        self.on_fault = on_fault
+        self.endpoint, self.deadline_ms = endpoint, max(1, math.ceil(deadline_ms))
+        self.timeout_ms, self.adapt_timeout_ms = timeout_ms, adapt_timeout_ms
+        self.reconnect_interval_ms, self.on_fault, self._name = (
+            reconnect_interval_ms,
+            on_fault,
+            name,
+        )
         self._server_key = server_public_key
         if server_public_key is not None and client_keys is None:
             client_keys = zmq.curve_keypair()
         self._client_keys = client_keys
-        self._name = name
         self._context = zmq.Context()
-        self._lock = threading.RLock()
-        self._stats_lock = threading.Lock()
+        self._lock, self._stats_lock = threading.RLock(), threading.Lock()
         self._seq = itertools.count(1)
         self._closed = threading.Event()
         self._reconnector: threading.Thread | None = None
-        self._episode_open = False
-        self._interrupted = False
+        self._episode_open = self._interrupted = False
         self._faults: Counter[str] = Counter()
         self._steps = self._safe_actions = self._reconnects = 0
-        self.policy_id = ""
-        self.adapting = False
+        self.policy_id, self.adapting = "", False
         socket = self._new_socket()
         try:
             welcome = self._hello(socket, self.timeout_ms, resume=None)
@@ -181,17 +183,14 @@ class RobotClient:
 
     # ---- the control loop --------------------------------------------------------------
     def act(
-        self,
-        observation: np.ndarray,
-        reward: float = 0.0,
-        done: bool = False,
-        *,
-        deterministic: bool = False,
-    ) -> np.ndarray:
-        """[A] float32 action for ``observation`` [O], within ``deadline_ms``, never raising
-        for a link fault. ``reward`` and ``done`` are the outcome of the previous act() of this
-        episode; ``done=True`` says that step ended the episode and ``observation`` starts the
-        next one. End an episode without a next one (time limit, stop) with episode_end()."""
+        self, observation: np.ndarray, reward: float = 0.0, done: bool = False,
+        *, deterministic: bool = False,
+    ) -> np.ndarray:  # fmt: skip
+        """[A] float32 action for ``observation`` [O] within ``deadline_ms``; the safe action
+        (zeros) on any link fault, never an exception for one. ``reward`` and ``done`` are the
+        outcome of the previous act() of this episode; ``done=True`` says that step ended the
+        episode and ``observation`` starts the next. End an episode with no next observation
+        (time limit, stop) with episode_end()."""
         obs = np.ascontiguousarray(observation, dtype=np.float32).reshape(-1)
         if obs.shape != (self.layout.observation_size,):
             raise ValueError(
@@ -200,103 +199,83 @@ class RobotClient:
             )
         with self._lock:
             self._steps += 1
-            start = not self._episode_open
-            self._episode_open = True
-            if not (np.isfinite(obs).all() and math.isfinite(reward)):
-                self._interrupted = True
-                self._fault("non_finite_observation", "observation or reward is NaN/inf")
-                return self._safe()
-            header: dict[str, Any] = {
-                "type": MessageType.STEP.value,
-                "seq": 0,
-                "session": self.session,
-                "dtype": WIRE_DTYPE,
-                "reward": float(reward),
-                "done": bool(done),
-            }
+            start, self._episode_open = not self._episode_open, True
+            header: dict[str, Any] = {"type": MessageType.STEP, "session": self.session,
+                                      "dtype": WIRE_DTYPE, "reward": float(reward),
+                                      "done": bool(done)}  # fmt: skip
             if start:
                 header["start"] = True
             if deterministic:
                 header["deterministic"] = True
-            reply = self._exchange(header, obs, self.deadline_ms)
-            if reply is None:
-                return self._safe()
-            fields, frames = reply
-            action = self._read_action(fields, frames)
-            if action is None:
-                return self._safe()
-            self.policy_id = str(fields.get("policy", ""))
-            self.adapting = bool(fields.get("adapting", False))
+            try:
+                if not (np.isfinite(obs).all() and math.isfinite(reward)):
+                    self._interrupted = True
+                    raise LinkError("observation or reward is NaN/inf", "non_finite_observation")
+                fields, frames = self._exchange(header, obs, self.deadline_ms)
+                action = self._read_action(fields, frames)
+            except LinkError as error:
+                self._report(error)
+                self._safe_actions += 1
+                return self.safe_action.copy()
+            self.policy_id, self.adapting = str(fields.get("policy")), bool(fields.get("adapting"))
             return action
 
     def episode_end(self, reward: float, terminated: bool = False) -> dict[str, Any] | None:
         """Close the episode: ``reward`` of its last step; ``terminated`` True when the task
-        ended it (a fall), False when it was cut off (time limit). Returns the server's
-        receipt ({"recorded": bool, "steps": int, "episodes": int, ...}) or None on a fault."""
+        ended it (a fall), False when it was cut off (time limit). The server's receipt
+        ({"recorded": bool, "steps": int, "episodes_ready": int}), or None after a fault."""
         with self._lock:
             if not self._episode_open:
                 return None
             self._episode_open = False
-            if not math.isfinite(reward):
-                self._interrupted = True
-                self._fault("non_finite_observation", f"final reward is {reward}")
-                reward = 0.0
-            header = {
-                "type": MessageType.EPISODE_END.value,
-                "seq": 0,
-                "session": self.session,
-                "reward": float(reward),
-                "terminated": bool(terminated),
-            }
-            reply = self._exchange(header, None, self.timeout_ms)
-            if reply is None or reply[0].get("type") != MessageType.EPISODE.value:
+            header = {"type": MessageType.EPISODE_END, "session": self.session,
+                      "reward": float(reward), "terminated": bool(terminated)}  # fmt: skip
+            try:
+                if not math.isfinite(reward):
+                    header["interrupted"] = True  # drop the episode: its last reward is lost
+                    raise LinkError(f"final reward is {reward}", "non_finite_observation")
+                fields, _ = self._exchange(header, None, self.timeout_ms)
+            except LinkError as error:
+                self._report(error)
                 return None
-            return {k: v for k, v in reply[0].items() if k not in ("type", "seq")}
+            return {k: v for k, v in fields.items() if k not in ("type", "seq")}
 
     # ---- management ---------------------------------------------------------------------
     def adapt(self, wait: bool = True) -> dict[str, Any] | None:
-        """Ask the controller for one adaptation step on its K recorded episodes. ``wait``:
-        block until its report comes back (returned as a dict: accepted, reason, kl, ...);
-        else return None at once and keep acting (action replies say ``adapting`` meanwhile,
-        STATUS holds the report afterwards). Raises LinkError."""
-        header = {"type": MessageType.ADAPT.value, "wait": wait}
-        fields = self._request(header, self.adapt_timeout_ms if wait else self.timeout_ms)
-        return fields.get("report") if wait else None
+        """One adaptation step on the K recorded episodes. ``wait``: block until its report
+        (a dict: accepted, reason, kl, ...); else return None at once and keep acting (actions
+        say ``adapting`` meanwhile; STATUS has the report after). Raises LinkError."""
+        return self._job(MessageType.ADAPT, wait)
 
     def reset(self, wait: bool = True) -> None:
         """Serve the initialization again (drops the adaptations). Raises LinkError."""
-        header = {"type": MessageType.RESET.value, "wait": wait}
-        self._request(header, self.adapt_timeout_ms if wait else self.timeout_ms)
+        self._job(MessageType.RESET, wait)
 
     def swap(self, path: str, wait: bool = True) -> dict[str, Any] | None:
-        """Replace the served initialization by the artifact at ``path`` on the server's
-        machine. Returns the swap report (``wait``; its ``accepted`` is False with a reason
-        when the artifact is refused, serving then continues unchanged) or None."""
-        header = {"type": MessageType.SWAP.value, "path": str(path), "wait": wait}
-        fields = self._request(header, self.adapt_timeout_ms if wait else self.timeout_ms)
-        return fields.get("report") if wait else None
+        """Serve the artifact at ``path`` (on the server's machine) as the initialization. The
+        report (``wait``) says ``accepted: false`` with a reason when it is refused; serving
+        then continues unchanged. Raises LinkError."""
+        return self._job(MessageType.SWAP, wait, path=str(path))
 
     def status(self) -> dict[str, Any]:
         """The controller's status plus the link's (sessions, watchdog events, last reports)."""
-        return dict(self._request({"type": MessageType.STATUS.value}, self.timeout_ms)["status"])
+        return dict(self._request({"type": MessageType.STATUS}, self.timeout_ms)["status"])
 
     def stats(self) -> ClientStats:
-        with self._lock:
-            return ClientStats(
-                self._steps,
-                self._safe_actions,
-                self._reconnects,
-                {k: v for k, v in self._faults.items() if k != "reconnected"},
-                self._socket is not None,
-            )
+        with self._stats_lock:
+            faults = {k: v for k, v in self._faults.items() if k != "reconnected"}
+        return ClientStats(
+            self._steps, self._safe_actions, self._reconnects, faults, self._socket is not None
+        )
 
     def close(self) -> None:
         """Say BYE (so the server's watchdog does not report this robot) and release sockets."""
         self._closed.set()
         with self._lock:
             if self._socket is not None:
-                header = {"type": MessageType.BYE.value, "seq": 0, "session": self.session}
-                self._exchange(header, None, min(self.timeout_ms, 500), report=False)
+                with contextlib.suppress(LinkError):
+                    bye = {"type": MessageType.BYE, "session": self.session}
+                    self._exchange(bye, None, min(self.timeout_ms, 500))
             if self._socket is not None:
                 self._socket.close(linger=0)
                 self._socket = None
@@ -311,116 +290,80 @@ class RobotClient:
         self.close()
 
     # ---- internals ------------------------------------------------------------------------
-    def _safe(self) -> np.ndarray:
-        self._safe_actions += 1
-        return self.safe_action.copy()
+    def _job(self, kind: MessageType, wait: bool, **fields: Any) -> dict[str, Any] | None:
+        header = {"type": kind, "wait": wait, **fields}
+        reply = self._request(header, self.adapt_timeout_ms if wait else self.timeout_ms)
+        return reply.get("report") if wait else None
 
     def _request(self, header: dict[str, Any], timeout_ms: int) -> dict[str, Any]:
         with self._lock:
-            if self._socket is None:
-                raise LinkError(f"not connected to {self.endpoint}; reconnecting in the background")
-            header["seq"] = 0
             header["session"] = self.session
-            reply = self._exchange(header, None, timeout_ms, report=False, raise_errors=True)
-            assert reply is not None  # raise_errors=True raises instead of returning None
-            return reply[0]
+            return self._exchange(header, None, timeout_ms)[0]
 
     def _exchange(
-        self,
-        header: dict[str, Any],
-        array: np.ndarray | None,
-        timeout_ms: int,
-        *,
-        report: bool = True,
-        raise_errors: bool = False,
-    ) -> tuple[dict[str, Any], list[bytes]] | None:
-        """One request and its reply on the live socket, with every fault handled."""
+        self, header: dict[str, Any], array: np.ndarray | None, timeout_ms: int
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        """One request and its reply on the live socket; LinkError on any fault."""
         socket = self._socket
         if socket is None:
-            if self._episode_open:
-                self._interrupted = True
-            if raise_errors:
-                raise LinkError(f"not connected to {self.endpoint}")
-            return None
+            self._interrupted |= self._episode_open
+            raise LinkError(f"not connected to {self.endpoint}; reconnecting", "disconnected")
         if self._interrupted:
             header["interrupted"] = True
         header["seq"] = seq = next(self._seq)
         socket.send_multipart(encode(header, () if array is None else (array,)))
         frames = _receive(socket, timeout_ms)
         if frames is None:
-            self._disconnect("timeout", f"no reply within {timeout_ms} ms (seq {seq})", report)
-            if raise_errors:
-                raise LinkError(f"{header['type']} got no reply within {timeout_ms} ms")
-            return None
+            self._disconnect()
+            raise LinkError(f"{header['type']}: no reply within {timeout_ms} ms", "timeout")
         try:
             fields = unpack_header(frames[0], _MAX_REPLY_HEADER)
             if read_seq(fields) != seq:
                 raise ProtocolError(ErrorCode.MALFORMED, f"reply seq differs from {seq}")
         except ProtocolError as error:
-            self._disconnect("bad_reply", error.message, report)
-            if raise_errors:
-                raise LinkError(f"bad reply from the server: {error.message}") from None
-            return None
-        if fields.get("type") == MessageType.ERROR.value:
-            self._on_error(fields, report, raise_errors)
-            return None
+            self._disconnect()
+            raise LinkError(f"bad reply: {error.message}", "bad_reply") from None
+        if fields.get("type") == MessageType.ERROR:
+            code = _code(fields)
+            self._interrupted |= self._episode_open  # the robot applies its own safe action
+            if code is ErrorCode.UNKNOWN_SESSION:
+                self._disconnect()  # a restarted server: HELLO again in the background
+            message = f"server refused {header['type']}: {fields.get('message')}"
+            raise LinkError(message, "server_error", code)
         if header.get("interrupted"):
             self._interrupted = False  # the server has dropped the interrupted episode
         return fields, frames[1:]
 
-    def _on_error(self, fields: dict[str, Any], report: bool, raise_errors: bool) -> None:
-        """Handle an ERROR reply; raises LinkError with ``raise_errors``."""
-        code = _code(fields)
-        message = str(fields.get("message", "no message"))
-        if self._episode_open:
-            self._interrupted = True  # the robot applies an action the server did not send
-        if code is ErrorCode.UNKNOWN_SESSION:
-            self._disconnect("server_error", message, report, code)
-        elif report:
-            self._fault("server_error", message, code)
-        if raise_errors:
-            raise LinkError(f"server refused: {message}", code)
-
-    def _read_action(self, fields: dict[str, Any], frames: list[bytes]) -> np.ndarray | None:
+    def _read_action(self, fields: dict[str, Any], frames: list[bytes]) -> np.ndarray:
         size = self.layout.action_size
-        if (
-            fields.get("type") != MessageType.ACTION.value
-            or len(frames) != 1
-            or (len(frames[0]) != 4 * size)
-        ):
-            self._fault("bad_reply", f"expected an action of {size} float32, got {fields}")
-            return None
+        if fields.get("type") != MessageType.ACTION or [len(f) for f in frames] != [4 * size]:
+            raise LinkError(f"expected an action of {size} float32, got {fields}", "bad_reply")
         action = np.frombuffer(frames[0], dtype=WIRE_DTYPE)
         if not np.isfinite(action).all():
-            self._fault("bad_reply", "the server sent a non-finite action")
-            return None
+            raise LinkError("the server sent a non-finite action", "bad_reply")
         # Defence in depth: the controller clips already; a robot never trusts the wire.
         # (minimum/maximum: a fresh float32 array, a few µs cheaper than np.clip.)
         return np.minimum(np.maximum(action, self.layout.action_low), self.layout.action_high)
 
-    def _fault(self, kind: str, message: str, code: ErrorCode | None = None) -> None:
+    def _report(self, error: LinkError) -> None:
+        """Count a fault and call ``on_fault`` (not for acts while a reconnect runs)."""
+        if error.kind == "disconnected":
+            return
         with self._stats_lock:  # the reconnect thread reports too
-            self._faults[kind] += 1
-        fault = LinkFault(kind, message, code, time.monotonic())
-        log.warning("robot link %s: %s", kind, message)
+            self._faults[error.kind] += 1
+        log.warning("robot link %s: %s", error.kind, error)
         if self.on_fault is not None:
-            self.on_fault(fault)
+            self.on_fault(LinkFault(error.kind, str(error), error.code, time.monotonic()))
 
-    def _disconnect(
-        self, kind: str, message: str, report: bool, code: ErrorCode | None = None
-    ) -> None:
+    def _disconnect(self) -> None:
         """Lazy pirate: drop the socket (a REQ socket that missed a reply is stuck) and let
-        the background thread reconnect."""
+        a background thread reconnect."""
         if self._socket is not None:
             self._socket.close(linger=0)
             self._socket = None
-        if self._episode_open:
-            self._interrupted = True
-        if report:
-            self._fault(kind, message, code)
-        if not self._closed.is_set() and (
-            self._reconnector is None or not self._reconnector.is_alive()
-        ):
+        self._interrupted |= self._episode_open
+        alive = self._reconnector is not None and self._reconnector.is_alive()
+        if not self._closed.is_set() and not alive:
             self._reconnector = threading.Thread(
                 target=self._reconnect_loop, name="robot-link-reconnect", daemon=True
             )
@@ -432,25 +375,21 @@ class RobotClient:
             socket = self._new_socket()
             try:
                 welcome = self._hello(socket, self.reconnect_interval_ms, resume=self.session)
+                layout = layout_from_welcome(welcome)
+                if layout[:2] != self.layout[:2]:
+                    message = f"server now serves (O, A) = {layout[:2]}, not {self.layout[:2]}"
+                    raise LinkError(message, "layout_changed")
             except LinkError as error:
                 socket.close(linger=0)
-                self._closed.wait(self.reconnect_interval_ms / 1000)
-                if error.code is not None:  # answered, but refused: say why, keep trying
-                    self._fault("server_error", str(error), error.code)
-                continue
-            layout = layout_from_welcome(welcome)
-            if layout[:2] != self.layout[:2]:
-                socket.close(linger=0)
-                self._fault(
-                    "layout_changed", f"server now serves {layout[:2]}, not {self.layout[:2]}"
-                )
+                if error.kind != "timeout":  # answered, but unusable: say why, keep trying
+                    self._report(error)
                 self._closed.wait(self.reconnect_interval_ms / 1000)
                 continue
             with self._lock:
-                self.session = welcome["session"]
-                self._socket = socket
+                self.session, self._socket = welcome["session"], socket
                 self._reconnects += 1
-            self._fault("reconnected", f"link back after {time.monotonic() - began:.3f} s")
+            back = LinkError(f"link back after {time.monotonic() - began:.3f} s", "reconnected")
+            self._report(back)
             return
 
     def _new_socket(self) -> zmq.Socket[bytes]:
@@ -464,24 +403,21 @@ class RobotClient:
         return socket
 
     def _hello(self, socket: zmq.Socket[bytes], timeout_ms: int, resume: str | None) -> dict:
-        header: dict[str, Any] = {
-            "type": MessageType.HELLO.value,
-            "seq": next(self._seq),
-            "version": PROTOCOL_VERSION,
-            "client": self._name,
-        }
+        header: dict[str, Any] = {"type": MessageType.HELLO, "seq": next(self._seq),
+                                  "version": PROTOCOL_VERSION, "client": self._name}  # fmt: skip
         if resume is not None:
             header["resume"] = resume
         socket.send_multipart(encode(header))
         frames = _receive(socket, timeout_ms)
         if frames is None:
-            raise LinkError(f"no WELCOME from {self.endpoint} within {timeout_ms} ms")
+            raise LinkError(f"no WELCOME from {self.endpoint} within {timeout_ms} ms", "timeout")
         try:
             fields = unpack_header(frames[0], _MAX_REPLY_HEADER)
         except ProtocolError as error:
-            raise LinkError(f"bad WELCOME from {self.endpoint}: {error.message}") from None
-        if fields.get("type") == MessageType.ERROR.value:
-            raise LinkError(f"server refused HELLO: {fields.get('message')}", _code(fields))
-        if fields.get("type") != MessageType.WELCOME.value:
-            raise LinkError(f"expected WELCOME, got {fields.get('type')!r}")
+            raise LinkError(f"bad WELCOME: {error.message}", "bad_reply") from None
+        if fields.get("type") == MessageType.ERROR:
+            message = f"server refused HELLO: {fields.get('message')}"
+            raise LinkError(message, "server_error", _code(fields))
+        if fields.get("type") != MessageType.WELCOME:
+            raise LinkError(f"expected WELCOME, got {fields.get('type')!r}", "bad_reply")
         return fields

@@ -68,6 +68,8 @@ REQUEST_FIELDS: dict[MessageType, dict[str, tuple[tuple[type, ...], bool]]] = {
     MessageType.BYE: {"session": ((str,), True)},
 }
 
+_REQUESTS = {kind.value: kind for kind in REQUEST_TYPES}  # a dict lookup beats MessageType(kind)
+
 ARRAY_FRAMES: dict[MessageType, int] = {MessageType.STEP: 1}
 """Array frames that follow the header, per request type (STEP: the observation)."""
 
@@ -131,7 +133,7 @@ def read_seq(header: Mapping[str, Any]) -> int:
 
 def decode_request(body: Sequence[bytes], max_message_bytes: int) -> Message:
     """Stateless checks of a request body: size, header, seq, type and header fields."""
-    total = sum(len(frame) for frame in body)
+    total = sum(map(len, body))
     if total > max_message_bytes:
         raise ProtocolError(
             ErrorCode.TOO_LARGE, f"request of {total} bytes exceeds the {max_message_bytes} limit"
@@ -145,9 +147,9 @@ def decode_request(body: Sequence[bytes], max_message_bytes: int) -> Message:
     header = unpack_header(body[0])
     seq = read_seq(header)
     kind = header.get("type")
-    if not isinstance(kind, str) or kind not in REQUEST_TYPES:
+    message_type = _REQUESTS.get(kind) if isinstance(kind, str) else None
+    if message_type is None:
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown request type {kind!r}", seq)
-    message_type = MessageType(kind)
     _check_fields(message_type, header, seq)
     expected = ARRAY_FRAMES.get(message_type, 0)
     if len(body) - 1 != expected:
