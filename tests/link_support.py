@@ -136,7 +136,7 @@ def server_process(
     with open(journal.parent / "server.log", "a") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "controller.link", "serve", str(artifact), "--bind", endpoint,
-             "--journal-dir", str(journal), *extra],
+             "--set", f"journal_dir={journal}", *extra],
             cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
         )  # fmt: skip
     try:

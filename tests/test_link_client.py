@@ -175,6 +175,7 @@ class FakeServer:
         (np.full(6, np.nan, "<f4").tobytes(), np.zeros(6, np.float32)),  # never a NaN command
         (np.zeros(5, "<f4").tobytes(), np.zeros(6, np.float32)),  # wrong size: safe action
     ],
+    ids=["too large", "NaN", "wrong size"],
 )
 def test_the_client_never_trusts_the_wire(action: bytes, expected: np.ndarray) -> None:
     server = FakeServer(action)

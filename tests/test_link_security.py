@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
-from link_support import RawPeer, family_artifact
+from link_support import REPO, RawPeer, family_artifact
 
 from controller import Controller
 from controller.link.client import LinkError, RobotClient
@@ -100,3 +102,12 @@ def test_unusable_keys_are_refused_with_a_reason(controller: Controller, keys: P
     with pytest.raises(LinkSecurityError, match="does not exist"):
         LinkServer(controller, "tcp://127.0.0.1:*", curve_keys=missing)
     assert zmq.has("curve")
+
+
+def test_the_serve_command_refuses_a_network_bind_without_keys(tmp_path: Path) -> None:
+    artifact = family_artifact(tmp_path / "init")
+    command = [sys.executable, "-m", "controller.link", "serve", str(artifact), "--bind",
+               "tcp://0.0.0.0:0"]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "--insecure" in result.stderr and "Traceback" not in result.stderr

@@ -193,7 +193,8 @@ def test_steps_are_answered_while_an_adaptation_runs(artifact: Path) -> None:
         LinkServer(controller, "tcp://127.0.0.1:*").start() as server,
     ):
         robot, operator = RawPeer(server.endpoint), RawPeer(server.endpoint)
-        robot.hello(), operator.hello()
+        robot.hello()
+        operator.hello()
         for _ in range(K):
             assert play(robot, [1.0, -1.0, 0.5])["recorded"]
         before = robot.step(observation(), start=True)[0]["policy"]
@@ -216,7 +217,8 @@ def test_steps_are_answered_while_an_adaptation_runs(artifact: Path) -> None:
         assert report["accepted"], report
         after = robot.step(observation(), reward=0.0)[0]
         assert after["policy"] == report["policy_id"] != before and not after["adapting"]
-        robot.close(), operator.close()
+        robot.close()
+        operator.close()
 
 
 def test_adapt_and_reset_with_wait_reply_when_done(controller: Controller, peer: RawPeer) -> None:

@@ -1,10 +1,11 @@
 """Command lines of the link: ``adaptctl serve`` and ``adaptctl sim-robot``.
 
 ``add_serve_arguments``/``serve_main`` and ``add_sim_robot_arguments``/``sim_robot_main`` plug
-into any argparse parser (the project's ``adaptctl``); ``python -m controller.link`` runs them
-standalone. Config flags are generated one-to-one from the pydantic models' fields
-(STYLE principle 5): ``--watchdog-timeout-s`` is ``LinkConfig.watchdog_timeout_s``, with its
-description as help; tuple-valued fields are set through ``--config YAML``.
+into any argparse parser (``adaptctl``, via controller/cli.py); ``python -m controller.link``
+runs them standalone. The controller's config comes as in ``adaptctl run`` (``--config FILE``,
+``--set field=value``), the task from the same flags; the link's own config flags are generated
+one-to-one from :class:`LinkConfig` (STYLE principle 5): ``--watchdog-timeout-s`` is
+``LinkConfig.watchdog_timeout_s``, with its description as help.
 """
 
 from __future__ import annotations
@@ -17,8 +18,16 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
+import zmq
 from pydantic import BaseModel
 
+from controller.cli import (
+    add_config_arguments,
+    add_task_arguments,
+    controller_config,
+    task_from_args,
+)
+from controller.link.codec import to_wire
 from controller.link.security import CurveKeys, load_key_pair, load_public_key
 
 _SCALARS = (bool, int, float, str, Path)
@@ -59,7 +68,6 @@ def _scalar_type(annotation: Any) -> Any:
 # ---- adaptctl serve -------------------------------------------------------------------------
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``adaptctl serve ARTIFACT``."""
-    from controller.config import ControllerConfig
     from controller.link.server import LinkConfig
 
     parser.add_argument("artifact", type=Path, help="Artifact directory to serve.")
@@ -85,22 +93,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Allow a network bind without CURVE (anyone who can reach the port can command).",
     )
-    parser.add_argument("--config", type=Path, help="Controller config YAML (overridden by flags).")
-    add_model_arguments(parser, ControllerConfig)
+    add_config_arguments(parser)
     add_model_arguments(parser, LinkConfig)
 
 
 def serve_main(args: argparse.Namespace) -> int:
     """Run ``adaptctl serve`` with parsed ``args``; returns the exit status."""
-    from controller.config import ControllerConfig
     from controller.link.server import LinkConfig, LinkServer, serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    overrides = model_overrides(args, ControllerConfig)
-    if args.config is not None:
-        config = ControllerConfig.from_yaml(args.config, **overrides)
-    else:
-        config = ControllerConfig(**overrides)
+    try:
+        config = controller_config(args)
+    except ValueError as error:  # ConfigError, or a --set value of the wrong type
+        raise SystemExit(f"adaptctl serve: {error}") from None
     keys = None
     if args.curve_secret_key is not None:
         keys = CurveKeys(
@@ -113,10 +118,15 @@ def serve_main(args: argparse.Namespace) -> int:
         print(f"serving {args.artifact} on {server.endpoint}", flush=True)
 
     link_config = LinkConfig(**model_overrides(args, LinkConfig))
-    serve(
-        args.artifact, args.bind, curve_keys=keys, insecure=args.insecure, config=config,
-        link_config=link_config, ready=ready,
-    )  # fmt: skip
+    try:
+        serve(
+            args.artifact, args.bind, curve_keys=keys, insecure=args.insecure, config=config,
+            link_config=link_config, ready=ready,
+        )  # fmt: skip
+    except (ValueError, RuntimeError, zmq.ZMQError) as error:
+        # LinkSecurityError, ArtifactError, ConfigError (ValueErrors), JournalError (a
+        # RuntimeError: another server holds the journal), an endpoint already in use.
+        raise SystemExit(f"adaptctl serve: {error}") from None
     return 0
 
 
@@ -127,10 +137,7 @@ def add_sim_robot_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--family", help="Task family to simulate (default: the one the server's artifact has)."
     )
-    task = parser.add_mutually_exclusive_group(required=True)
-    task.add_argument("--target-velocity", type=float, help="Velocity task v* in m/s.")
-    task.add_argument("--direction", type=int, choices=(-1, 1), help="Direction task.")
-    task.add_argument("--goal", type=float, nargs=2, metavar=("X", "Y"), help="Goal task.")
+    add_task_arguments(parser)
     parser.add_argument("--episodes", type=int, default=20, help="K, episodes per adaptation.")
     parser.add_argument("--adapted-episodes", type=int, help="Episodes after (default: K).")
     parser.add_argument("--steps", type=int, default=1, help="Adaptation steps (K each).")
@@ -144,42 +151,34 @@ def add_sim_robot_arguments(parser: argparse.ArgumentParser) -> None:
 
 def sim_robot_main(args: argparse.Namespace) -> int:
     """Run ``adaptctl sim-robot`` with parsed ``args``; prints a before/after summary."""
-    from controller.link.client import RobotClient
+    from controller.link.client import LinkError, RobotClient
     from controller.link.sim_robot import run_sim_robot
-    from sim.tasks import DirectionTask, GoalTask, Task, VelocityTask
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     server_key = None if args.server_key is None else load_public_key(args.server_key)
     client_keys = None if args.client_key is None else load_key_pair(args.client_key)
-    family = args.family
-    if family is None:  # ask the server which family its artifact was trained on
-        with RobotClient(args.connect, args.deadline_ms, server_key, client_keys=client_keys) as c:
-            family = c.family
-    task: Task
-    if args.target_velocity is not None:
-        task = VelocityTask(args.target_velocity)
-    elif args.direction is not None:
-        task = DirectionTask(args.direction)
-    else:
-        task = GoalTask((args.goal[0], args.goal[1]))
-    result = run_sim_robot(
-        args.connect, family, task, args.episodes, adapted_episodes=args.adapted_episodes,
-        adapt_steps=args.steps, horizon=args.horizon, deadline_ms=args.deadline_ms,
-        server_public_key=server_key, client_keys=client_keys, seed=args.seed,
-    )  # fmt: skip
+    try:
+        task = task_from_args(args)
+        family = args.family
+        if family is None:  # ask the server which family its artifact was trained on
+            with RobotClient(
+                args.connect, args.deadline_ms, server_key, client_keys=client_keys
+            ) as probe:
+                family = probe.family
+        result = run_sim_robot(
+            args.connect, family, task, args.episodes, adapted_episodes=args.adapted_episodes,
+            adapt_steps=args.steps, horizon=args.horizon, deadline_ms=args.deadline_ms,
+            server_public_key=server_key, client_keys=client_keys, seed=args.seed,
+        )  # fmt: skip
+    except (ValueError, LinkError) as error:  # a task outside the family's range, no server
+        raise SystemExit(f"adaptctl sim-robot: {error}") from None
     summary = result.summary()
     if args.json:
-        print(json.dumps({**summary, "result": _jsonable(result)}, indent=2))
+        print(json.dumps({**summary, "result": to_wire(result)}, indent=2))
     else:
         for key, value in summary.items():
             print(f"{key:>24}: {value}")
     return 0
-
-
-def _jsonable(result: Any) -> Any:
-    from controller.link.codec import to_wire
-
-    return to_wire(result)
 
 
 def main(argv: list[str] | None = None) -> int:

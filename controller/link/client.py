@@ -230,10 +230,10 @@ class RobotClient:
             self._episode_open = False
             header = {"type": MessageType.EPISODE_END, "session": self.session,
                       "reward": float(reward), "terminated": bool(terminated)}  # fmt: skip
+            if not math.isfinite(reward):  # the episode is unusable: have the server drop it
+                self._report(LinkError(f"final reward is {reward}", "non_finite_observation"))
+                self._interrupted, header["reward"] = True, 0.0
             try:
-                if not math.isfinite(reward):
-                    header["interrupted"] = True  # drop the episode: its last reward is lost
-                    raise LinkError(f"final reward is {reward}", "non_finite_observation")
                 fields, _ = self._exchange(header, None, self.timeout_ms)
             except LinkError as error:
                 self._report(error)
@@ -351,7 +351,8 @@ class RobotClient:
             return
         with self._stats_lock:  # the reconnect thread reports too
             self._faults[error.kind] += 1
-        log.warning("robot link %s: %s", error.kind, error)
+        level = logging.INFO if error.kind == "reconnected" else logging.WARNING
+        log.log(level, "robot link %s: %s", error.kind, error)
         if self.on_fault is not None:
             self.on_fault(LinkFault(error.kind, str(error), error.code, time.monotonic()))
 

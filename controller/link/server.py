@@ -262,7 +262,7 @@ class LinkServer:
         self._sessions.touch(session, message.seq)
         try:
             return self._on_request(message, session, envelope)
-        except ProtocolError:
+        except Exception:
             if message.type in (MessageType.STEP, MessageType.EPISODE_END):
                 # The robot falls back to its safe action: the episode is no longer on-policy.
                 self._sessions.drop_episode(session, f"an ERROR reply to a {message.type}")
@@ -414,6 +414,7 @@ def serve(
     """
     from controller.runtime import Controller  # torch and onnxruntime: only when serving
 
+    check_bind(bind, curve_keys, insecure)  # before the (slower) artifact load
     with Controller.load(artifact_path, config) as controller:
         server = LinkServer(
             controller, bind, curve_keys=curve_keys, insecure=insecure, config=link_config

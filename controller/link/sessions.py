@@ -104,7 +104,7 @@ class SessionTable:
         known = self._sessions.get(resume) if resume is not None else None
         if known is not None:
             known.last_seq, known.last_seen, known.client = seq, now, client
-            self._wake(known, now)
+            self._wake(known)
             return known, True
         if len(self._sessions) >= self._max_sessions:
             self.close(min(self._sessions.values(), key=lambda s: s.last_seen), "evicted")
@@ -116,10 +116,10 @@ class SessionTable:
         return session, False
 
     def touch(self, session: Session, seq: int) -> None:
-        now = time.monotonic()
-        session.last_seq, session.last_seen = seq, now
+        """A request of ``session`` with sequence number ``seq`` was accepted."""
+        session.last_seq, session.last_seen = seq, time.monotonic()
         if session.silent:
-            self._wake(session, now)
+            self._wake(session)
 
     def close(self, session: Session, why: str) -> None:
         self.drop_episode(session, why)
@@ -209,7 +209,7 @@ class SessionTable:
             events.append(event)
         return events
 
-    def _wake(self, session: Session, now: float) -> None:
+    def _wake(self, session: Session) -> None:
         if session.silent:
             session.silent = False
             log.info("robot %r (stream %d) is back", session.client, session.stream)
