@@ -70,7 +70,7 @@ def run_phase(
     velocity_sum, velocity_count = 0.0, 0
     trace: dict[str, list[float]] = {}
     policy_id = controller.status()["policy_id"]
-    for _ in range(family.horizon):
+    for _ in range(controller.artifact.metadata.adaptation.horizon):
         action = controller.act(observation)  # streams 0..K-1, exploring as on the robot
         result = sim.step(action, None if alive.all() else alive)
         reward = np.sum(list(result.reward_terms.values()), axis=0)

@@ -1,0 +1,99 @@
+"""The main job (``adaptctl run``): the sim loop through the Controller API, table, JSON, plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from controller.adaptation import AdaptationSettings
+from controller.artifact import ArtifactAdaptation, IOLayout, save_artifact
+from controller.config import ControllerConfig
+from controller.policy import PolicySpec, init_params
+from controller.runtime import Controller
+from controller.simloop import format_table, run
+from meta_train.cli import main
+from sim.families import get_family
+from sim.tasks import GoalTask, VelocityTask
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_artifact(path: Path, family_name: str, episodes: int = 4, horizon: int = 30) -> Path:
+    family = get_family(family_name)
+    spec = PolicySpec(observation_size=family.observation_size, action_size=family.action_size,
+                      hidden_sizes=(32, 32))  # fmt: skip
+    save_artifact(
+        path, spec, init_params(spec, 3), family=family.name,
+        layout=IOLayout(
+            observation_size=family.observation_size, action_size=family.action_size,
+            observation_names=family.observation_names, action_names=family.action_names,
+            action_low=tuple(map(float, family.action_low)),
+            action_high=tuple(map(float, family.action_high)),
+        ),
+        adaptation=ArtifactAdaptation(episodes_per_step=episodes, horizon=horizon,
+                                      settings=AdaptationSettings()),
+    )  # fmt: skip
+    return path
+
+
+def test_run_goes_through_the_controller(tmp_path: Path) -> None:
+    artifact = small_artifact(tmp_path / "a", "cheetah_velocity")
+    config = ControllerConfig(seed=1, max_kl=1e6)
+    with Controller.load(artifact, config) as controller:
+        result = run(controller, VelocityTask(1.2), steps=2, seed=0, num_threads=1)
+        status = controller.status()
+    assert [p.name for p in result.phases] == ["initialization", "after 1 step", "after 2 steps"]
+    assert status["adaptation_steps"] == 2  # both steps were taken by the controller itself
+    assert len({p.policy_id for p in result.phases}) == 3  # each phase ran its own policy
+    for phase in result.phases:
+        assert len(phase.returns) == 4 and np.isfinite(phase.returns).all()
+        assert phase.velocity_error is not None and phase.velocity_error >= 0
+        assert len(phase.trace["x_velocity"]) == 30
+    assert [a["accepted"] for a in result.adaptations] == [True, True]
+    assert "mean |v - v*|" in format_table(result)
+
+
+def test_cli_run_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    artifact = small_artifact(tmp_path / "a", "navigation2d", horizon=20)
+    out = tmp_path / "out"
+    code = main(["run", str(artifact), "--goal", "0.2", "-0.3", "--out", str(out), "--json",
+                 "--set", "max_kl=1e6", "--threads", "1"])  # fmt: skip
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((out / "result.json").read_text())
+    assert printed["task"] == {"kind": "goal", "goal": [0.2, -0.3]}
+    assert (out / "adaptation.png").stat().st_size > 1000
+
+
+def test_cli_run_refuses_bad_tasks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    artifact = small_artifact(tmp_path / "a", "cheetah_velocity")
+    assert main(["run", str(artifact), "--target-velocity", "7.5", "--out", str(tmp_path)]) == 2
+    assert "outside [0.0, 2.0]" in capsys.readouterr().err
+    assert main(["run", str(artifact), "--goal", "0", "0", "--out", str(tmp_path)]) == 2
+    assert "takes a target velocity" in capsys.readouterr().err
+    assert main(["run", str(artifact), "--out", str(tmp_path)]) == 2
+    assert "exactly one task" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (ROOT / "artifacts" / "cheetah_velocity").exists(),
+                    reason="no shipped cheetah_velocity artifact")  # fmt: skip
+def test_shipped_artifact_adapts_to_unseen_velocities() -> None:
+    """Issue 4: target velocities no training task had exactly; one step lowers |v - v*|."""
+    errors = []
+    for velocity in (0.35, 1.37):
+        config = ControllerConfig(seed=11)
+        with Controller.load(ROOT / "artifacts" / "cheetah_velocity", config) as controller:
+            result = run(controller, VelocityTask(velocity), steps=1, seed=5)
+        before, after = (p.velocity_error for p in result.phases)
+        errors.append((velocity, before, after))
+    assert all(after < before for _, before, after in errors), errors
+
+
+def test_goal_task_in_range_is_required(tmp_path: Path) -> None:
+    artifact = small_artifact(tmp_path / "a", "navigation2d", horizon=5)
+    with Controller.load(artifact) as controller, pytest.raises(ValueError, match="outside"):
+        run(controller, GoalTask((0.9, 0.0)))
