@@ -20,9 +20,9 @@ import onnxruntime as ort
 import torch
 
 from controller import Controller, ControllerConfig
-from controller.adaptation import AdaptationSettings
-from controller.artifact import ArtifactAdaptation, IOLayout, load_artifact, save_artifact
-from controller.policy import PolicySpec, init_params, mean_action
+from controller.artifact import load_artifact
+from controller.policy import mean_action
+from meta_train import export
 from sim.families import Family, get_family
 from sim.tasks import VelocityTask
 
@@ -32,27 +32,10 @@ EPISODES, HORIZON = 20, 200  # the paper's K and horizon (MAML_RL.md, "Settings"
 
 def fresh_artifact(path: Path, family: Family, seed: int) -> Path:
     """A freshly initialized 2x100 ReLU policy for ``family`` saved as an artifact."""
-    spec = PolicySpec(observation_size=family.observation_size, action_size=family.action_size)
-    save_artifact(
-        path,
-        spec,
-        init_params(spec, seed),
-        family=family.name,
-        layout=IOLayout(
-            observation_size=family.observation_size,
-            action_size=family.action_size,
-            observation_names=family.observation_names,
-            action_names=family.action_names,
-            action_low=tuple(float(v) for v in family.action_low),
-            action_high=tuple(float(v) for v in family.action_high),
-        ),
-        adaptation=ArtifactAdaptation(
-            episodes_per_step=EPISODES, horizon=HORIZON, settings=AdaptationSettings()
-        ),
+    return export.fresh_artifact(
+        path, family.name, seed=seed, episodes_per_step=EPISODES, horizon=HORIZON,
         training={"note": f"fresh initialization, seed {seed} (benchmark)"},
-        overwrite=True,
-    )
-    return path
+    )  # fmt: skip
 
 
 def latencies(call: Callable[[np.ndarray], Any], observations: np.ndarray, n: int) -> np.ndarray:

@@ -223,29 +223,57 @@ def kl_divergence(
 class SamplingPolicy:
     """The stochastic policy a sampler calls: obs [T, E, O] -> actions [T, E, A], numpy float32.
 
-    Holds either one parameter set shared by all tasks or one per task (stacked, ``[T, ...]``),
-    and its own seeded generator: the same seed and the same observations give the same
-    actions. Runs without autograd. Thread count is the caller's business (torch's global).
+    Holds either one parameter set shared by all tasks or one per task (stacked, ``[T, ...]``).
+    The action noise of task ``t`` comes from its own torch generator, seeded from
+    ``SeedSequence([seed, task_offset + t])``: the same seed and the same observations give the
+    same actions, and a task's noise does not depend on which other tasks share the call, so a
+    meta-batch split into shards (:meth:`shard`, meta_train/ray_sampler.py) draws what one
+    batch does. Runs without autograd. Thread count is the caller's business (torch's global).
     """
 
-    def __init__(self, spec: PolicySpec, params: Params, seed: int) -> None:
+    def __init__(self, spec: PolicySpec, params: Params, seed: int, task_offset: int = 0) -> None:
         self.spec = spec
         self.stacked = is_stacked(spec, params)
         self.num_tasks = int(params["log_std"].shape[0]) if self.stacked else None
+        self.params: Params = {name: value.detach() for name, value in params.items()}
+        """The parameters as given (detached): what a remote shard rebuilds this policy from."""
+        self.seed = seed
+        self.task_offset = task_offset
         # Pre-transposed contiguous weights: x @ W^T as addmm/baddbmm without a strided view.
         self._layers = []
         names = [f"hidden.{i}" for i in range(len(spec.hidden_sizes))] + ["mean"]
         for name in names:
-            weight = params[f"{name}.weight"].detach().to(torch.float32)
-            bias = params[f"{name}.bias"].detach().to(torch.float32)
+            weight = self.params[f"{name}.weight"].to(torch.float32)
+            bias = self.params[f"{name}.bias"].to(torch.float32)
             if self.stacked:
                 self._layers.append((weight.transpose(1, 2).contiguous(), bias.unsqueeze(1)))
             else:
                 self._layers.append((weight.t().contiguous(), bias.contiguous()))
-        std = torch.exp(params["log_std"].detach().to(torch.float32))
+        std = torch.exp(self.params["log_std"].to(torch.float32))
         self._std = std.unsqueeze(1) if self.stacked else std
         self._relu = spec.activation == "relu"
-        self._generator = torch.Generator().manual_seed(seed)
+        self._generators: list[torch.Generator] = []
+        self.calls = 0
+        """Times this policy has acted; a fresh one (0) can be rebuilt elsewhere exactly."""
+
+    def shard(self, start: int, stop: int) -> SamplingPolicy:
+        """A fresh policy for tasks ``start:stop`` of this one's calls: same seed, the task
+        streams of those tasks, and (if stacked) their parameter sets."""
+        if not 0 <= start < stop or (self.num_tasks is not None and stop > self.num_tasks):
+            raise ValueError(
+                f"cannot take tasks {start}:{stop} of a policy for {self.num_tasks} tasks"
+            )
+        params = self.params
+        if self.stacked:
+            params = {name: value[start:stop] for name, value in params.items()}
+        return SamplingPolicy(self.spec, params, self.seed, self.task_offset + start)
+
+    def _task_generators(self, num_tasks: int) -> list[torch.Generator]:
+        while len(self._generators) < num_tasks:
+            task = self.task_offset + len(self._generators)
+            state = np.random.SeedSequence([self.seed, task]).generate_state(1, np.uint64)
+            self._generators.append(torch.Generator().manual_seed(int(state[0])))
+        return self._generators[:num_tasks]
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         if obs.ndim != 3 or obs.shape[-1] != self.spec.observation_size:
@@ -259,6 +287,7 @@ class SamplingPolicy:
                 f"got observations for {obs.shape[0]}"
             )
         num_tasks, num_envs, _ = obs.shape
+        self.calls += 1
         x = torch.from_numpy(np.ascontiguousarray(obs, dtype=np.float32))
         with torch.inference_mode():
             if not self.stacked:
@@ -271,6 +300,10 @@ class SamplingPolicy:
                 )
                 if index < len(self._layers) - 1:
                     x = x.relu_() if self._relu else x.tanh_()
-            noise = torch.randn(x.shape, generator=self._generator, dtype=torch.float32)
-            actions = x.addcmul_(noise, self._std)
+            noise = torch.empty((num_tasks, num_envs, x.shape[-1]), dtype=torch.float32)
+            for generator, rows in zip(
+                self._task_generators(num_tasks), noise.unbind(0), strict=True
+            ):
+                rows.normal_(generator=generator)
+            actions = x.addcmul_(noise.reshape(x.shape), self._std)
         return actions.reshape(num_tasks, num_envs, -1).numpy()

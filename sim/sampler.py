@@ -8,6 +8,7 @@ Public MAML-RL implementations step each environment with its own Python call; s
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any, cast
 
 import numpy as np
 
@@ -24,8 +25,10 @@ class BatchSampler:
     """Collects E episodes for each of T tasks of one family, all simulations in lock-step.
 
     Simulators are built on first use for each batch size and reused afterwards. The reset noise
-    comes from ``seed``; the actions' randomness is the policy's own: the same seed and the same
-    policy state give bit-identical episodes at any thread count.
+    of task ``i`` comes from its own stream, ``SeedSequence([seed, task_offset + i])``; the
+    actions' randomness is the policy's own: the same seed and the same policy state give
+    bit-identical episodes at any thread count, and a task's reset does not depend on which
+    other tasks share the batch (a meta-batch split into shards resets as one batch does).
     """
 
     def __init__(self, family: Family, num_threads: int = 2) -> None:
@@ -46,11 +49,13 @@ class BatchSampler:
         seed: int,
         horizon: int | None = None,
         task_features: bool = False,
+        task_offset: int = 0,
     ) -> Episodes:
         """Roll out ``episodes_per_task`` episodes of each task with ``policy``.
 
         With ``task_features`` the task's features are appended to every observation (the
-        oracle comparator's input).
+        oracle comparator's input). ``task_offset``: the index of ``tasks[0]`` in the whole
+        meta-batch when this call samples one shard of it (its reset streams follow).
         """
         tasks = [self.family.validate(t) for t in tasks]
         horizon = self.family.horizon if horizon is None else horizon
@@ -64,7 +69,10 @@ class BatchSampler:
             per_task = np.stack([self.family.task_features(t) for t in tasks])
             features = np.repeat(per_task, episodes_per_task, axis=0)
 
-        observation = sim.reset(sim_tasks, np.random.default_rng(seed))
+        streams = _PerTaskGenerator(
+            seed, range(task_offset, task_offset + num_tasks), episodes_per_task
+        )
+        observation = sim.reset(sim_tasks, cast(np.random.Generator, streams))
         buffers = _Buffers(num_sims, horizon)
         alive = np.ones(num_sims, dtype=bool)
         for t in range(horizon):
@@ -86,6 +94,40 @@ class BatchSampler:
                 break
             observation = result.observations
         return buffers.episodes(tasks, episodes_per_task)
+
+
+class _PerTaskGenerator:
+    """Stands in for the generator a simulator's ``reset`` draws from: one stream per task.
+
+    A reset draws arrays whose leading axis is the simulation (task-major, E per task), e.g.
+    ``rng.uniform(low, high, size=(N, nq))``; here the E rows of task ``i`` come from
+    ``default_rng(SeedSequence([seed, task_ids[i]]))``. Any ``Generator`` method works if it
+    is called with a keyword ``size`` whose first entry is N.
+    """
+
+    def __init__(self, seed: int, task_ids: Sequence[int], episodes_per_task: int) -> None:
+        self._streams = [np.random.default_rng(np.random.SeedSequence([seed, i])) for i in task_ids]
+        self._episodes_per_task = episodes_per_task
+
+    def __getattr__(self, name: str) -> Callable[..., np.ndarray]:
+        if name.startswith("_"):  # copy/pickle/numpy probing for special methods
+            raise AttributeError(name)
+        methods = [getattr(stream, name) for stream in self._streams]
+        num_sims = len(methods) * self._episodes_per_task
+
+        def draw(
+            *args: Any, size: int | tuple[int, ...] | None = None, **kwargs: Any
+        ) -> np.ndarray:
+            shape = (size,) if isinstance(size, int) else tuple(size or ())
+            if not shape or shape[0] != num_sims:
+                raise ValueError(
+                    f"a simulator's reset drew rng.{name}(size={size}); the sampler's per-task "
+                    f"streams need a keyword size whose first entry is the {num_sims} simulations"
+                )
+            rows = (self._episodes_per_task, *shape[1:])
+            return np.concatenate([method(*args, size=rows, **kwargs) for method in methods])
+
+        return draw
 
 
 class _Buffers:

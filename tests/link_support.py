@@ -17,9 +17,7 @@ import numpy as np
 import zmq
 
 from controller.adaptation import AdaptationSettings
-from controller.artifact import ArtifactAdaptation, IOLayout, save_artifact
-from controller.policy import PolicySpec, init_params
-from sim.families import get_family
+from meta_train.export import fresh_artifact
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT_MS = 5000  # every blocking socket call in these tests gives up after this
@@ -35,28 +33,10 @@ def family_artifact(
     first_step_size: float = 0.1,
 ) -> Path:
     """A freshly initialized artifact with the layout of ``family_name`` (small K, horizon)."""
-    family = get_family(family_name)
-    spec = PolicySpec(observation_size=family.observation_size, action_size=family.action_size)
-    save_artifact(
-        path,
-        spec,
-        init_params(spec, seed),
-        family=family.name,
-        layout=IOLayout(
-            observation_size=family.observation_size,
-            action_size=family.action_size,
-            observation_names=family.observation_names,
-            action_names=family.action_names,
-            action_low=tuple(float(v) for v in family.action_low),
-            action_high=tuple(float(v) for v in family.action_high),
-        ),
-        adaptation=ArtifactAdaptation(
-            episodes_per_step=episodes_per_step,
-            horizon=horizon,
-            settings=AdaptationSettings(first_step_size=first_step_size),
-        ),
-    )
-    return path
+    return fresh_artifact(
+        path, family_name, seed=seed, episodes_per_step=episodes_per_step, horizon=horizon,
+        settings=AdaptationSettings(first_step_size=first_step_size),
+    )  # fmt: skip
 
 
 class RawPeer:

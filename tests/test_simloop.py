@@ -8,35 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.adaptation import AdaptationSettings
-from controller.artifact import ArtifactAdaptation, IOLayout, save_artifact
 from controller.config import ControllerConfig
-from controller.policy import PolicySpec, init_params
 from controller.runtime import Controller
 from controller.simloop import format_table, run
 from meta_train.cli import main
-from sim.families import get_family
+from meta_train.export import fresh_artifact
 from sim.tasks import GoalTask, VelocityTask
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def small_artifact(path: Path, family_name: str, episodes: int = 4, horizon: int = 30) -> Path:
-    family = get_family(family_name)
-    spec = PolicySpec(observation_size=family.observation_size, action_size=family.action_size,
-                      hidden_sizes=(32, 32))  # fmt: skip
-    save_artifact(
-        path, spec, init_params(spec, 3), family=family.name,
-        layout=IOLayout(
-            observation_size=family.observation_size, action_size=family.action_size,
-            observation_names=family.observation_names, action_names=family.action_names,
-            action_low=tuple(map(float, family.action_low)),
-            action_high=tuple(map(float, family.action_high)),
-        ),
-        adaptation=ArtifactAdaptation(episodes_per_step=episodes, horizon=horizon,
-                                      settings=AdaptationSettings()),
-    )  # fmt: skip
-    return path
+    return fresh_artifact(path, family_name, seed=3, episodes_per_step=episodes,
+                          horizon=horizon, hidden_sizes=(32, 32))  # fmt: skip
 
 
 def test_run_goes_through_the_controller(tmp_path: Path) -> None:

@@ -42,7 +42,7 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="meta_batch"):
         TrainConfig.from_yaml(path)
     path.write_text("family: navigation2d\nmeta: {trpo: {max_kl: -1}}\n")
-    with pytest.raises(ConfigError, match="meta.trpo.max_kl"):
+    with pytest.raises(ConfigError, match=r"meta\.trpo\.max_kl"):
         TrainConfig.from_yaml(path)
 
 
