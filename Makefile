@@ -24,11 +24,11 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff format --check sim controller meta_train bench tests
 	$(VENV)/bin/mypy sim controller meta_train
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff format sim controller meta_train bench tests
 	$(VENV)/bin/ruff check --fix .
 
 clean:

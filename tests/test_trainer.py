@@ -59,7 +59,9 @@ def test_resume_gives_the_uninterrupted_result(tmp_path: Path) -> None:
     log_a = (tmp_path / "a" / "log.jsonl").read_text().splitlines()
     log_b = (tmp_path / "b" / "log.jsonl").read_text().splitlines()
     strip = [{k: v for k, v in json.loads(x).items() if not k.endswith("_s")} for x in log_a]
-    assert strip == [{k: v for k, v in json.loads(x).items() if not k.endswith("_s")} for x in log_b]
+    assert strip == [
+        {k: v for k, v in json.loads(x).items() if not k.endswith("_s")} for x in log_b
+    ]
     with pytest.raises(RunDirError, match="config differs"):
         train(tiny_config(seed=9), tmp_path / "b", resume=True, progress=False)
 
