@@ -144,9 +144,17 @@ def plot_results(documents: Sequence[dict[str, Any]], path: str | Path) -> None:
             mean, err = np.array(m["mean"]), np.array(m["stderr"])
             if len(mean) == 1:  # the oracle does not adapt: a horizontal line
                 ax.axhline(mean[0], color=color, linestyle="--", label=name)
+                for value in doc.get("paper", {}).get(name, [])[:1]:
+                    ax.axhline(
+                        value, color=color, linestyle=":", alpha=0.5, label=f"{name} (paper)"
+                    )
                 continue
             x = np.arange(len(mean))
             ax.errorbar(x, mean, yerr=err, color=color, marker=marker, capsize=3, label=name)
+            paper = doc.get("paper", {}).get(name, [])
+            if len(paper) > 1:  # the paper's curve, faint, for comparison
+                ax.plot(range(len(paper)), paper, color=color, linestyle=":", alpha=0.5,
+                        label=f"{name} (paper)")  # fmt: skip
         ax.set_title(doc["family"])
         ax.set_xlabel("number of gradient steps")
         ax.set_xticks(range(steps))
