@@ -49,8 +49,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tasks = ev.test_tasks(family, cfg.num_tasks, cfg.task_seed)
     sampler = BatchSampler(family, config.sampler.num_threads)
     k = cfg.episodes_per_step or config.episodes_per_task
-    adaptation = config.adaptation
-    maml_sizes = [adaptation.step_size(s) for s in range(cfg.gradient_steps)]
     results: dict[str, ev.MethodResult] = {}
     provenance: dict[str, Any] = {"command": " ".join(sys.argv), "config": args.config}
     methods = [("maml", args.maml), ("pretrained", args.pretrained), ("oracle", args.oracle)]
@@ -62,15 +60,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             "training": {k: artifact.metadata.training.get(k) for k in
                                          ("iterations_done", "best_iteration", "best_return")}}  # fmt: skip
         oracle = name == "oracle"
-        if name == "maml":
-            sizes = maml_sizes
+        trained = artifact.metadata.adaptation.settings  # discount, baseline, step sizes
+        if name == "maml":  # the step sizes it was meta-trained for
+            sizes = [trained.step_size(s) for s in range(cfg.gradient_steps)]
         elif oracle:
             sizes = []
         else:
             sizes = [ev.COMPARATOR_STEP_SIZES[family.name][name]] * cfg.gradient_steps
         print(f"evaluating {name} ({path}) on {len(tasks)} test tasks ...", flush=True)
         results[name] = ev.evaluate_method(
-            sampler, artifact.spec, artifact.params, tasks, k, sizes, adaptation,
+            sampler, artifact.spec, artifact.params, tasks, k, sizes, trained,
             seed=cfg.task_seed + 1, task_features=oracle, horizon=config.horizon,
         )  # fmt: skip
     if args.random:
@@ -78,7 +77,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         sizes = [ev.COMPARATOR_STEP_SIZES[family.name]["random"]] * cfg.gradient_steps
         print("evaluating random initialization ...", flush=True)
         results["random"] = ev.evaluate_method(
-            sampler, spec, init_params(spec, config.seed + 1), tasks, k, sizes, adaptation,
+            sampler, spec, init_params(spec, config.seed + 1), tasks, k, sizes, config.adaptation,
             seed=cfg.task_seed + 1, horizon=config.horizon,
         )  # fmt: skip
     if not results:
