@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from controller.adaptation import AdaptationSettings
 from meta_train.maml import MetaSettings
@@ -37,12 +37,34 @@ class PolicyConfig(_Frozen):
 
 
 class SamplerConfig(_Frozen):
-    """Where episodes are collected."""
+    """Where episodes are collected (docs/scaling.md)."""
 
-    backend: Literal["local"] = Field(
-        default="local", description="'local': the batched MuJoCo sampler in this process."
+    backend: Literal["local", "ray"] = Field(
+        default="local",
+        description="'local': the batched MuJoCo sampler in this process; 'ray': rollout "
+        "workers (Ray actors, each with its own batched sampler) share the meta-batch's tasks "
+        "(needs pip install 'adaptctl[ray]').",
     )
-    num_threads: PositiveInt = Field(default=2, description="MuJoCo batch threads.")
+    num_threads: PositiveInt = Field(
+        default=2, description="MuJoCo batch threads (with 'ray': per worker, = its CPUs)."
+    )
+    workers: PositiveInt = Field(
+        default=1, description="Ray rollout workers ('ray' only); tasks are split among them."
+    )
+    address: str | None = Field(
+        default=None,
+        description="Ray cluster to join ('ray' only), e.g. 'ray://head:10001' or 'auto'; "
+        "None: the cluster named by RAY_ADDRESS if set, else a Ray instance on this machine.",
+    )
+
+    @model_validator(mode="after")
+    def _ray_settings_need_ray(self) -> SamplerConfig:
+        if self.backend == "local" and (self.workers != 1 or self.address is not None):
+            raise ValueError(
+                "sampler.workers and sampler.address apply to backend 'ray' only; "
+                "set sampler.backend: ray, or remove them"
+            )
+        return self
 
 
 class EvalConfig(_Frozen):
@@ -84,6 +106,15 @@ class TrainConfig(_Frozen):
     meta: MetaSettings = Field(default_factory=MetaSettings, description="Meta-optimiser.")
     sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="Sampling.")
     evaluation: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+
+    @model_validator(mode="after")
+    def _inner_steps_need_maml(self) -> TrainConfig:
+        if self.mode != "maml" and self.meta.inner_steps != 1:
+            raise ValueError(
+                f"meta.inner_steps applies to mode 'maml' only; mode '{self.mode}' trains one "
+                "policy without adaptation"
+            )
+        return self
 
     @property
     def adaptation(self) -> AdaptationSettings:

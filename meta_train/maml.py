@@ -1,20 +1,25 @@
 """The MAML meta-objective and its TRPO meta-step (Finn et al. 2017, sec. 5.3; MAML_RL.md).
 
-For each task i of a meta-batch: the inner step theta'_i = adapt(theta, train episodes of i)
-(the same :func:`controller.adaptation.adapt` the runtime uses); then, on the valid episodes
-(sampled with theta'_i), the surrogate loss -mean(pi_theta'_i(a|s) / pi_old(a|s) * A) and the
-KL from pi_old, the valid episodes' sampling policy. The meta-loss is the mean surrogate over
-tasks, differentiated through the inner step (second order unless ``first_order``), and
-minimised by one TRPO step whose constraint is the mean KL over all valid steps of all tasks
-(pooled as in the authors' ``maml_npo.py``).
+For each task i of a meta-batch: n inner steps theta_{k+1} = adapt(theta_k, train batch k of i)
+from theta_0 = theta (the same :func:`controller.adaptation.adapt` the runtime uses; batch k is
+K fresh on-policy episodes sampled with theta_k, MAML_RL.md 'Algorithm' step 3; n = 1 in the
+paper); then, on the valid episodes (sampled with theta_n), the surrogate loss
+-mean(pi_theta_n(a|s) / pi_old(a|s) * A) and the KL from pi_old, the valid episodes' sampling
+policy. The meta-loss is the mean surrogate over tasks, differentiated through every inner step
+(second order unless ``first_order``), and minimised by one TRPO step whose constraint is the
+mean KL over all valid steps of all tasks (pooled as in the authors' ``maml_npo.py``). As in the
+authors' code, the train batches are data: how their sampling distribution depends on theta is
+not differentiated, only the path theta -> theta_1 -> ... -> theta_n.
 
-Hessian-vector products of that KL w.r.t. theta: at the current theta, theta'_i equals pi_old's
+Hessian-vector products of that KL w.r.t. theta: at the current theta, theta_n equals pi_old's
 parameters, where the KL has zero gradient; so its Hessian is exactly J_i^T F_i J_i, with F_i
-the KL Hessian (Fisher) at theta'_i and J_i = d theta'_i / d theta = I - alpha H_i symmetric.
-``hvp="exact"`` computes that product with second derivatives only (a vector-Jacobian product
-through the retained inner-step graph, a Fisher product, and another one), avoiding the third
-derivatives the paper's finite differences were chosen to avoid; ``"finite_difference"`` is the
-paper's choice (symmetric differences of the KL gradient through the inner step).
+the KL Hessian (Fisher) at theta_n and J_i = d theta_n / d theta = J_{n-1} ... J_0 the product
+of the inner steps' Jacobians J_k = I - alpha H_k, each symmetric (H_k a Hessian of a scalar
+loss), though their product is not for n > 1. ``hvp="exact"`` computes that product with second
+derivatives only (vector-Jacobian products through the retained inner-step graphs, one step at a
+time in either order, a Fisher product, and the same again), avoiding the third derivatives the
+paper's finite differences were chosen to avoid; ``"finite_difference"`` is the paper's choice
+(symmetric differences of the KL gradient through the inner steps).
 
 Tasks are processed in a Python loop: per-task tensors (4,000 x 100 floats) stay in cache,
 which made a loop ~4x faster than one batched bmm over 40 tasks on the 2-core reference machine.
@@ -25,10 +30,10 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
 
 from controller.adaptation import AdaptationSettings, TaskBatch, adapt, task_batch
 from controller.policy import Params, PolicySpec, gaussian_kl, gaussian_log_prob, mean_action
@@ -40,9 +45,12 @@ from meta_train.trpo import (
     trpo_step,
     unflatten,
 )
+from sim.episodes import Episodes
 
-if TYPE_CHECKING:
-    from sim.episodes import Episodes
+InnerBatches = TaskBatch | Sequence[TaskBatch]
+"""One task's train batches, one per inner step in order (a single TaskBatch: one step)."""
+InnerChain = list[Params]
+"""[theta_1, ..., theta_n] of one task: its parameters after each inner step."""
 
 
 class MetaSettings(BaseModel):
@@ -50,9 +58,14 @@ class MetaSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    inner_steps: PositiveInt = Field(
+        default=1,
+        description="Inner policy-gradient steps per task in training, each on K fresh episodes "
+        "sampled with the policy adapted so far (paper: 1). Every step uses inner_step_size.",
+    )
     first_order: bool = Field(
         default=False,
-        description="Treat the inner step's Jacobian as the identity (first-order MAML); "
+        description="Treat the inner steps' Jacobian as the identity (first-order MAML); "
         "the paper differentiates through it (second order).",
     )
     hvp: Literal["exact", "finite_difference"] = Field(
@@ -82,7 +95,12 @@ class MetaSettings(BaseModel):
 
     @property
     def inner_step_size(self) -> float:
-        """alpha of the inner step: the runtime's first step, so training matches deployment."""
+        """alpha of every inner training step: the runtime's first step size.
+
+        One size for all inner steps, as the authors' code (``maml_minimal_gauss_mlp_policy.py``
+        applies its single ``grad_step_size`` to every fast update) and pytorch-maml-rl
+        (``fast_lr``); ``adaptation.later_step_size`` is the paper's test-time choice only.
+        """
         return self.adaptation.first_step_size
 
 
@@ -136,29 +154,43 @@ def valid_objectives(
     return surrogate, kl_sum
 
 
-def inner_step(
-    spec: PolicySpec, params: Params, train: TaskBatch, step_size: float, first_order: bool
-) -> Params:
-    """theta'_i as a function of theta: through the gradient (second order) or not."""
-    if not first_order:
-        return adapt(spec, params, train, step_size, create_graph=True)
-    adapted = adapt(spec, params, train, step_size, create_graph=False)
-    # Value theta', derivative I: the first-order approximation (Finn et al. 2017, sec. 5.2).
-    return {name: params[name] + (adapted[name] - params[name]).detach() for name in params}
+def inner_chain(
+    spec: PolicySpec,
+    params: Params,
+    train: Sequence[TaskBatch],
+    step_size: float,
+    first_order: bool,
+    create_graph: bool = True,
+) -> InnerChain:
+    """[theta_1, ..., theta_n] of one task: theta_{k+1} = adapt(theta_k, train[k], step_size).
+
+    As functions of ``params``: through every inner gradient (second order), with derivative I
+    (``first_order``), or not at all (``create_graph=False``: detached values).
+    """
+    chain, current = [], params
+    for batch in train:
+        current = adapt(spec, current, batch, step_size, create_graph and not first_order)
+        chain.append(current)
+    if create_graph and first_order:
+        # Value theta_k, derivative I: the first-order approximation (Finn et al. 2017, sec. 5.2).
+        chain = [{name: params[name] + (a[name] - params[name]).detach() for name in params}
+                 for a in chain]  # fmt: skip
+    return chain
 
 
 def meta_objective(
     spec: PolicySpec,
     params: Params,
-    train: Sequence[TaskBatch],
+    train: Sequence[InnerBatches],
     valid: Sequence[TaskBatch],
     old: Sequence[OldPolicy],
     settings: MetaSettings,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean surrogate over tasks, pooled mean KL) as differentiable functions of ``params``."""
     surrogates, kl_total = [], params["log_std"].new_zeros(())
-    for train_i, valid_i, old_i in zip(train, valid, old, strict=True):
-        adapted = inner_step(spec, params, train_i, settings.inner_step_size, settings.first_order)
+    for train_i, valid_i, old_i in zip(_task_rounds(train, settings), valid, old, strict=True):
+        adapted = inner_chain(spec, params, train_i, settings.inner_step_size,
+                              settings.first_order)[-1]  # fmt: skip
         surrogate, kl_sum = valid_objectives(spec, adapted, valid_i, old_i)
         surrogates.append(surrogate)
         kl_total = kl_total + kl_sum
@@ -167,32 +199,54 @@ def meta_objective(
 
 
 def adapted_params_for_tasks(
-    spec: PolicySpec, params: Params, train_episodes: Episodes, settings: MetaSettings
+    spec: PolicySpec,
+    params: Params,
+    train_episodes: Episodes | Sequence[Episodes],
+    settings: MetaSettings,
 ) -> list[Params]:
-    """theta'_i of every task (no graph): the policies that sample the valid episodes."""
+    """theta_k of every task (no graph) after one inner step per round of train episodes given.
+
+    With k < ``settings.inner_steps`` rounds: the policies that sample round k; with all of
+    them: the policies that sample the valid episodes.
+    """
+    rounds = _episode_rounds(train_episodes)
+    if len(rounds) > settings.inner_steps:
+        raise ValueError(
+            f"{len(rounds)} rounds of train episodes for {settings.inner_steps} inner steps"
+        )
     return [
-        adapt(spec, params, task_batch(train_episodes, i, settings.adaptation),
-              settings.inner_step_size)
-        for i in range(train_episodes.num_tasks)
+        inner_chain(spec, params, [task_batch(r, i, settings.adaptation) for r in rounds],
+                    settings.inner_step_size, first_order=False, create_graph=False)[-1]
+        for i in range(rounds[0].num_tasks)
     ]  # fmt: skip
 
 
 def meta_step(
     spec: PolicySpec,
     params: Params,
-    train_episodes: Episodes,
+    train_episodes: Episodes | Sequence[Episodes],
     valid_episodes: Episodes,
     settings: MetaSettings,
 ) -> tuple[Params, MetaStepReport]:
-    """One TRPO step on the MAML meta-objective of a meta-batch; new parameters and a report."""
+    """One TRPO step on the MAML meta-objective of a meta-batch; new parameters and a report.
+
+    ``train_episodes``: one Episodes per inner step (round k sampled with theta_k), or a single
+    Episodes when ``settings.inner_steps`` is 1.
+    """
     start = time.perf_counter()
-    if train_episodes.num_tasks != valid_episodes.num_tasks:
+    rounds = _episode_rounds(train_episodes)
+    if len(rounds) != settings.inner_steps:
         raise ValueError(
-            f"train episodes cover {train_episodes.num_tasks} tasks, valid episodes "
+            f"{len(rounds)} rounds of train episodes, but settings.inner_steps is "
+            f"{settings.inner_steps}: pass one round per inner step"
+        )
+    if any(r.num_tasks != valid_episodes.num_tasks for r in rounds):
+        raise ValueError(
+            f"train episodes cover {[r.num_tasks for r in rounds]} tasks, valid episodes "
             f"{valid_episodes.num_tasks}: they must come from the same meta-batch"
         )
-    num_tasks = train_episodes.num_tasks
-    train = [task_batch(train_episodes, i, settings.adaptation) for i in range(num_tasks)]
+    num_tasks = valid_episodes.num_tasks
+    train = [[task_batch(r, i, settings.adaptation) for r in rounds] for i in range(num_tasks)]
     valid = [task_batch(valid_episodes, i, settings.adaptation) for i in range(num_tasks)]
     batch_done = time.perf_counter()
 
@@ -200,12 +254,12 @@ def meta_step(
     # The exact second-order product reuses the inner steps' graphs (unless on a subsample).
     keep_graph = settings.hvp == "exact" and settings.hvp_subsample == 1.0
     keep_graph = keep_graph and not settings.first_order
-    gradient, surrogate_before, adapted_all, old_all = meta_gradient(
+    gradient, surrogate_before, chains, old_all = meta_gradient(
         spec, theta, train, valid, settings, keep_graph
     )
     gradient_done = time.perf_counter()
 
-    hvp, hvp_clock = _timed(kl_hvp(spec, theta, train, valid, adapted_all, old_all, settings))
+    hvp, hvp_clock = _timed(kl_hvp(spec, theta, train, valid, chains, old_all, settings))
     new_flat, trpo_report = trpo_step(
         flatten(theta),
         gradient,
@@ -232,51 +286,54 @@ def meta_step(
 def meta_gradient(
     spec: PolicySpec,
     theta: Params,
-    train: Sequence[TaskBatch],
+    train: Sequence[InnerBatches],
     valid: Sequence[TaskBatch],
     settings: MetaSettings,
     keep_graph: bool,
-) -> tuple[torch.Tensor, float, list[Params], list[OldPolicy]]:
-    """Gradient [P] of the mean surrogate at theta, its value, theta'_i and pi_old of each task.
+) -> tuple[torch.Tensor, float, list[InnerChain], list[OldPolicy]]:
+    """Gradient [P] of the mean surrogate at theta, its value, each task's chain theta_1..theta_n
+    and pi_old.
 
-    ``theta`` must require grad. With ``keep_graph`` the returned theta'_i keep their inner-step
-    graphs (for the J^T products of :func:`kl_hvp`).
+    ``theta`` must require grad. With ``keep_graph`` the returned chains keep their inner-step
+    graphs (for the Jacobian products of :func:`kl_hvp`).
     """
     num_tasks = len(train)
     theta_list = list(theta.values())
     gradient = [torch.zeros_like(p) for p in theta_list]
     surrogate_total = 0.0
-    adapted_all, old_all = [], []
-    for train_i, valid_i in zip(train, valid, strict=True):
-        adapted = inner_step(spec, theta, train_i, settings.inner_step_size, settings.first_order)
-        old = old_policy(spec, adapted, valid_i)
-        surrogate, _ = valid_objectives(spec, adapted, valid_i, old)
+    chains, old_all = [], []
+    for train_i, valid_i in zip(_task_rounds(train, settings), valid, strict=True):
+        chain = inner_chain(spec, theta, train_i, settings.inner_step_size, settings.first_order)
+        old = old_policy(spec, chain[-1], valid_i)
+        surrogate, _ = valid_objectives(spec, chain[-1], valid_i, old)
         grads = torch.autograd.grad(surrogate / num_tasks, theta_list, retain_graph=keep_graph)
         for total, g in zip(gradient, grads, strict=True):
             total += g
         surrogate_total += float(surrogate.detach()) / num_tasks
-        adapted_all.append(adapted if keep_graph else _detached(adapted))
+        chains.append(chain if keep_graph else [_detached(a) for a in chain])
         old_all.append(old)
-    return torch.cat([g.reshape(-1) for g in gradient]), surrogate_total, adapted_all, old_all
+    return torch.cat([g.reshape(-1) for g in gradient]), surrogate_total, chains, old_all
 
 
 def _evaluator(
     spec: PolicySpec,
     theta: Params,
-    train: Sequence[TaskBatch],
+    train: Sequence[InnerBatches],
     valid: Sequence[TaskBatch],
     old_all: Sequence[OldPolicy],
     settings: MetaSettings,
 ) -> Callable[[torch.Tensor], tuple[float, float]]:
     """theta [P] -> (mean surrogate, pooled mean KL) with no graph, for the line search."""
-    num_tasks = len(train)
+    rounds = _task_rounds(train, settings)
+    num_tasks = len(rounds)
     num_valid = sum(float(v.valid.sum()) for v in valid)
 
     def evaluate(flat: torch.Tensor) -> tuple[float, float]:
         candidate = unflatten(flat, theta)
         surrogate_total, kl_total = 0.0, 0.0
-        for train_i, valid_i, old_i in zip(train, valid, old_all, strict=True):
-            adapted = adapt(spec, candidate, train_i, settings.inner_step_size)
+        for train_i, valid_i, old_i in zip(rounds, valid, old_all, strict=True):
+            adapted = inner_chain(spec, candidate, train_i, settings.inner_step_size,
+                                  first_order=False, create_graph=False)[-1]  # fmt: skip
             with torch.no_grad():
                 surrogate, kl_sum = valid_objectives(spec, adapted, valid_i, old_i)
             surrogate_total += float(surrogate) / num_tasks
@@ -289,17 +346,18 @@ def _evaluator(
 def kl_hvp(
     spec: PolicySpec,
     theta: Params,
-    train: Sequence[TaskBatch],
+    train: Sequence[InnerBatches],
     valid: Sequence[TaskBatch],
-    adapted_all: Sequence[Params],
+    chains: Sequence[InnerChain],
     old_all: Sequence[OldPolicy],
     settings: MetaSettings,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """v [P] -> Hessian of the pooled mean KL at theta times v, as ``settings.hvp`` names it.
 
-    ``adapted_all`` and ``old_all`` come from :func:`meta_gradient` (with ``keep_graph`` for
-    the exact product on all episodes).
+    ``chains`` and ``old_all`` come from :func:`meta_gradient` (with ``keep_graph`` for the
+    exact product on all episodes).
     """
+    rounds = _task_rounds(train, settings)
     if settings.hvp_subsample < 1.0:
         valid = [_first_episodes(b, settings.hvp_subsample) for b in valid]
         old_all = [
@@ -307,26 +365,64 @@ def kl_hvp(
             for old, v in zip(old_all, valid, strict=True)
         ]
     if settings.hvp == "finite_difference":
-        # The inner steps keep all train episodes: theta'_i(theta) must stay pi_old's parameters
+        # The inner steps keep all train episodes: theta_n(theta) must stay pi_old's parameters
         # at theta for the KL's gradient to vanish there.
-        kl_gradient = _kl_gradient_fn(spec, theta, train, valid, adapted_all, old_all, settings)
+        kl_gradient = _kl_gradient_fn(spec, theta, rounds, valid, chains, old_all, settings)
         return finite_difference_hvp(kl_gradient, flatten(theta), settings.fd_relative_eps)
-    second_order = not settings.first_order
-    adapted_jac = list(adapted_all)
-    if second_order and settings.hvp_subsample == 1.0 and adapted_jac[0]["log_std"].grad_fn is None:
-        raise ValueError(
-            "the exact second-order product needs the inner steps' graphs: call "
-            "meta_gradient(..., keep_graph=True)"
-        )
-    if second_order and settings.hvp_subsample < 1.0:
-        # Inner steps on a subsample of the train episodes: only their Jacobians are used.
-        adapted_jac = [
-            inner_step(spec, theta, _first_episodes(b, settings.hvp_subsample),
-                       settings.inner_step_size, first_order=False)
-            for b in train
-        ]  # fmt: skip
-    fisher_at = [_detached(a) for a in adapted_all]
-    return _gauss_newton_hvp(spec, theta, adapted_jac, fisher_at, valid, old_all, second_order)
+    steps: list[list[StepGraph]] = [[] for _ in chains]  # first order: J = I
+    if not settings.first_order and settings.hvp_subsample == 1.0:
+        if chains[0][-1]["log_std"].grad_fn is None:
+            raise ValueError(
+                "the exact second-order product needs the inner steps' graphs: call "
+                "meta_gradient(..., keep_graph=True)"
+            )
+        steps = [_step_graphs(theta, chain) for chain in chains]
+    elif not settings.first_order:
+        steps = [
+            _subsampled_step_graphs(spec, theta, chain, train_i, settings)
+            for chain, train_i in zip(chains, rounds, strict=True)
+        ]
+    fisher_at = [_detached(chain[-1]) for chain in chains]
+    return _gauss_newton_hvp(spec, theta, steps, fisher_at, valid, old_all)
+
+
+class StepGraph(NamedTuple):
+    """One inner step theta_{k+1}(theta_k) with its autograd graph, for Jacobian products."""
+
+    inputs: list[torch.Tensor]
+    """theta_k's tensors (require grad)."""
+    outputs: list[torch.Tensor]
+    """theta_{k+1}'s tensors, functions of ``inputs``."""
+
+
+def _step_graphs(theta: Params, chain: InnerChain) -> list[StepGraph]:
+    """The steps of a chain computed with graphs: theta -> theta_1 -> ... -> theta_n."""
+    points = [theta, *chain]
+    return [
+        StepGraph(list(a.values()), list(b.values()))
+        for a, b in zip(points[:-1], chain, strict=True)
+    ]
+
+
+def _subsampled_step_graphs(
+    spec: PolicySpec,
+    theta: Params,
+    chain: InnerChain,
+    train: Sequence[TaskBatch],
+    settings: MetaSettings,
+) -> list[StepGraph]:
+    """Each inner step redone at the true theta_k on a subsample of its train batch.
+
+    Only their Jacobians are used (the Fisher is taken at the true theta_n).
+    """
+    graphs = []
+    for k, batch in enumerate(train):
+        start = theta if k == 0 else {n: p.detach().requires_grad_(True) for n, p in
+                                      chain[k - 1].items()}  # fmt: skip
+        sample = _first_episodes(batch, settings.hvp_subsample)
+        end = adapt(spec, start, sample, settings.inner_step_size, create_graph=True)
+        graphs.append(StepGraph(list(start.values()), list(end.values())))
+    return graphs
 
 
 def _first_episodes(batch: TaskBatch, fraction: float) -> TaskBatch:
@@ -339,20 +435,39 @@ def _detached(params: Params) -> Params:
     return {name: p.detach() for name, p in params.items()}
 
 
+def _task_rounds(
+    train: Sequence[InnerBatches], settings: MetaSettings
+) -> list[Sequence[TaskBatch]]:
+    """Each task's train batches as a sequence, one per inner step (checked)."""
+    rounds = [(b,) if isinstance(b, TaskBatch) else b for b in train]
+    for i, batches in enumerate(rounds):
+        if len(batches) != settings.inner_steps:
+            raise ValueError(
+                f"task {i} has {len(batches)} train batches, but settings.inner_steps is "
+                f"{settings.inner_steps}: pass one batch per inner step"
+            )
+    return rounds
+
+
+def _episode_rounds(train_episodes: Episodes | Sequence[Episodes]) -> list[Episodes]:
+    rounds = [train_episodes] if isinstance(train_episodes, Episodes) else list(train_episodes)
+    if not rounds:
+        raise ValueError("no train episodes: pass one Episodes per inner step")
+    return rounds
+
+
 def _gauss_newton_hvp(
     spec: PolicySpec,
     theta: Params,
-    adapted_jac: Sequence[Params],
+    steps: Sequence[Sequence[StepGraph]],
     fisher_at: Sequence[Params],
     valid: Sequence[TaskBatch],
     old_all: Sequence[OldPolicy],
-    second_order: bool,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """v -> sum_i J_i^T F_i J_i v, the exact Hessian of the pooled mean KL at theta.
 
-    J_i^T w is a vector-Jacobian product through the inner-step graph of ``adapted_jac[i]``
-    (J_i = I - alpha H_i is symmetric, so it also gives J_i v); F_i u is double backprop of task
-    i's KL at ``fisher_at[i]`` = theta'_i. First order: J_i = I.
+    J_i = J_{n-1} ... J_0 through task i's inner-step graphs ``steps[i]`` (none: J_i = I, first
+    order); F_i u is double backprop of task i's KL at ``fisher_at[i]`` = theta_n.
     """
     num_valid = sum(float(v.valid.sum()) for v in valid)
     fisher_points, fisher_grads = [], []
@@ -363,42 +478,47 @@ def _gauss_newton_hvp(
             grads = torch.autograd.grad(kl_sum / num_valid, list(point.values()), create_graph=True)
         fisher_points.append(list(point.values()))
         fisher_grads.append(grads)
-    theta_list = list(theta.values())
 
     def product(v_flat: torch.Tensor) -> torch.Tensor:
         v = list(unflatten(v_flat, theta).values())
         total = torch.zeros_like(v_flat)
-        for adapted, point, grads in zip(adapted_jac, fisher_points, fisher_grads, strict=True):
-            u = _vjp(adapted, theta_list, v) if second_order else v
+        for task_steps, point, grads in zip(steps, fisher_points, fisher_grads, strict=True):
+            u = _through_steps(task_steps, v)  # J v
             fu = torch.autograd.grad(grads, point, grad_outputs=list(u), retain_graph=True)
-            w = _vjp(adapted, theta_list, fu) if second_order else fu
+            w = _through_steps(task_steps[::-1], fu)  # J^T F J v
             total += torch.cat([x.reshape(-1) for x in w])
         return total
 
     return product
 
 
-def _vjp(
-    adapted: Params, theta_list: list[torch.Tensor], w: Sequence[torch.Tensor]
-) -> tuple[torch.Tensor, ...]:
-    """J^T w for J = d theta' / d theta, through the retained inner-step graph."""
-    return torch.autograd.grad(
-        list(adapted.values()), theta_list, grad_outputs=list(w), retain_graph=True
-    )
+def _through_steps(
+    steps: Sequence[StepGraph], vector: Sequence[torch.Tensor]
+) -> Sequence[torch.Tensor]:
+    """J_{last} ... J_{first} vector for the steps in the order given.
+
+    Each J_k = I - alpha H_k is symmetric, so its vector-Jacobian product through the retained
+    graph is also its Jacobian-vector product: in order this gives J v, reversed J^T w.
+    """
+    for step in steps:
+        vector = torch.autograd.grad(
+            step.outputs, step.inputs, grad_outputs=list(vector), retain_graph=True
+        )
+    return vector
 
 
 def _kl_gradient_fn(
     spec: PolicySpec,
     theta: Params,
-    train: Sequence[TaskBatch],
+    train: Sequence[Sequence[TaskBatch]],
     valid: Sequence[TaskBatch],
-    adapted_all: Sequence[Params],
+    chains: Sequence[InnerChain],
     old_all: Sequence[OldPolicy],
     settings: MetaSettings,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """theta [P] -> gradient of the pooled mean KL through the inner step, for finite differences.
+    """theta [P] -> gradient of the pooled mean KL through the inner steps, for finite differences.
 
-    First order: theta'_i moves with theta one to one (J = I), consistent with the gradient.
+    First order: theta_n moves with theta one to one (J = I), consistent with the gradient.
     """
     num_valid = sum(float(v.valid.sum()) for v in valid)
     origin = _detached(theta)
@@ -406,13 +526,13 @@ def _kl_gradient_fn(
     def kl_gradient(flat: torch.Tensor) -> torch.Tensor:
         point = {n: p.detach().requires_grad_(True) for n, p in unflatten(flat, theta).items()}
         total = torch.zeros_like(flat)
-        for train_i, valid_i, adapted_i, old_i in zip(train, valid, adapted_all, old_all,
-                                                      strict=True):  # fmt: skip
+        for train_i, valid_i, chain_i, old_i in zip(train, valid, chains, old_all, strict=True):
             with torch.enable_grad():
                 if settings.first_order:
-                    adapted = {n: adapted_i[n].detach() + point[n] - origin[n] for n in point}
+                    adapted = {n: chain_i[-1][n].detach() + point[n] - origin[n] for n in point}
                 else:
-                    adapted = adapt(spec, point, train_i, settings.inner_step_size, True)
+                    adapted = inner_chain(spec, point, train_i, settings.inner_step_size,
+                                          first_order=False)[-1]  # fmt: skip
                 _, kl_sum = valid_objectives(spec, adapted, valid_i, old_i)
                 grads = torch.autograd.grad(kl_sum / num_valid, list(point.values()))
             total += torch.cat([g.reshape(-1) for g in grads])

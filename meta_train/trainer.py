@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import safetensors.torch
@@ -26,8 +27,11 @@ from controller.policy import Params, PolicySpec, SamplingPolicy, init_params, s
 from meta_train.comparators import policy_step
 from meta_train.config import TrainConfig
 from meta_train.maml import adapted_params_for_tasks, meta_step
+from meta_train.ray_sampler import RaySampler
+from sim.episodes import Episodes
 from sim.families import Family, get_family
 from sim.sampler import BatchSampler
+from sim.tasks import Task
 
 CHECKPOINT_DIR = "checkpoint"
 LOG_FILE = "log.jsonl"
@@ -49,6 +53,23 @@ class TrainState:
     best_params: Params
     best_return: float
     best_iteration: int
+
+
+class EpisodeSampler(Protocol):
+    """What the loop samples with: sim.sampler.BatchSampler or meta_train.ray_sampler.RaySampler."""
+
+    def sample(
+        self, tasks: Sequence[Task], episodes_per_task: int, policy: SamplingPolicy, seed: int,
+        horizon: int | None = None, task_features: bool = False,
+    ) -> Episodes: ...  # fmt: skip
+
+
+def make_sampler(config: TrainConfig, family: Family) -> EpisodeSampler:
+    """The episode collector that ``config.sampler`` names (docs/scaling.md)."""
+    settings = config.sampler
+    if settings.backend == "ray":
+        return RaySampler(family, settings.workers, settings.num_threads, settings.address)
+    return BatchSampler(family, settings.num_threads)
 
 
 def policy_spec(config: TrainConfig, family: Family) -> PolicySpec:
@@ -77,19 +98,53 @@ def io_layout(config: TrainConfig, family: Family) -> IOLayout:
     )
 
 
-def iteration_seeds(seed: int, iteration: int) -> dict[str, int]:
-    """Independent seeds for every random draw of one iteration."""
-    names = ("tasks", "train_reset", "train_policy", "valid_reset", "valid_policy")
+def iteration_seeds(seed: int, iteration: int, inner_steps: int = 1) -> dict[str, int]:
+    """Independent seeds for every random draw of one iteration.
+
+    Train round k > 0 (``inner_steps`` > 1) draws ``train_reset_k`` and ``train_policy_k``,
+    generated after the first five: SeedSequence words do not depend on how many are asked
+    for, so a one-step run draws exactly the seeds it always has and resumes identically.
+    """
+    names = ["tasks", "train_reset", "train_policy", "valid_reset", "valid_policy"]
+    for k in range(1, inner_steps):
+        names += [f"train_reset_{k}", f"train_policy_{k}"]
     values = np.random.SeedSequence([seed, iteration]).generate_state(len(names))
     return {name: int(v) for name, v in zip(names, values, strict=True)}
 
 
+def sample_adapted_rounds(
+    config: TrainConfig, spec: PolicySpec, sampler: EpisodeSampler, tasks: Sequence[Task],
+    params: Params, seeds: dict[str, int], train: Episodes,
+) -> tuple[list[Episodes], Episodes, float, float]:  # fmt: skip
+    """From train round 0: train rounds 1..n-1 and the valid episodes, and (sampling, inner) s.
+
+    Each is sampled with the per-task policies adapted on all rounds before it: the inner
+    update is on-policy, so every step needs fresh episodes (MAML_RL.md, 'Algorithm', step 3).
+    """
+    rounds, sampling_s, inner_s = [train], 0.0, 0.0
+    steps = config.meta.inner_steps
+    for k in range(1, steps + 1):
+        start = time.perf_counter()
+        adapted = adapted_params_for_tasks(spec, params, rounds, config.meta)
+        adapted_at = time.perf_counter()
+        suffix = "" if k == steps else f"_{k}"
+        prefix = "valid" if k == steps else "train"
+        policy = SamplingPolicy(spec, stack_params(adapted), seeds[f"{prefix}_policy{suffix}"])
+        rounds.append(sampler.sample(
+            tasks, config.episodes_per_task, policy, seeds[f"{prefix}_reset{suffix}"],
+            config.horizon,
+        ))  # fmt: skip
+        sampling_s += time.perf_counter() - adapted_at
+        inner_s += adapted_at - start
+    return rounds[:-1], rounds[-1], sampling_s, inner_s
+
+
 def run_iteration(
-    config: TrainConfig, family: Family, spec: PolicySpec, sampler: BatchSampler,
+    config: TrainConfig, family: Family, spec: PolicySpec, sampler: EpisodeSampler,
     params: Params, iteration: int,
 ) -> tuple[Params, dict[str, Any]]:  # fmt: skip
     """One meta-iteration; returns the new parameters and the log record."""
-    seeds = iteration_seeds(config.seed, iteration)
+    seeds = iteration_seeds(config.seed, iteration, config.meta.inner_steps)
     tasks = family.sample_tasks(np.random.default_rng(seeds["tasks"]), config.meta_batch_size)
     oracle = config.mode == "oracle"
     start = time.perf_counter()
@@ -98,18 +153,13 @@ def run_iteration(
         seeds["train_reset"], config.horizon, task_features=oracle,
     )  # fmt: skip
     sampled = time.perf_counter()
+    rounds = [train]
     if config.mode == "maml":
-        adapted = adapted_params_for_tasks(spec, params, train, config.meta)
-        inner_done = time.perf_counter()
-        valid = sampler.sample(
-            tasks, config.episodes_per_task,
-            SamplingPolicy(spec, stack_params(adapted), seeds["valid_policy"]),
-            seeds["valid_reset"], config.horizon,
-        )  # fmt: skip
-        sampled_valid = time.perf_counter()
-        new_params, report = meta_step(spec, params, train, valid, config.meta)
-        sampling_s = (sampled - start) + (sampled_valid - inner_done)
-        inner_s = inner_done - sampled
+        rounds, valid, sampling_s, inner_s = sample_adapted_rounds(
+            config, spec, sampler, tasks, params, seeds, train
+        )
+        new_params, report = meta_step(spec, params, rounds, valid, config.meta)
+        sampling_s += sampled - start
         return_after = float(valid.returns().mean())
     else:
         new_params, report = policy_step(spec, params, train, config.meta)
@@ -133,6 +183,8 @@ def run_iteration(
         "outer_s": round(end - start - sampling_s - inner_s, 4),
         "total_s": round(end - start, 4),
     }
+    if len(rounds) > 1:  # mean return after 0, 1, ..., n-1 inner steps
+        record["inner_returns"] = [float(r.returns().mean()) for r in rounds]
     return new_params, record
 
 
@@ -149,7 +201,7 @@ def train(
     spec = policy_spec(config, family)
     state = _prepare_run_dir(config, run_dir, spec, resume)
     torch.set_num_threads(config.torch_threads)
-    sampler = BatchSampler(family, config.sampler.num_threads)
+    sampler = make_sampler(config, family)
     stop = config.iterations
     if max_iterations is not None:
         stop = min(stop, state.iteration + max_iterations)
@@ -250,7 +302,7 @@ def _prepare_run_dir(
     if not has_checkpoint:
         raise RunDirError(f"nothing to resume in {run_dir}: no checkpoint/state.json")
     saved = (run_dir / CONFIG_FILE).read_text()
-    if saved != config_text:
+    if saved != config_text and not _same_config(run_dir / CONFIG_FILE, config):
         raise RunDirError(
             f"the config differs from the one {run_dir} was started with ({run_dir / CONFIG_FILE});"
             " resume with that config, or start a new run"
@@ -258,6 +310,15 @@ def _prepare_run_dir(
     state = load_checkpoint(run_dir, spec)
     _truncate_log(run_dir / LOG_FILE, state.iteration)
     return state
+
+
+def _same_config(path: Path, config: TrainConfig) -> bool:
+    """Whether the saved config is ``config`` once fields added since it was written take their
+    defaults (e.g. ``meta.inner_steps``): runs started before such a field still resume."""
+    try:
+        return TrainConfig.from_yaml(path) == config
+    except ValueError:  # ConfigError: it no longer validates
+        return False
 
 
 def _truncate_log(path: Path, next_iteration: int) -> None:

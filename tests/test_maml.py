@@ -165,7 +165,9 @@ def _meta_batch(settings: MetaSettings, params) -> tuple[Episodes, Episodes]:
     return train, _rollout(stack_params(adapted), tasks, 8, seed=2)
 
 
-def _pooled_kl(old: dict, new: dict, train: Episodes, valid: Episodes, settings) -> float:
+def _pooled_kl(
+    old: dict, new: dict, train: Episodes | list[Episodes], valid: Episodes, settings
+) -> float:
     """Mean KL between the adapted policies of two thetas, recomputed from scratch."""
     total, count = 0.0, 0.0
     before = adapted_params_for_tasks(SPEC, old, train, settings)
@@ -236,3 +238,116 @@ def test_meta_step_checks_its_inputs_and_settings() -> None:
     with pytest.raises(pydantic.ValidationError):
         MetaSettings(max_kl=0.02)  # type: ignore[call-arg]
     assert MetaSettings().inner_step_size == 0.1 and MetaSettings().trpo.max_kl == 0.01
+
+
+# ---- several inner steps (MetaSettings.inner_steps) -----------------------------------------
+
+TINY_TWO = MetaSettings(inner_steps=2, adaptation=AdaptationSettings(first_step_size=0.5))
+
+
+def _tiny_two_step_problem(settings: MetaSettings) -> tuple:
+    """Per task (batch_0, batch_1); pi_old is theta_2 = adapt(adapt(theta, batch_0), batch_1)."""
+    theta, _, valid, _ = _tiny_problem(settings)
+    rounds = list(zip(_tiny_batches(1), _tiny_batches(3), strict=True))
+    alpha = settings.inner_step_size
+    adapted = [adapt(TINY, adapt(TINY, theta, b0, alpha), b1, alpha) for b0, b1 in rounds]
+    old = [old_policy(TINY, a, v) for a, v in zip(adapted, valid, strict=True)]
+    return theta, rounds, valid, old
+
+
+def test_two_step_meta_gradient_matches_finite_differences() -> None:
+    theta, rounds, valid, old = _tiny_two_step_problem(TINY_TWO)
+    point = flatten(theta).detach()
+    numeric = _central_difference_gradient(
+        _objective(TINY_TWO, theta, rounds, valid, old, 0), point, h=1e-6
+    )
+    gradient, _, chains, _ = meta_gradient(TINY, theta, rounds, valid, TINY_TWO, False)
+    torch.testing.assert_close(gradient, numeric, rtol=1e-6, atol=1e-9)
+    alpha = TINY_TWO.inner_step_size
+    for (b0, b1), chain in zip(rounds, chains, strict=True):  # theta_1, theta_2: adapt twice
+        theta_1 = adapt(TINY, theta, b0, alpha)
+        assert len(chain) == 2 and all(torch.equal(chain[0][k], theta_1[k]) for k in theta)
+        theta_2 = adapt(TINY, theta_1, b1, alpha)
+        assert all(torch.equal(chain[1][k], theta_2[k]) for k in theta)
+
+    def far(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return bool(torch.linalg.vector_norm(a - b) > 0.05 * torch.linalg.vector_norm(b))
+
+    one_step = TINY_TWO.model_copy(update={"inner_steps": 1})
+    first_batches = [b0 for b0, _ in rounds]
+    assert far(meta_gradient(TINY, theta, first_batches, valid, one_step, False)[0], gradient)
+    first = TINY_TWO.model_copy(update={"first_order": True})
+    first_gradient, _, first_chains, _ = meta_gradient(TINY, theta, rounds, valid, first, False)
+    assert far(first_gradient, gradient)  # the second-order terms of both steps count
+    # First order: the gradient w.r.t. theta_2 at theta_2, both inner steps held fixed.
+    expected = torch.zeros_like(point)
+    for chain, valid_i, old_i in zip(first_chains, valid, old, strict=True):
+        leaf = {k: v.detach().requires_grad_(True) for k, v in chain[-1].items()}
+        surrogate_i, _ = valid_objectives(TINY, leaf, valid_i, old_i)
+        grads = torch.autograd.grad(surrogate_i / len(valid), list(leaf.values()))
+        expected += torch.cat([g.reshape(-1) for g in grads])
+    torch.testing.assert_close(first_gradient, expected)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_two_step_kl_hvp_equals_third_order_double_backprop(first_order: bool) -> None:
+    """With two steps J = J_1 J_0 is not symmetric: J v and J^T w must both be right."""
+    settings = TINY_TWO.model_copy(update={"first_order": first_order})
+    theta, rounds, valid, _ = _tiny_two_step_problem(settings)
+    _, _, chains, old_all = meta_gradient(TINY, theta, rounds, valid, settings, True)
+    gauss_newton = kl_hvp(TINY, theta, rounds, valid, chains, old_all, settings)
+    full = exact_hvp(_objective(settings, theta, rounds, valid, old_all, 1), flatten(theta))
+    fd_settings = settings.model_copy(update={"hvp": "finite_difference", "fd_relative_eps": 1e-5})
+    finite = kl_hvp(TINY, theta, rounds, valid, chains, old_all, fd_settings)
+    for seed in range(3):
+        v = torch.randn(flatten(theta).shape, generator=torch.Generator().manual_seed(seed))
+        expected = full(v.double())
+        torch.testing.assert_close(gauss_newton(v.double()), expected, rtol=1e-8, atol=1e-10)
+        torch.testing.assert_close(finite(v.double()), expected, rtol=1e-5, atol=1e-7)
+
+
+def _two_step_meta_batch(settings: MetaSettings, params) -> tuple[list[Episodes], Episodes]:
+    """Round 0 sampled with theta, round 1 with theta_1, valid with theta_2 (on-policy)."""
+    tasks = [-1.0, 0.5, 1.5]
+    rounds = [_rollout(params, tasks, 8, seed=1)]
+    theta_1 = adapted_params_for_tasks(SPEC, params, rounds, settings)
+    rounds.append(_rollout(stack_params(theta_1), tasks, 8, seed=3))
+    theta_2 = adapted_params_for_tasks(SPEC, params, rounds, settings)
+    return rounds, _rollout(stack_params(theta_2), tasks, 8, seed=2)
+
+
+@pytest.mark.parametrize(
+    "update",
+    [{}, {"hvp": "finite_difference"}, {"first_order": True}, {"hvp_subsample": 0.5}],
+    ids=["exact", "finite_difference", "first_order", "subsample"],
+)
+def test_two_step_meta_step_improves_the_surrogate_within_the_kl_bound(update: dict) -> None:
+    settings = MetaSettings(inner_steps=2, **update)
+    params = init_params(SPEC, 0)
+    rounds, valid = _two_step_meta_batch(settings, params)
+    new, report = meta_step(SPEC, params, rounds, valid, settings)
+    assert report.trpo.accepted, report.trpo.reason
+    assert report.trpo.surrogate_after < report.trpo.surrogate_before
+    kl = _pooled_kl(params, new, rounds, valid, settings)  # through both inner steps
+    assert kl == pytest.approx(report.trpo.kl, rel=1e-3, abs=1e-6)
+    assert 0.0 < kl <= settings.trpo.max_kl
+
+
+def test_adapted_params_for_tasks_chains_adapt_over_rounds() -> None:
+    settings = MetaSettings(inner_steps=2)
+    params = init_params(SPEC, 1)
+    rounds, valid = _two_step_meta_batch(settings, params)
+    for i, a in enumerate(adapted_params_for_tasks(SPEC, params, rounds, settings)):
+        theta_1 = adapt(SPEC, params, task_batch(rounds[0], i, settings.adaptation), 0.1)
+        expected = adapt(SPEC, theta_1, task_batch(rounds[1], i, settings.adaptation), 0.1)
+        assert all(torch.equal(a[k], expected[k]) for k in a)
+    with pytest.raises(ValueError, match="3 rounds of train episodes for 2 inner steps"):
+        adapted_params_for_tasks(SPEC, params, [*rounds, valid], settings)
+    with pytest.raises(ValueError, match="inner_steps is 2"):
+        meta_step(SPEC, params, rounds[0], valid, settings)
+    with pytest.raises(ValueError, match="same meta-batch"):
+        meta_step(SPEC, params, [rounds[0], rounds[1].task(0)], valid, settings)
+    batches = [task_batch(rounds[0], i, settings.adaptation) for i in range(3)]
+    valid_batches = [task_batch(valid, i, settings.adaptation) for i in range(3)]
+    with pytest.raises(ValueError, match="task 0 has 1 train batches"):
+        meta_gradient(SPEC, params, batches, valid_batches, settings, False)

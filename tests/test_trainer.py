@@ -10,10 +10,20 @@ import pytest
 import torch
 
 from controller.artifact import load_artifact
+from controller.policy import SamplingPolicy, init_params, stack_params
 from meta_train import evaluate as ev
 from meta_train.cli import main
 from meta_train.config import ConfigError, TrainConfig
-from meta_train.trainer import RunDirError, load_checkpoint, policy_spec, train
+from meta_train.maml import adapted_params_for_tasks
+from meta_train.trainer import (
+    RunDirError,
+    iteration_seeds,
+    load_checkpoint,
+    policy_spec,
+    run_iteration,
+    train,
+)
+from sim.episodes import Episodes
 from sim.families import get_family
 from sim.sampler import BatchSampler
 
@@ -113,3 +123,71 @@ def test_cli_train_and_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert (tmp_path / "res" / "navigation2d.png").stat().st_size > 1000
     assert "paper in brackets" in capsys.readouterr().out
     assert main(["train", str(config), "--out", str(run), "--quiet"]) == 2  # exists: refuse
+
+
+class RecordingSampler:
+    """A BatchSampler that remembers each call's policy, seed and episodes."""
+
+    def __init__(self, sampler: BatchSampler) -> None:
+        self.sampler = sampler
+        self.calls: list[tuple[SamplingPolicy, int, Episodes]] = []
+
+    def sample(self, tasks, episodes_per_task, policy, seed, horizon=None, task_features=False):
+        episodes = self.sampler.sample(tasks, episodes_per_task, policy, seed, horizon,
+                                       task_features)  # fmt: skip
+        self.calls.append((policy, seed, episodes))
+        return episodes
+
+
+def test_two_inner_steps_sample_each_round_with_the_policies_adapted_so_far() -> None:
+    config = tiny_config(meta={"inner_steps": 2})
+    family = get_family(config.family)
+    spec = policy_spec(config, family)
+    params = init_params(spec, 3)
+    sampler = RecordingSampler(BatchSampler(family, 1))
+    _, record = run_iteration(config, family, spec, sampler, params, iteration=5)
+    seeds = iteration_seeds(config.seed, 5, inner_steps=2)
+    assert {k: seeds[k] for k in iteration_seeds(config.seed, 5)} == iteration_seeds(config.seed, 5)
+    assert len(set(seeds.values())) == 7  # the one-step seeds, then train_{reset,policy}_1
+    (policy_0, seed_0, round_0), (policy_1, seed_1, round_1), (policy_2, seed_2, valid) = (
+        sampler.calls
+    )
+    assert (seed_0, seed_1, seed_2) == (seeds["train_reset"], seeds["train_reset_1"],
+                                        seeds["valid_reset"])  # fmt: skip
+    assert policy_1.seed == seeds["train_policy_1"] and policy_2.seed == seeds["valid_policy"]
+    theta_1 = stack_params(adapted_params_for_tasks(spec, params, [round_0], config.meta))
+    theta_2 = stack_params(adapted_params_for_tasks(spec, params, [round_0, round_1], config.meta))
+    for name in params:
+        assert torch.equal(policy_0.params[name], params[name])
+        assert torch.equal(policy_1.params[name], theta_1[name])
+        assert torch.equal(policy_2.params[name], theta_2[name])
+    assert record["inner_returns"] == [float(round_0.returns().mean()),
+                                       float(round_1.returns().mean())]  # fmt: skip
+    assert record["return_before"] == record["inner_returns"][0]
+    assert record["return_after"] == float(valid.returns().mean())
+
+
+def test_two_inner_step_training_run_completes_and_logs_inner_returns(tmp_path: Path) -> None:
+    config = tiny_config(iterations=2, meta={"inner_steps": 2})
+    state = train(config, tmp_path, progress=False)
+    assert state.iteration == 2
+    records = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [0, 1]
+    for r in records:
+        assert len(r["inner_returns"]) == 2 and np.all(np.isfinite(r["inner_returns"]))
+        assert r["inner_returns"][0] == r["return_before"] and np.isfinite(r["return_after"])
+    assert "inner_steps: 2" in (tmp_path / "config.yaml").read_text()
+    assert load_artifact(tmp_path / "artifact").metadata.training["meta"]["inner_steps"] == 2
+
+
+def test_a_run_saved_before_a_new_config_field_resumes(tmp_path: Path) -> None:
+    """A config.yaml written before ``meta.inner_steps`` existed means its default, 1."""
+    config = tiny_config(iterations=2)
+    train(config, tmp_path, progress=False, max_iterations=1)
+    saved = tmp_path / "config.yaml"
+    saved.write_text(saved.read_text().replace("  inner_steps: 1\n", ""))
+    assert "inner_steps" not in saved.read_text()
+    assert train(config, tmp_path, resume=True, progress=False).iteration == 2
+    with pytest.raises(RunDirError, match="config differs"):
+        train(tiny_config(iterations=2, meta={"inner_steps": 2}), tmp_path, resume=True,
+              progress=False)  # fmt: skip

@@ -1,0 +1,269 @@
+"""Episode collection on a Ray cluster: rollout workers share the meta-batch's tasks (issue 6).
+
+Each worker is a Ray actor that owns a :class:`~sim.sampler.BatchSampler` of the family, built
+once. A ``sample`` call puts the policy's parameters in Ray's object store once (``ray.put``),
+splits the tasks into contiguous shards, one per worker, and each worker rebuilds the policy
+for its shard (:meth:`SamplingPolicy.shard`) and collects its tasks' episodes; the shards are
+joined in task order into one :class:`~sim.episodes.Episodes`. A worker that dies is replaced
+and its shard run again.
+
+Same seeds give the same episodes as the local sampler at any worker count: the reset noise and
+the action noise of task ``i`` come from streams of ``(seed, i)`` alone (sim/sampler.py,
+controller/policy.py). What may differ is the last bit of the policy's mean when one parameter
+set serves all tasks: it is one matrix product over all of a call's rows, and BLAS picks its
+kernel by the row count (docs/scaling.md, "Determinism"). Ray is optional: ``pip install
+'adaptctl[ray]'``; this module imports it only when a sampler is built.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+from controller.policy import Params, PolicySpec, SamplingPolicy
+from sim.episodes import Episodes
+from sim.families import Family, get_family
+from sim.sampler import BatchSampler
+from sim.tasks import Task
+
+INSTALL_HINT = "pip install 'adaptctl[ray]'"
+
+
+class RayUnavailableError(ImportError):
+    """The Ray backend was asked for but Ray is not installed."""
+
+
+class WorkerLostError(RuntimeError):
+    """A shard's workers kept dying: more replacements than the sampler allows."""
+
+
+def import_ray() -> ModuleType:
+    """The ``ray`` module, or an error that says what to install."""
+    try:
+        import ray
+    except ImportError as error:
+        raise RayUnavailableError(
+            f"sampler backend 'ray' needs Ray, which is not installed ({error}); "
+            f"install it with: {INSTALL_HINT}"
+        ) from error
+    return ray
+
+
+def contiguous_shards(num_tasks: int, num_workers: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each non-empty shard: sizes differ by at most one, larger first."""
+    if num_tasks < 1 or num_workers < 1:
+        raise ValueError(f"need tasks and workers, got {num_tasks} tasks, {num_workers} workers")
+    count = min(num_tasks, num_workers)
+    base, extra = divmod(num_tasks, count)
+    stops = list(itertools.accumulate(base + (i < extra) for i in range(count)))
+    return list(zip([0, *stops[:-1]], stops, strict=True))
+
+
+def concatenate_episodes(parts: Sequence[Episodes]) -> Episodes:
+    """The shards' episodes joined along the task axis, in the given order (fresh arrays)."""
+    if not parts:
+        raise ValueError("nothing to concatenate")
+
+    def join(arrays: Sequence[np.ndarray]) -> np.ndarray:
+        return np.concatenate(arrays, axis=0)
+
+    first = parts[0]
+    return Episodes(
+        observations=join([p.observations for p in parts]),
+        actions=join([p.actions for p in parts]),
+        rewards=join([p.rewards for p in parts]),
+        reward_terms={k: join([p.reward_terms[k] for p in parts]) for k in first.reward_terms},
+        valid=join([p.valid for p in parts]),
+        terminated=join([p.terminated for p in parts]),
+        infos={k: join([p.infos[k] for p in parts]) for k in first.infos},
+        tasks=[task for p in parts for task in p.tasks],
+    )
+
+
+class RolloutWorker:
+    """What each Ray actor holds: a batched sampler of one family, built once."""
+
+    def __init__(self, family_name: str, num_threads: int) -> None:
+        # One torch thread per CPU the actor holds: its policy runs between simulation steps.
+        torch.set_num_threads(num_threads)
+        self.sampler = BatchSampler(get_family(family_name), num_threads)
+
+    def pid(self) -> int:
+        """The worker's process id (also: the actor has started)."""
+        return os.getpid()
+
+    def sample(
+        self, job: _Job, params: Params, start: int, stop: int,
+    ) -> Episodes:  # fmt: skip
+        """Episodes of tasks ``start:stop`` of the job; ``params`` are the whole job's."""
+        policy = SamplingPolicy(job.spec, params, job.policy_seed, job.policy_offset)
+        return self.sampler.sample(
+            job.tasks[start:stop], job.episodes_per_task, policy.shard(start, stop), job.seed,
+            job.horizon, job.task_features, task_offset=start,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One ``sample`` call as the workers need it (the parameters travel by reference)."""
+
+    tasks: Sequence[Task]
+    episodes_per_task: int
+    spec: PolicySpec
+    policy_seed: int
+    policy_offset: int
+    seed: int
+    horizon: int | None
+    task_features: bool
+
+
+@dataclass
+class Submission:
+    """A ``sample`` call in flight: one result reference per shard, in task order."""
+
+    job: _Job
+    params_ref: Any
+    shards: list[tuple[int, int]]
+    refs: list[Any]
+
+
+class RaySampler:
+    """Collects episodes on Ray rollout workers; the same ``sample`` contract as BatchSampler.
+
+    ``workers`` actors, each holding ``num_threads`` CPUs (MuJoCo batch threads and torch
+    threads). Connects to ``address`` (None: ``RAY_ADDRESS``, else a new Ray instance on this
+    machine) unless Ray is already initialised in this process, in which case that is used.
+    """
+
+    def __init__(
+        self, family: Family, workers: int, num_threads: int = 1, address: str | None = None,
+        ready_timeout_s: float = 300.0, max_replacements: int = 2,
+    ) -> None:  # fmt: skip
+        if workers < 1 or num_threads < 1:
+            raise ValueError(
+                f"need workers >= 1 and num_threads >= 1, got {workers}, {num_threads}"
+            )
+        self._ray = ray = import_ray()
+        self.family = family
+        self.num_threads = num_threads
+        self.ready_timeout_s = ready_timeout_s
+        self.max_replacements = max_replacements
+        self.replacements = 0
+        """Workers replaced so far (each had died with a shard to run)."""
+        if not ray.is_initialized():
+            local = address is None and not os.environ.get("RAY_ADDRESS")
+            ray.init(address=address)
+            if local:  # no autoscaler on a local instance: a shortfall would wait forever
+                self._check_cpus(workers)
+        self._actor = ray.remote(num_cpus=num_threads)(RolloutWorker)
+        self.workers: list[Any] = [self._start_worker() for _ in range(workers)]
+        """The actor handles, one per shard position."""
+        self._wait_ready(self.workers)
+
+    def sample(
+        self, tasks: Sequence[Task], episodes_per_task: int, policy: SamplingPolicy, seed: int,
+        horizon: int | None = None, task_features: bool = False,
+    ) -> Episodes:  # fmt: skip
+        """As :meth:`BatchSampler.sample`; ``policy`` must be a fresh SamplingPolicy."""
+        return self.gather(
+            self.submit(tasks, episodes_per_task, policy, seed, horizon, task_features)
+        )
+
+    def submit(
+        self, tasks: Sequence[Task], episodes_per_task: int, policy: SamplingPolicy, seed: int,
+        horizon: int | None = None, task_features: bool = False,
+    ) -> Submission:  # fmt: skip
+        """Start a ``sample`` call on the workers; :meth:`gather` waits for it."""
+        if not isinstance(policy, SamplingPolicy):
+            raise TypeError(
+                "the Ray sampler rebuilds the policy on each worker and needs a SamplingPolicy "
+                f"(controller.policy), got {type(policy).__name__}"
+            )
+        if policy.calls:
+            raise ValueError(
+                "the policy has already acted; pass a fresh SamplingPolicy so that its noise "
+                "streams start where the workers' copies do"
+            )
+        tasks = [self.family.validate(t) for t in tasks]
+        if not tasks or (policy.num_tasks is not None and policy.num_tasks != len(tasks)):
+            raise ValueError(
+                f"need at least one task, and one parameter set per task for a stacked policy; "
+                f"got {len(tasks)} tasks and a policy for {policy.num_tasks}"
+            )
+        job = _Job(
+            tasks, episodes_per_task, policy.spec, policy.seed, policy.task_offset, seed,
+            horizon, task_features,
+        )  # fmt: skip
+        params_ref = self._ray.put(policy.params)  # once per call; workers read it by reference
+        shards = contiguous_shards(len(tasks), len(self.workers))
+        refs = [
+            self.workers[i].sample.remote(job, params_ref, *shard) for i, shard in enumerate(shards)
+        ]
+        return Submission(job, params_ref, shards, refs)
+
+    def gather(self, submission: Submission) -> Episodes:
+        """Wait for every shard, replacing dead workers and re-running their shards."""
+        parts = [self._shard_result(submission, i) for i in range(len(submission.shards))]
+        return concatenate_episodes(parts)
+
+    def close(self) -> None:
+        """Stop the workers (Ray itself stays up for others in this process)."""
+        for worker in self.workers:
+            self._ray.kill(worker)
+        self.workers = []
+
+    def _shard_result(self, submission: Submission, index: int) -> Episodes:
+        ray = self._ray
+        start, stop = submission.shards[index]
+        for attempt in range(self.max_replacements + 1):
+            if attempt:  # the shard's worker died: a new one runs the shard again
+                self._replace_worker(index)
+                submission.refs[index] = self.workers[index].sample.remote(
+                    submission.job, submission.params_ref, start, stop
+                )
+            try:
+                result: Episodes = ray.get(submission.refs[index])
+                return result
+            except ray.exceptions.RayActorError as error:
+                lost = error
+        raise WorkerLostError(
+            f"the worker sampling tasks {start}:{stop} died {self.max_replacements + 1} times "
+            f"in a row; last error: {lost}"
+        )
+
+    def _replace_worker(self, index: int) -> None:
+        self._ray.kill(self.workers[index])  # a no-op when it is gone; stops a hung one
+        self.workers[index] = self._start_worker()
+        self._wait_ready([self.workers[index]])
+        self.replacements += 1
+
+    def _start_worker(self) -> Any:
+        return self._actor.remote(self.family.name, self.num_threads)
+
+    def _wait_ready(self, workers: Sequence[Any]) -> None:
+        ray = self._ray
+        try:
+            ray.get([w.pid.remote() for w in workers], timeout=self.ready_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            cpus = ray.cluster_resources().get("CPU", 0)
+            raise RuntimeError(
+                f"Ray could not start {len(workers)} rollout worker(s) of {self.num_threads} "
+                f"CPU(s) each within {self.ready_timeout_s:.0f} s; the cluster has {cpus:g} "
+                "CPUs in all: lower sampler.workers or sampler.num_threads, or add nodes"
+            ) from None
+
+    def _check_cpus(self, workers: int) -> None:
+        cpus = self._ray.cluster_resources().get("CPU", 0)
+        if workers * self.num_threads > cpus:
+            raise ValueError(
+                f"sampler.workers x sampler.num_threads = {workers} x {self.num_threads} CPUs, "
+                f"but the local Ray instance has {cpus:g}; lower them or join a cluster "
+                "(sampler.address or RAY_ADDRESS, docs/scaling.md)"
+            )
