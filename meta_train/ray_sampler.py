@@ -87,29 +87,6 @@ def concatenate_episodes(parts: Sequence[Episodes]) -> Episodes:
     )
 
 
-class RolloutWorker:
-    """What each Ray actor holds: a batched sampler of one family, built once."""
-
-    def __init__(self, family_name: str, num_threads: int) -> None:
-        # One torch thread per CPU the actor holds: its policy runs between simulation steps.
-        torch.set_num_threads(num_threads)
-        self.sampler = BatchSampler(get_family(family_name), num_threads)
-
-    def pid(self) -> int:
-        """The worker's process id (also: the actor has started)."""
-        return os.getpid()
-
-    def sample(
-        self, job: _Job, params: Params, start: int, stop: int,
-    ) -> Episodes:  # fmt: skip
-        """Episodes of tasks ``start:stop`` of the job; ``params`` are the whole job's."""
-        policy = SamplingPolicy(job.spec, params, job.policy_seed, job.policy_offset)
-        return self.sampler.sample(
-            job.tasks[start:stop], job.episodes_per_task, policy.shard(start, stop), job.seed,
-            job.horizon, job.task_features, task_offset=start,
-        )  # fmt: skip
-
-
 @dataclass(frozen=True)
 class _Job:
     """One ``sample`` call as the workers need it (the parameters travel by reference)."""
@@ -122,6 +99,27 @@ class _Job:
     seed: int
     horizon: int | None
     task_features: bool
+
+
+class RolloutWorker:
+    """What each Ray actor holds: a batched sampler of one family, built once."""
+
+    def __init__(self, family_name: str, num_threads: int) -> None:
+        # One torch thread per CPU the actor holds: its policy runs between simulation steps.
+        torch.set_num_threads(num_threads)
+        self.sampler = BatchSampler(get_family(family_name), num_threads)
+
+    def pid(self) -> int:
+        """The worker's process id (also: the actor has started)."""
+        return os.getpid()
+
+    def sample(self, job: _Job, params: Params, start: int, stop: int) -> Episodes:
+        """Episodes of tasks ``start:stop`` of the job; ``params`` are the whole job's."""
+        policy = SamplingPolicy(job.spec, params, job.policy_seed, job.policy_offset)
+        return self.sampler.sample(
+            job.tasks[start:stop], job.episodes_per_task, policy.shard(start, stop), job.seed,
+            job.horizon, job.task_features, task_offset=start,
+        )  # fmt: skip
 
 
 @dataclass

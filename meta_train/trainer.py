@@ -307,18 +307,25 @@ def _prepare_run_dir(
             f"the config differs from the one {run_dir} was started with ({run_dir / CONFIG_FILE});"
             " resume with that config, or start a new run"
         )
+    (run_dir / CONFIG_FILE).write_text(config_text)  # e.g. the extended iteration count
     state = load_checkpoint(run_dir, spec)
     _truncate_log(run_dir / LOG_FILE, state.iteration)
     return state
 
 
+# Fields that change no iteration's result: a resumed run may be extended (more iterations)
+# or checkpointed more or less often.
+_RESUMABLE_CHANGES = ("iterations", "checkpoint_every")
+
+
 def _same_config(path: Path, config: TrainConfig) -> bool:
     """Whether the saved config is ``config`` once fields added since it was written take their
-    defaults (e.g. ``meta.inner_steps``): runs started before such a field still resume."""
+    defaults (e.g. ``meta.inner_steps``), up to the fields in ``_RESUMABLE_CHANGES``."""
     try:
-        return TrainConfig.from_yaml(path) == config
+        saved = TrainConfig.from_yaml(path)
     except ValueError:  # ConfigError: it no longer validates
         return False
+    return saved.model_copy(update={k: getattr(config, k) for k in _RESUMABLE_CHANGES}) == config
 
 
 def _truncate_log(path: Path, next_iteration: int) -> None:

@@ -7,6 +7,7 @@ the end of the module. Tolerances: docs/scaling.md, "Determinism".
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -29,7 +30,7 @@ from meta_train.ray_sampler import (
 from meta_train.trainer import make_sampler, train
 from sim.episodes import Episodes
 from sim.families import Family, get_family
-from sim.sampler import BatchSampler
+from sim.sampler import BatchSampler, _PerTaskGenerator
 
 # A policy mean that differs in its last bit (BLAS picking another kernel for another row
 # count) moves a 2D-navigation point by < 1e-7 a step: < 1e-5 over its 100 steps.
@@ -86,6 +87,16 @@ def test_shards_sampled_apart_join_into_the_batch() -> None:
     assert not np.array_equal(other_seed.observations[:, :, 0], whole.observations[:, :, 0])
     with pytest.raises(ValueError, match="cannot take tasks"):
         policy.shard(3, 6)
+
+
+def test_reset_streams_are_the_tasks_own() -> None:
+    streams = _PerTaskGenerator(seed=5, task_ids=[3, 4], episodes_per_task=2)
+    drawn = streams.uniform(-1.0, 1.0, size=(4, 3))
+    for row, task in ((0, 3), (2, 4)):
+        own = np.random.default_rng(np.random.SeedSequence([5, task])).uniform(-1, 1, (2, 3))
+        np.testing.assert_array_equal(drawn[row : row + 2], own)
+    with pytest.raises(ValueError, match="first entry is the 4 simulations"):
+        streams.standard_normal(size=(3, 2))
 
 
 def test_contiguous_shards_cover_the_tasks_in_order() -> None:
@@ -200,6 +211,21 @@ def test_training_with_the_ray_backend_matches_the_local_run(
         torch.testing.assert_close(remote.params[name], value, rtol=1e-4, atol=NAVIGATION_ATOL)
     logs = [(tmp_path / run / "log.jsonl").read_text().splitlines() for run in ("ray", "local")]
     assert len(logs[0]) == len(logs[1]) == 2
+
+
+def test_bench_measures_local_and_ray(ray_instance: Any) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not installed
+    from bench.ray_bench import bench_ray, format_table
+
+    results = bench_ray(num_tasks=2, episodes_per_task=2, horizon=5, cores=1, rounds=1)
+    rows = results["contenders"]
+    assert list(rows) == ["local", "ray 1 x 1"] and results["env_steps"] == 2 * 2 * 2 * 5
+    assert all(row["identical_to_local"] and row["seconds"] > 0 for row in rows.values())
+    assert rows["ray 1 x 1"]["overhead_vs_local"] == pytest.approx(
+        rows["ray 1 x 1"]["seconds"] / rows["local"]["seconds"] - 1
+    )
+    assert "| ray 1 x 1 |" in format_table(results)
+    json.dumps(results)  # JSON-ready for runs/bench.json
 
 
 def test_config_line_and_missing_ray(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -74,6 +74,8 @@ def test_resume_gives_the_uninterrupted_result(tmp_path: Path) -> None:
     ]
     with pytest.raises(RunDirError, match="config differs"):
         train(tiny_config(seed=9), tmp_path / "b", resume=True, progress=False)
+    extended = train(tiny_config(iterations=5), tmp_path / "b", resume=True, progress=False)
+    assert extended.iteration == 5  # a finished run can be extended
 
 
 def test_checkpoint_keeps_best_and_exports_artifact(tmp_path: Path) -> None:
