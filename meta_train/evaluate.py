@@ -160,9 +160,10 @@ def plot_results(documents: Sequence[dict[str, Any]], path: str | Path) -> None:
         ax.set_xticks(range(steps))
         ax.set_ylabel("average return")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
