@@ -22,10 +22,11 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from controller.artifact import ArtifactAdaptation, IOLayout, save_artifact
+from controller.artifact import ArtifactAdaptation, save_artifact
 from controller.policy import Params, PolicySpec, SamplingPolicy, init_params, stack_params
 from meta_train.comparators import policy_step
 from meta_train.config import TrainConfig
+from meta_train.export import family_layout
 from meta_train.maml import adapted_params_for_tasks, meta_step
 from meta_train.ray_sampler import RaySampler
 from sim.episodes import Episodes
@@ -80,21 +81,6 @@ def policy_spec(config: TrainConfig, family: Family) -> PolicySpec:
         hidden_sizes=config.policy.hidden_sizes,
         activation=config.policy.activation,
         init_log_std=config.policy.init_log_std,
-    )
-
-
-def io_layout(config: TrainConfig, family: Family) -> IOLayout:
-    names = family.observation_names
-    if config.mode == "oracle":
-        kind = family.task_space.sample(np.random.default_rng(0), 1)[0].kind
-        names += tuple(f"task:{kind}:{i}" for i in range(family.task_space.feature_size))
-    return IOLayout(
-        observation_size=len(names),
-        action_size=family.action_size,
-        observation_names=names,
-        action_names=family.action_names,
-        action_low=tuple(float(x) for x in family.action_low),
-        action_high=tuple(float(x) for x in family.action_high),
     )
 
 
@@ -238,7 +224,7 @@ def export(
     training.update(best_iteration=state.best_iteration, best_return=state.best_return,
                     iterations_done=state.iteration)  # fmt: skip
     save_artifact(
-        path, spec, state.best_params, family=family.name, layout=io_layout(config, family),
+        path, spec, state.best_params, family=family.name, layout=family_layout(family, task_features=config.mode == "oracle"),
         adaptation=ArtifactAdaptation(
             episodes_per_step=config.episodes_per_task,
             horizon=config.horizon or family.horizon, settings=config.adaptation,
