@@ -5,8 +5,8 @@ steps, twice (train episodes with one parameter set for all tasks, valid episode
 per task, as after adaptation): 320,000 env steps, the paper's 2 x 100 ReLU policy. Contenders,
 each on ``cores`` CPUs in all:
 
-* **local**: ``BatchSampler`` in this process, ``cores`` MuJoCo and torch threads (the
-  trainer's defaults);
+* **local**: ``BatchSampler`` in this process, ``cores`` MuJoCo threads, one torch thread
+  (as the workers and bench/sampler_bench.py run the policy);
 * **ray 1 x cores**: one Ray rollout worker with ``cores`` threads;
 * **ray cores x 1**: ``cores`` workers of one thread, the tasks split between them.
 
@@ -105,7 +105,7 @@ def bench_ray(
         ray.init(num_cpus=2 * cores, include_dashboard=False, log_to_driver=False)
     load_before = os.getloadavg()[0]
     torch_threads = torch.get_num_threads()
-    torch.set_num_threads(cores)
+    torch.set_num_threads(1)  # as the workers do (and bench/sampler_bench.py): see RolloutWorker
     family = get_family("cheetah_velocity")
     spec = PolicySpec(observation_size=family.observation_size, action_size=family.action_size)
     iteration = _Iteration(

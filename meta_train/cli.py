@@ -14,9 +14,8 @@ from controller.artifact import ArtifactError, load_artifact
 from controller.policy import init_params
 from meta_train import evaluate as ev
 from meta_train.config import ConfigError, TrainConfig
-from meta_train.trainer import RunDirError, policy_spec, train
+from meta_train.trainer import RunDirError, make_sampler, policy_spec, train
 from sim.families import get_family
-from sim.sampler import BatchSampler
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -47,7 +46,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ev.set_threads(config.torch_threads)
     cfg = config.evaluation
     tasks = ev.test_tasks(family, cfg.num_tasks, cfg.task_seed)
-    sampler = BatchSampler(family, config.sampler.num_threads)
+    sampler = make_sampler(config, family)
     k = cfg.episodes_per_step or config.episodes_per_task
     results: dict[str, ev.MethodResult] = {}
     provenance: dict[str, Any] = {"command": " ".join(sys.argv), "config": args.config}

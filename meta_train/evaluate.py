@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -20,7 +20,9 @@ import torch
 from controller.adaptation import AdaptationSettings, adapt, task_batch
 from controller.policy import Params, PolicySpec, SamplingPolicy, stack_params
 from sim.families import Family
-from sim.sampler import BatchSampler
+
+if TYPE_CHECKING:
+    from meta_train.trainer import EpisodeSampler
 from sim.tasks import Task, task_to_dict
 
 # The paper's numbers (MAML_RL.md, last table): mean over 40 test tasks after 0/1/2/3 steps.
@@ -72,7 +74,7 @@ class MethodResult(NamedTuple):
 
 
 def evaluate_method(
-    sampler: BatchSampler, spec: PolicySpec, params: Params, tasks: Sequence[Task],
+    sampler: EpisodeSampler, spec: PolicySpec, params: Params, tasks: Sequence[Task],
     episodes_per_step: int, step_sizes: Sequence[float], settings: AdaptationSettings,
     seed: int, task_features: bool = False, horizon: int | None = None,
 ) -> MethodResult:  # fmt: skip

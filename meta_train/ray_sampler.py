@@ -105,8 +105,9 @@ class RolloutWorker:
     """What each Ray actor holds: a batched sampler of one family, built once."""
 
     def __init__(self, family_name: str, num_threads: int) -> None:
-        # One torch thread per CPU the actor holds: its policy runs between simulation steps.
-        torch.set_num_threads(num_threads)
+        # One torch thread: the policy runs between simulation steps, never alongside them, and
+        # idle OpenMP threads spin on the cores the MuJoCo threads need (bench/sampler_bench.py).
+        torch.set_num_threads(1)
         self.sampler = BatchSampler(get_family(family_name), num_threads)
 
     def pid(self) -> int:
@@ -135,8 +136,7 @@ class Submission:
 class RaySampler:
     """Collects episodes on Ray rollout workers; the same ``sample`` contract as BatchSampler.
 
-    ``workers`` actors, each holding ``num_threads`` CPUs (MuJoCo batch threads and torch
-    threads). Connects to ``address`` (None: ``RAY_ADDRESS``, else a new Ray instance on this
+    ``workers`` actors, each holding ``num_threads`` CPUs (its MuJoCo batch threads). Connects to ``address`` (None: ``RAY_ADDRESS``, else a new Ray instance on this
     machine) unless Ray is already initialised in this process, in which case that is used.
     """
 

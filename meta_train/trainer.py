@@ -65,12 +65,37 @@ class EpisodeSampler(Protocol):
     ) -> Episodes: ...  # fmt: skip
 
 
+class OneTorchThreadSampler:
+    """A local sampler whose policy runs on one torch thread while MuJoCo steps.
+
+    Idle OpenMP workers of a multi-threaded torch spin on the cores MuJoCo's batch threads need:
+    one paper-scale HalfCheetah iteration's sampling took 24 s with 2 torch threads and 8 s with
+    one on this 2-core machine (bench/ray_bench.py, measured under load).
+    """
+
+    def __init__(self, sampler: BatchSampler) -> None:
+        self.sampler = sampler
+
+    def sample(
+        self, tasks: Sequence[Task], episodes_per_task: int, policy: SamplingPolicy, seed: int,
+        horizon: int | None = None, task_features: bool = False,
+    ) -> Episodes:  # fmt: skip
+        previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self.sampler.sample(
+                tasks, episodes_per_task, policy, seed, horizon, task_features
+            )
+        finally:
+            torch.set_num_threads(previous)
+
+
 def make_sampler(config: TrainConfig, family: Family) -> EpisodeSampler:
     """The episode collector that ``config.sampler`` names (docs/scaling.md)."""
     settings = config.sampler
     if settings.backend == "ray":
         return RaySampler(family, settings.workers, settings.num_threads, settings.address)
-    return BatchSampler(family, settings.num_threads)
+    return OneTorchThreadSampler(BatchSampler(family, settings.num_threads))
 
 
 def policy_spec(config: TrainConfig, family: Family) -> PolicySpec:
