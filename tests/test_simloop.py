@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shipped import finished_artifact
 
 from controller.config import ControllerConfig
 from controller.runtime import Controller
@@ -63,8 +64,8 @@ def test_cli_run_refuses_bad_tasks(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (ROOT / "artifacts" / "cheetah_velocity").exists(),
-                    reason="no shipped cheetah_velocity artifact")  # fmt: skip
+@pytest.mark.skipif(not finished_artifact("cheetah_velocity")[0],
+                    reason=finished_artifact("cheetah_velocity")[1])  # fmt: skip
 def test_shipped_artifact_adapts_to_unseen_velocities() -> None:
     """Issue 4: target velocities no training task had exactly; one step lowers |v - v*|."""
     errors = []
