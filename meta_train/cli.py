@@ -88,6 +88,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_curves(args: argparse.Namespace) -> int:
+    from meta_train.curves import plot_curves
+
+    plot_curves(args.runs, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="adaptctl", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results", help="where the JSON and PNG go")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("curves", help="plot training curves (return before/after adaptation)")
+    p.add_argument("runs", nargs="+", help="run directories (with log.jsonl)")
+    p.add_argument("--out", default="curves.png", help="PNG to write")
+    p.set_defaults(func=cmd_curves)
+
     try:
         from controller import cli as controller_cli
     except ImportError:  # pragma: no cover - the controller's commands are optional here
@@ -130,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, RunDirError, ArtifactError, ValueError) as error:
+    except (ConfigError, RunDirError, ArtifactError, ValueError, FileNotFoundError) as error:
         print(f"adaptctl: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -193,3 +193,12 @@ def test_a_run_saved_before_a_new_config_field_resumes(tmp_path: Path) -> None:
     with pytest.raises(RunDirError, match="config differs"):
         train(tiny_config(iterations=2, meta={"inner_steps": 2}), tmp_path, resume=True,
               progress=False)  # fmt: skip
+
+
+def test_curves_plot_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train(tiny_config(iterations=2), tmp_path / "run", progress=False)
+    out = tmp_path / "curves.png"
+    assert main(["curves", str(tmp_path / "run"), "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000
+    assert main(["curves", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "no training log" in capsys.readouterr().err
