@@ -17,7 +17,13 @@ import torch
 
 from controller.adaptation import task_batch
 from controller.policy import Params, PolicySpec
-from meta_train.maml import MetaSettings, MetaStepReport, old_policy, valid_objectives
+from meta_train.maml import (
+    MetaSettings,
+    MetaStepReport,
+    old_policy,
+    timed_hvp,
+    valid_objectives,
+)
 from meta_train.trpo import exact_hvp, flatten, trpo_step, unflatten
 
 if TYPE_CHECKING:
@@ -49,15 +55,8 @@ def policy_step(
     surrogate, _ = objectives(x)
     (gradient,) = torch.autograd.grad(surrogate, x)
     gradient_done = time.perf_counter()
-    kl_hvp = exact_hvp(lambda flat: objectives(flat)[1], theta)
-    hvp_clock = [time.perf_counter() - gradient_done, 0]  # seconds, calls
-
-    def hvp(v: torch.Tensor) -> torch.Tensor:
-        tick = time.perf_counter()
-        product = kl_hvp(v)
-        hvp_clock[0] += time.perf_counter() - tick
-        hvp_clock[1] += 1
-        return product
+    hvp, hvp_clock = timed_hvp(exact_hvp(lambda flat: objectives(flat)[1], theta))
+    hvp_clock[0] += time.perf_counter() - gradient_done  # building the gradient graph
 
     def evaluate(flat: torch.Tensor) -> tuple[float, float]:
         with torch.no_grad():

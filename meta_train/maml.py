@@ -259,7 +259,7 @@ def meta_step(
     )
     gradient_done = time.perf_counter()
 
-    hvp, hvp_clock = _timed(kl_hvp(spec, theta, train, valid, chains, old_all, settings))
+    hvp, hvp_clock = timed_hvp(kl_hvp(spec, theta, train, valid, chains, old_all, settings))
     new_flat, trpo_report = trpo_step(
         flatten(theta),
         gradient,
@@ -541,7 +541,7 @@ def _kl_gradient_fn(
     return kl_gradient
 
 
-def _timed(
+def timed_hvp(
     hvp: Callable[[torch.Tensor], torch.Tensor],
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], list]:
     """Wrap an HVP to accumulate [seconds, calls] in the returned list."""

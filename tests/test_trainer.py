@@ -202,3 +202,18 @@ def test_curves_plot_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert out.stat().st_size > 1000
     assert main(["curves", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "no training log" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["pretrained", "oracle"])
+def test_comparators_train_with_the_same_loop(tmp_path: Path, mode: str) -> None:
+    config = tiny_config(mode=mode, iterations=3)
+    train(config, tmp_path, progress=False)
+    records = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [0, 1, 2]
+    for record in records:  # no adaptation: the loop's return is the sampled one
+        assert record["return_after"] == record["return_before"]
+        assert record["kl"] <= config.meta.trpo.max_kl
+    assert any(r["accepted"] for r in records)
+    layout = load_artifact(tmp_path / "artifact").layout
+    extra = 2 if mode == "oracle" else 0  # the oracle also sees the goal (x, y)
+    assert layout.observation_size == 2 + extra
