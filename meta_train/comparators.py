@@ -63,7 +63,9 @@ def policy_step(
             s, k = objectives(flat)
         return float(s), float(k)
 
-    new_flat, report = trpo_step(theta, gradient, hvp, evaluate, float(surrogate), settings.trpo)
+    new_flat, report = trpo_step(
+        theta, gradient, hvp, evaluate, float(surrogate.detach()), settings.trpo
+    )
     end = time.perf_counter()
     new_params = {k: v.detach().clone() for k, v in unflatten(new_flat, params).items()}
     return new_params, MetaStepReport(
