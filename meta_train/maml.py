@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
 
 from controller.adaptation import AdaptationSettings, TaskBatch, adapt, task_batch
 from controller.policy import Params, PolicySpec, gaussian_kl, gaussian_log_prob, mean_action
@@ -86,6 +86,13 @@ class MetaSettings(BaseModel):
         description="Fraction of each task's episodes used in the KL Hessian-vector products "
         "(TRPO, Schulman et al. 2015, used 0.1; the authors' MAML code 1.0). The gradient and "
         "the line search always use all episodes.",
+    )
+    exploration_weight: NonNegativeFloat = Field(
+        default=0.0,
+        description="Weight of the pre-update exploration term (E-MAML, Stadie et al. 2018): "
+        "the score function of the train episodes times each task's standardised "
+        "post-update return, the part of the meta-gradient that MAML drops by treating the "
+        "train episodes as data. 0: the paper's MAML.",
     )
     trpo: TRPOSettings = Field(default_factory=TRPOSettings, description="The TRPO step.")
     adaptation: AdaptationSettings = Field(
@@ -259,14 +266,17 @@ def meta_step(
     )
     gradient_done = time.perf_counter()
 
+    evaluate = _evaluator(spec, theta, train, valid, old_all, settings)
+    if settings.exploration_weight > 0.0:
+        explore = _exploration_term(spec, theta, rounds[0], valid_episodes, settings)
+        flat = flatten(theta).detach().requires_grad_(True)
+        value = explore(flat)
+        gradient = gradient + torch.autograd.grad(value, flat)[0]
+        surrogate_before += float(value.detach())
+        evaluate = _with_term(evaluate, explore)
     hvp, hvp_clock = timed_hvp(kl_hvp(spec, theta, train, valid, chains, old_all, settings))
     new_flat, trpo_report = trpo_step(
-        flatten(theta),
-        gradient,
-        hvp,
-        _evaluator(spec, theta, train, valid, old_all, settings),
-        surrogate_before,
-        settings.trpo,
+        flatten(theta), gradient, hvp, evaluate, surrogate_before, settings.trpo
     )
     end = time.perf_counter()
     new_params = {name: p.detach().clone() for name, p in unflatten(new_flat, theta).items()}
@@ -313,6 +323,56 @@ def meta_gradient(
         chains.append(chain if keep_graph else [_detached(a) for a in chain])
         old_all.append(old)
     return torch.cat([g.reshape(-1) for g in gradient]), surrogate_total, chains, old_all
+
+
+def _exploration_term(
+    spec: PolicySpec,
+    theta: Params,
+    train_episodes: Episodes,
+    valid_episodes: Episodes,
+    settings: MetaSettings,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """theta [P] -> -w * mean_i z_i * mean_t pi_theta(a_t|s_t) / pi_old(a_t|s_t) on task i's
+    pre-update (round 0) episodes, z_i its standardised post-update return.
+
+    Its gradient at theta_old is the E-MAML score-function term, -w * mean_i z_i * mean_t
+    grad log pi(a_t|s_t): it rewards pre-update behaviour that led to good adapted policies.
+    """
+    post_update = valid_episodes.returns().mean(axis=1)
+    z = (post_update - post_update.mean()) / (post_update.std() + 1e-8)
+    weights = torch.as_tensor(z, dtype=torch.float32)
+    batches = [task_batch(train_episodes, i, settings.adaptation) for i in range(len(z))]
+    with torch.no_grad():
+        old_log_prob = [
+            gaussian_log_prob(mean_action(spec, theta, b.observations), theta["log_std"], b.actions)
+            for b in batches
+        ]
+
+    def term(flat: torch.Tensor) -> torch.Tensor:
+        candidate = unflatten(flat, theta)
+        total = flat.new_zeros(())
+        for weight, batch, old in zip(weights, batches, old_log_prob, strict=True):
+            mean = mean_action(spec, candidate, batch.observations)
+            log_prob = gaussian_log_prob(mean, candidate["log_std"], batch.actions)
+            ratio = torch.exp(log_prob - old)
+            total = total + weight * (ratio * batch.valid).sum() / batch.valid.sum()
+        return -settings.exploration_weight * total / len(batches)
+
+    return term
+
+
+def _with_term(
+    evaluate: Callable[[torch.Tensor], tuple[float, float]],
+    term: Callable[[torch.Tensor], torch.Tensor],
+) -> Callable[[torch.Tensor], tuple[float, float]]:
+    """The line search's (surrogate, KL) with ``term`` added to the surrogate."""
+
+    def evaluate_with(flat: torch.Tensor) -> tuple[float, float]:
+        surrogate, kl = evaluate(flat)
+        with torch.no_grad():
+            return surrogate + float(term(flat)), kl
+
+    return evaluate_with
 
 
 def _evaluator(

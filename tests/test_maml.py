@@ -14,7 +14,14 @@ from controller.adaptation import (
     batch_from_arrays,
     task_batch,
 )
-from controller.policy import PolicySpec, SamplingPolicy, init_params, kl_divergence, stack_params
+from controller.policy import (
+    PolicySpec,
+    SamplingPolicy,
+    init_params,
+    kl_divergence,
+    log_prob,
+    stack_params,
+)
 from meta_train.maml import (
     MetaSettings,
     adapted_params_for_tasks,
@@ -351,3 +358,41 @@ def test_adapted_params_for_tasks_chains_adapt_over_rounds() -> None:
     valid_batches = [task_batch(valid, i, settings.adaptation) for i in range(3)]
     with pytest.raises(ValueError, match="task 0 has 1 train batches"):
         meta_gradient(SPEC, params, batches, valid_batches, settings, False)
+
+
+def test_exploration_term_is_the_e_maml_score_function() -> None:
+    """Its gradient at theta_old is -w * mean_i z_i * mean_t grad log pi on round-0 episodes."""
+    from meta_train.maml import _exploration_term
+    from meta_train.trpo import flatten, unflatten
+
+    settings = MetaSettings(exploration_weight=0.5)
+    params = init_params(SPEC, 0)
+    train, valid = _meta_batch(settings, params)
+    term = _exploration_term(SPEC, params, train, valid, settings)
+    flat = flatten(params).detach().requires_grad_(True)
+    value = term(flat)
+    assert float(value.detach()) == pytest.approx(0.0, abs=1e-6)  # ratios 1, weights centred
+    (gradient,) = torch.autograd.grad(value, flat)
+
+    post = valid.returns().mean(axis=1)
+    z = (post - post.mean()) / (post.std() + 1e-8)
+    x = flatten(params).detach().requires_grad_(True)
+    expected = x.new_zeros(())
+    for i in range(train.num_tasks):
+        obs = torch.from_numpy(train.observations[i])
+        mask = torch.from_numpy(train.valid[i]).float()
+        logp = log_prob(SPEC, unflatten(x, params), obs, torch.from_numpy(train.actions[i]))
+        expected = expected + float(z[i]) * (logp * mask).sum() / mask.sum()
+    (reference,) = torch.autograd.grad(-0.5 * expected / train.num_tasks, x)
+    torch.testing.assert_close(gradient, reference, rtol=1e-4, atol=1e-6)
+
+
+def test_meta_step_with_exploration_stays_within_the_kl_bound() -> None:
+    params = init_params(SPEC, 0)
+    plain = MetaSettings()
+    train, valid = _meta_batch(plain, params)
+    explored, report = meta_step(SPEC, params, train, valid, MetaSettings(exploration_weight=1.0))
+    assert report.trpo.accepted, report.trpo.reason
+    assert 0.0 < _pooled_kl(params, explored, train, valid, plain) <= plain.trpo.max_kl
+    maml, _ = meta_step(SPEC, params, train, valid, plain)
+    assert not torch.allclose(explored["hidden.0.weight"], maml["hidden.0.weight"])
