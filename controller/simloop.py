@@ -17,7 +17,7 @@ import numpy as np
 
 from controller.runtime import AdaptReport, Controller
 from sim.families import Family, get_family
-from sim.tasks import Task, VelocityTask, task_to_dict
+from sim.tasks import Task, VelocityTask, task_from_dict, task_to_dict
 
 
 @dataclass
@@ -131,7 +131,8 @@ def format_table(result: RunResult) -> str:
     velocity = any(p.velocity_error is not None for p in result.phases)
     header = f"{'phase':<16}{'return (mean ± se)':>22}"
     header += f"{'mean |v - v*|':>16}" if velocity else ""
-    lines = [f"{result.family} {result.task}: {result.episodes_per_phase} episodes per phase",
+    task = task_from_dict(result.task).describe()
+    lines = [f"{result.family}, {task}: {result.episodes_per_phase} episodes per phase",
              header]  # fmt: skip
     for p in result.phases:
         line = f"{p.name:<16}{f'{p.mean_return:.1f} ± {p.stderr:.1f}':>22}"
@@ -169,7 +170,7 @@ def plot(result: RunResult, task: Task, path: str | Path) -> None:
         ax.plot([goal[0]], [goal[1]], marker="*", color="tab:red", markersize=14, label="goal")
         ax.set_xlabel("x")
         ax.set_ylabel("y")
-    ax.set_title(f"{result.family}: {result.task}")
+    ax.set_title(f"{result.family}: {task.describe()}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
