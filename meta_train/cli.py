@@ -14,7 +14,7 @@ from controller.artifact import ArtifactError, load_artifact
 from controller.policy import init_params
 from meta_train import evaluate as ev
 from meta_train.config import ConfigError, TrainConfig
-from meta_train.trainer import RunDirError, make_sampler, policy_spec, train
+from meta_train.trainer import CONFIG_FILE, RunDirError, make_sampler, policy_spec, train
 from sim.families import get_family
 
 
@@ -30,6 +30,10 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.config is None:  # resume a run with the settings it was started with
+        if not (args.resume and args.out):
+            raise ConfigError("give a config file, or --resume --out RUN_DIR to continue a run")
+        args.config = str(Path(args.out) / CONFIG_FILE)
     config = TrainConfig.from_yaml(args.config, _overrides(args.set))
     out = Path(args.out or Path("runs") / f"{Path(args.config).stem}-{config.mode}-s{config.seed}")
     print(f"training {config.mode} on {config.family}: {config.iterations} iterations -> {out}")
@@ -101,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="meta-train (or train a comparator) from a config file")
-    p.add_argument("config", help="YAML config, e.g. configs/cheetah_velocity.yaml")
+    p.add_argument("config", nargs="?",
+                   help="YAML config, e.g. configs/cheetah_velocity.yaml; omit it with --resume "
+                   "to continue with the run's own config.yaml")  # fmt: skip
     p.add_argument("--out", help="run directory (default runs/<config>-<mode>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument(

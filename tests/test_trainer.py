@@ -125,6 +125,10 @@ def test_cli_train_and_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert (tmp_path / "res" / "navigation2d.png").stat().st_size > 1000
     assert "paper in brackets" in capsys.readouterr().out
     assert main(["train", str(config), "--out", str(run), "--quiet"]) == 2  # exists: refuse
+    # Extending the run from its own config.yaml: no config file, only --resume and --out.
+    assert main(["train", "--resume", "--out", str(run), "--set", "iterations=3", "--quiet"]) == 0
+    assert len((run / "log.jsonl").read_text().splitlines()) == 3
+    assert main(["train", "--out", str(run)]) == 2
 
 
 class RecordingSampler:
