@@ -108,13 +108,15 @@ def run(
     k = controller.episodes_per_step
     phases, adaptations = [], []
     for step in range(steps + 1):
-        name = "initialization" if step == 0 else f"after {step} step{'s' * (step > 1)}"
+        taken = int(controller.status()["adaptation_steps"])  # accepted steps so far
+        name = "initialization" if taken == 0 else f"after {taken} step{'s' * (taken > 1)}"
+        name += " (again)" if step > 0 and not adaptations[-1]["accepted"] else ""
         phases.append(run_phase(controller, family, task, k, seed + step, name, num_threads))
         if step < steps:
             report: AdaptReport = controller.adapt()
             adaptations.append(_report_dict(report))
-            if not report.accepted:
-                raise RuntimeError(f"adaptation step {step + 1} was rejected: {report.reason}")
+            # A rejected step keeps the current policy serving, as on a robot: the next phase
+            # runs it again and the table says why the step was refused.
     return RunResult(family.name, task_to_dict(task), k, phases, adaptations)
 
 
@@ -140,6 +142,9 @@ def format_table(result: RunResult) -> str:
             line += f"{p.velocity_error:>16.3f}"
         lines.append(line)
     for a in result.adaptations:
+        if not a["accepted"]:
+            lines.append(f"adaptation step {a['step'] + 1}: REJECTED, {a['reason']}")
+            continue
         lines.append(f"adaptation step {a['step'] + 1}: alpha {a['step_size']}, KL {a['kl']:.4f}, "
                      f"{a['to_serving_ms']:.1f} ms to serving")  # fmt: skip
     return "\n".join(lines)

@@ -65,3 +65,58 @@ def fresh_artifact(
         overwrite=True,
     )
     return Path(path)
+
+
+def adaptation_kls(path: str | Path, num_tasks: int = 10, seed: int = 7) -> list[float]:
+    """Mean KL(initialization || one adaptation step) on tasks of the artifact's family.
+
+    Tasks come from ``seed`` (not the evaluation's test seed); K and the step size are the
+    artifact's. Used to set the artifact's KL bound from what its own steps measure.
+    """
+    import numpy as np
+    import torch
+
+    from controller.adaptation import adapt, task_batch
+    from controller.artifact import load_artifact
+    from controller.policy import SamplingPolicy, kl_divergence
+    from sim.sampler import BatchSampler
+
+    artifact = load_artifact(path)
+    meta = artifact.metadata.adaptation
+    family = get_family(artifact.metadata.family)
+    tasks = family.sample_tasks(np.random.default_rng(seed), num_tasks)
+    policy = SamplingPolicy(artifact.spec, artifact.params, seed)
+    episodes = BatchSampler(family, 2).sample(tasks, meta.episodes_per_step, policy, seed)
+    kls = []
+    for i in range(num_tasks):
+        batch = task_batch(episodes, i, meta.settings)
+        adapted = adapt(artifact.spec, artifact.params, batch, meta.settings.step_size(0))
+        with torch.no_grad():
+            kl = kl_divergence(artifact.spec, artifact.params, adapted, batch.observations)
+        kls.append(float((kl * batch.valid).sum() / batch.valid.sum()))
+    return kls
+
+
+def set_kl_bound(path: str | Path, factor: float = 2.0, num_tasks: int = 10) -> float:
+    """Re-save the artifact with max_kl = factor x the largest KL its own steps measure."""
+    from controller.artifact import load_artifact
+
+    kls = adaptation_kls(path, num_tasks)
+    artifact = load_artifact(path)
+    bound = factor * max(kls)
+    training = dict(artifact.metadata.training)
+    training["max_kl_calibration"] = {"kls": kls, "factor": factor}
+    save_artifact(
+        path, artifact.spec, artifact.params, family=artifact.metadata.family,
+        layout=artifact.layout,
+        adaptation=artifact.metadata.adaptation.model_copy(update={"max_kl": bound}),
+        training=training, overwrite=True,
+    )  # fmt: skip
+    return bound
+
+
+if __name__ == "__main__":  # python -m meta_train.export ARTIFACT: calibrate its KL bound
+    import sys
+
+    for artifact_path in sys.argv[1:]:
+        print(f"{artifact_path}: max_kl = {set_kl_bound(artifact_path):.3f}")

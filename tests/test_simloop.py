@@ -82,3 +82,13 @@ def test_goal_task_in_range_is_required(tmp_path: Path) -> None:
     artifact = small_artifact(tmp_path / "a", "navigation2d", horizon=5)
     with Controller.load(artifact) as controller, pytest.raises(ValueError, match="outside"):
         run(controller, GoalTask((0.9, 0.0)))
+
+
+def test_a_rejected_step_is_reported_and_the_policy_keeps_serving(tmp_path: Path) -> None:
+    artifact = small_artifact(tmp_path / "a", "cheetah_velocity")
+    with Controller.load(artifact, ControllerConfig(seed=1, max_kl=1e-9)) as controller:
+        result = run(controller, VelocityTask(1.2), steps=1, seed=0, num_threads=1)
+    assert [a["accepted"] for a in result.adaptations] == [False]
+    assert [p.name for p in result.phases] == ["initialization", "initialization (again)"]
+    assert result.phases[0].policy_id == result.phases[1].policy_id
+    assert "REJECTED" in format_table(result) and "max_kl" in format_table(result)
