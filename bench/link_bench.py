@@ -26,6 +26,7 @@ import zmq
 from bench.runtime_bench import FAMILY, fresh_artifact
 from controller.link.client import RobotClient
 from controller.link.codec import encode
+from controller.link.server import free_tcp_endpoint
 from sim.families import get_family
 
 PERIOD_S = 0.001  # the 1 kHz control loop
@@ -50,15 +51,6 @@ def _start(command: list[str], ready: str) -> subprocess.Popen[str]:
         if ready in line:
             return process
     raise RuntimeError(f"{command[:4]} exited before it was ready ({process.wait()})")
-
-
-def _free_endpoint() -> str:
-    context = zmq.Context()
-    socket = context.socket(zmq.REP)
-    port = socket.bind_to_random_port("tcp://127.0.0.1")
-    socket.close(linger=0)
-    context.term()
-    return f"tcp://127.0.0.1:{port}"
 
 
 def _percentiles(microseconds: np.ndarray) -> dict[str, float]:
@@ -139,7 +131,7 @@ def bench_link(duration_s: float = 60.0, calls: int = 20_000) -> dict[str, Any]:
     observation = np.zeros(family.observation_size, np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         artifact = fresh_artifact(Path(tmp) / "init", family, seed=0)
-        link_endpoint, echo_endpoint = _free_endpoint(), _free_endpoint()
+        link_endpoint, echo_endpoint = free_tcp_endpoint(), free_tcp_endpoint()
         server = _start(
             [
                 sys.executable,

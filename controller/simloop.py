@@ -106,7 +106,8 @@ def run(
     family = get_family(controller.artifact.metadata.family)
     task = family.validate(task)
     k = controller.episodes_per_step
-    phases, adaptations = [], []
+    phases: list[Phase] = []
+    adaptations: list[dict[str, Any]] = []
     for step in range(steps + 1):
         taken = int(controller.status()["adaptation_steps"])  # accepted steps so far
         name = "initialization" if taken == 0 else f"after {taken} step{'s' * (taken > 1)}"

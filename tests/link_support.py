@@ -96,16 +96,6 @@ def python_process(code: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
-def free_tcp_endpoint() -> str:
-    """A loopback endpoint whose port was free a moment ago (for servers in other processes)."""
-    context = zmq.Context()
-    socket = context.socket(zmq.REP)
-    port = socket.bind_to_random_port("tcp://127.0.0.1")
-    socket.close(linger=0)
-    context.term()
-    return f"tcp://127.0.0.1:{port}"
-
-
 @contextmanager
 def server_process(
     artifact: Path, endpoint: str, journal: Path, *extra: str

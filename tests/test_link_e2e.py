@@ -15,7 +15,6 @@ import pytest
 from link_support import (
     REPO,
     family_artifact,
-    free_tcp_endpoint,
     python_process,
     server_process,
     wait_for_line,
@@ -23,6 +22,7 @@ from link_support import (
 from shipped import finished_artifact
 
 from controller.link.client import RobotClient
+from controller.link.server import free_tcp_endpoint
 from controller.link.sim_robot import run_episode
 from sim.families import get_family
 from sim.tasks import VelocityTask

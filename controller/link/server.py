@@ -431,3 +431,14 @@ def serve(
             server.stop()
             for number, handler in previous.items():
                 signal.signal(number, handler)
+
+
+def free_tcp_endpoint() -> str:
+    """A loopback endpoint whose port was free a moment ago, for a server in another process
+    (tests and benches; in-process servers bind ``tcp://127.0.0.1:*`` instead)."""
+    context = zmq.Context()
+    socket = context.socket(zmq.REP)
+    port = socket.bind_to_random_port("tcp://127.0.0.1")
+    socket.close(linger=0)
+    context.term()
+    return f"tcp://127.0.0.1:{port}"
