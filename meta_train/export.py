@@ -1,7 +1,10 @@
-"""Artifacts from a task family: its robot-facing layout, and freshly initialized bundles.
+"""Artifacts from a task family: its robot-facing layout, freshly initialized bundles, and the
+KL bound an artifact's adaptation steps are held to.
 
-Training exports its best parameters through :func:`family_layout`; tests and benchmarks that
-need an artifact before any training build one with :func:`fresh_artifact`.
+Training exports its best parameters through :func:`family_layout` and
+:func:`calibrated_adaptation`; tests and benchmarks that need an artifact before any training
+build one with :func:`fresh_artifact`. ``python -m meta_train.export ARTIFACT...`` recalibrates
+the KL bound of artifacts saved before training did it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any
 
 from controller.adaptation import AdaptationSettings
 from controller.artifact import ArtifactAdaptation, IOLayout, save_artifact
-from controller.policy import PolicySpec, init_params
+from controller.policy import Params, PolicySpec, init_params
 from sim.families import Family, get_family
 
 
@@ -67,52 +70,82 @@ def fresh_artifact(
     return Path(path)
 
 
-def adaptation_kls(path: str | Path, num_tasks: int = 10, seed: int = 7) -> list[float]:
-    """Mean KL(initialization || one adaptation step) on tasks of the artifact's family.
+KL_BOUND_FACTOR = 2.0
+"""The runtime accepts a step whose KL is up to this many times the largest its artifact's own
+steps measured at export (a bound tight enough to catch a step gone wrong, e.g. on corrupt
+episodes, and loose enough for task-to-task spread: the HalfCheetah artifacts' steps spread over
+a factor of about 1.5 on ten tasks)."""
 
-    Tasks come from ``seed`` (not the evaluation's test seed); K and the step size are the
-    artifact's. Used to set the artifact's KL bound from what its own steps measure.
+
+def adaptation_kls(
+    family: Family,
+    spec: PolicySpec,
+    params: Params,
+    adaptation: ArtifactAdaptation,
+    num_tasks: int = 10,
+    seed: int = 7,
+    num_threads: int = 2,
+) -> list[float]:
+    """Mean KL(initialization || one adaptation step) on ``num_tasks`` tasks of ``family``.
+
+    Tasks come from ``seed`` (neither training's nor the evaluation's test seed); K, the
+    horizon and the step size are the artifact's. Measures what the runtime will see, so the
+    artifact's KL bound can be set from it.
     """
     import numpy as np
     import torch
 
     from controller.adaptation import adapt, task_batch
-    from controller.artifact import load_artifact
     from controller.policy import SamplingPolicy, kl_divergence
     from sim.sampler import BatchSampler
 
-    artifact = load_artifact(path)
-    meta = artifact.metadata.adaptation
-    family = get_family(artifact.metadata.family)
     tasks = family.sample_tasks(np.random.default_rng(seed), num_tasks)
-    policy = SamplingPolicy(artifact.spec, artifact.params, seed)
-    episodes = BatchSampler(family, 2).sample(tasks, meta.episodes_per_step, policy, seed)
+    policy = SamplingPolicy(spec, params, seed)
+    episodes = BatchSampler(family, num_threads).sample(
+        tasks, adaptation.episodes_per_step, policy, seed, horizon=adaptation.horizon
+    )
+    settings = adaptation.settings
     kls = []
     for i in range(num_tasks):
-        batch = task_batch(episodes, i, meta.settings)
-        adapted = adapt(artifact.spec, artifact.params, batch, meta.settings.step_size(0))
+        batch = task_batch(episodes, i, settings)
+        adapted = adapt(spec, params, batch, settings.step_size(0))
         with torch.no_grad():
-            kl = kl_divergence(artifact.spec, artifact.params, adapted, batch.observations)
+            kl = kl_divergence(spec, params, adapted, batch.observations)
         kls.append(float((kl * batch.valid).sum() / batch.valid.sum()))
     return kls
 
 
-def set_kl_bound(path: str | Path, factor: float = 2.0, num_tasks: int = 10) -> float:
-    """Re-save the artifact with max_kl = factor x the largest KL its own steps measure."""
+def calibrated_adaptation(
+    family: Family,
+    spec: PolicySpec,
+    params: Params,
+    adaptation: ArtifactAdaptation,
+    num_threads: int = 2,
+) -> tuple[ArtifactAdaptation, dict[str, Any]]:
+    """``adaptation`` with max_kl = KL_BOUND_FACTOR x the largest KL of its own steps, and the
+    measurement (for the artifact's training metadata)."""
+    kls = adaptation_kls(family, spec, params, adaptation, num_threads=num_threads)
+    bound = KL_BOUND_FACTOR * max(kls)
+    record = {"kls": kls, "factor": KL_BOUND_FACTOR}
+    return adaptation.model_copy(update={"max_kl": bound}), record
+
+
+def set_kl_bound(path: str | Path) -> float:
+    """Re-save the artifact at ``path`` with its KL bound calibrated on its own steps."""
     from controller.artifact import load_artifact
 
-    kls = adaptation_kls(path, num_tasks)
     artifact = load_artifact(path)
-    bound = factor * max(kls)
-    training = dict(artifact.metadata.training)
-    training["max_kl_calibration"] = {"kls": kls, "factor": factor}
+    family = get_family(artifact.metadata.family)
+    adaptation, record = calibrated_adaptation(
+        family, artifact.spec, artifact.params, artifact.metadata.adaptation
+    )
+    training = {**artifact.metadata.training, "max_kl_calibration": record}
     save_artifact(
         path, artifact.spec, artifact.params, family=artifact.metadata.family,
-        layout=artifact.layout,
-        adaptation=artifact.metadata.adaptation.model_copy(update={"max_kl": bound}),
-        training=training, overwrite=True,
+        layout=artifact.layout, adaptation=adaptation, training=training, overwrite=True,
     )  # fmt: skip
-    return bound
+    assert adaptation.max_kl is not None
+    return adaptation.max_kl
 
 
 if __name__ == "__main__":  # python -m meta_train.export ARTIFACT: calibrate its KL bound

@@ -26,7 +26,7 @@ from controller.artifact import ArtifactAdaptation, save_artifact
 from controller.policy import Params, PolicySpec, SamplingPolicy, init_params, stack_params
 from meta_train.comparators import policy_step
 from meta_train.config import TrainConfig
-from meta_train.export import family_layout
+from meta_train.export import calibrated_adaptation, family_layout
 from meta_train.maml import adapted_params_for_tasks, meta_step
 from meta_train.ray_sampler import RaySampler
 from sim.episodes import Episodes
@@ -244,17 +244,29 @@ def train(
 def export(
     config: TrainConfig, family: Family, spec: PolicySpec, state: TrainState, path: Path
 ) -> None:
-    """Write the best parameters so far as an artifact."""
+    """Write the best parameters so far as an artifact.
+
+    Unless the run trains the oracle (which never adapts), the artifact's KL bound is
+    calibrated on the best parameters' own adaptation steps (meta_train.export): a bound
+    fixed in advance either rejects a meta-trained initialization's normal steps (HalfCheetah's
+    measure KL 0.9-1.3) or lets a broken one through.
+    """
     training = json.loads(config.model_dump_json())
     training.update(best_iteration=state.best_iteration, best_return=state.best_return,
                     iterations_done=state.iteration)  # fmt: skip
+    adaptation = ArtifactAdaptation(
+        episodes_per_step=config.episodes_per_task,
+        horizon=config.horizon or family.horizon,
+        settings=config.adaptation,
+    )
+    if config.mode != "oracle":
+        adaptation, training["max_kl_calibration"] = calibrated_adaptation(
+            family, spec, state.best_params, adaptation, config.sampler.num_threads
+        )
+    layout = family_layout(family, task_features=config.mode == "oracle")
     save_artifact(
-        path, spec, state.best_params, family=family.name, layout=family_layout(family, task_features=config.mode == "oracle"),
-        adaptation=ArtifactAdaptation(
-            episodes_per_step=config.episodes_per_task,
-            horizon=config.horizon or family.horizon, settings=config.adaptation,
-        ),
-        training=training, overwrite=True,
+        path, spec, state.best_params, family=family.name, layout=layout,
+        adaptation=adaptation, training=training, overwrite=True,
     )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from controller.policy import SamplingPolicy, init_params, stack_params
 from meta_train import evaluate as ev
 from meta_train.cli import main
 from meta_train.config import ConfigError, TrainConfig
+from meta_train.export import KL_BOUND_FACTOR, adaptation_kls
 from meta_train.maml import adapted_params_for_tasks
 from meta_train.trainer import (
     RunDirError,
@@ -89,6 +90,13 @@ def test_checkpoint_keeps_best_and_exports_artifact(tmp_path: Path) -> None:
     assert artifact.metadata.family == "navigation2d"
     for name, value in state.best_params.items():
         assert torch.equal(artifact.params[name], value)
+    # The KL bound is calibrated on the exported parameters' own steps, at the run's horizon.
+    adaptation = artifact.metadata.adaptation
+    assert adaptation.horizon == 20
+    kls = adaptation_kls(get_family("navigation2d"), artifact.spec, artifact.params, adaptation)
+    assert artifact.metadata.training["max_kl_calibration"]["kls"] == kls
+    assert adaptation.max_kl == pytest.approx(KL_BOUND_FACTOR * max(kls))
+    assert min(kls) > 0.0
 
 
 @pytest.mark.slow
@@ -218,6 +226,9 @@ def test_comparators_train_with_the_same_loop(tmp_path: Path, mode: str) -> None
         assert record["return_after"] == record["return_before"]
         assert record["kl"] <= config.meta.trpo.max_kl
     assert any(r["accepted"] for r in records)
-    layout = load_artifact(tmp_path / "artifact").layout
+    artifact = load_artifact(tmp_path / "artifact")
     extra = 2 if mode == "oracle" else 0  # the oracle also sees the goal (x, y)
-    assert layout.observation_size == 2 + extra
+    assert artifact.layout.observation_size == 2 + extra
+    # The oracle never adapts: its artifact keeps the controller's default KL bound.
+    calibrated = artifact.metadata.adaptation.max_kl is not None
+    assert calibrated == (mode != "oracle")
