@@ -310,10 +310,10 @@ class Recorder:
         partial = self._partial.get(stream)
         if partial is None:
             partial = self._partial[stream] = _Partial(policy)
-        # An episode whose transitions came from two policies (a swap mid-episode) or that
-        # carries a non-finite value is no use to a policy gradient: it is dropped at its end.
-        finite = np.isfinite(observation).all() and np.isfinite(action).all()
-        if policy != partial.policy_id or not finite or not np.isfinite(reward):
+        # An episode whose transitions came from two policies (a swap mid-episode) is no use
+        # to a policy gradient: it is dropped at its end, as is one with a non-finite value
+        # (checked there, once per episode: this runs at control rate on the serving path).
+        if policy != partial.policy_id:
             partial.damaged = True
         partial.observations.append(observation)
         partial.actions.append(action)
@@ -324,7 +324,10 @@ class Recorder:
         partial = self._partial.pop(stream, None)
         if partial is None or not partial.rewards:
             return None
-        if partial.damaged:
+        observations, actions = np.stack(partial.observations), np.stack(partial.actions)
+        rewards = np.asarray(partial.rewards, dtype=np.float32)
+        finite = all(np.isfinite(x).all() for x in (observations, actions, rewards))
+        if partial.damaged or not finite:
             self.discarded += 1
             return None
         with self._lock:
@@ -332,9 +335,9 @@ class Recorder:
                 episode_id=self._next_id,
                 stream=stream,
                 policy_id=partial.policy_id,
-                observations=np.stack(partial.observations),
-                actions=np.stack(partial.actions),
-                rewards=np.asarray(partial.rewards, dtype=np.float32),
+                observations=observations,
+                actions=actions,
+                rewards=rewards,
                 terminated=terminated,
             )
             self._next_id += 1

