@@ -19,11 +19,12 @@ import torch
 
 from controller.adaptation import AdaptationSettings, adapt, task_batch
 from controller.policy import Params, PolicySpec, SamplingPolicy, stack_params
+from sim.episodes import Episodes
 from sim.families import Family
+from sim.tasks import Task, VelocityTask, task_to_dict
 
 if TYPE_CHECKING:
     from meta_train.trainer import EpisodeSampler
-from sim.tasks import Task, task_to_dict
 
 # The paper's numbers (MAML_RL.md, last table): mean over 40 test tasks after 0/1/2/3 steps.
 PAPER_RESULTS: dict[str, dict[str, list[float]]] = {
@@ -62,6 +63,9 @@ class MethodResult(NamedTuple):
 
     returns: np.ndarray
     """[steps + 1, T]: mean return over the K episodes of each task after s gradient steps."""
+    velocity_errors: np.ndarray | None = None
+    """[steps + 1, T]: mean |v_x - v*| over the valid steps of each task's K episodes
+    (velocity tasks only): what a user of a velocity task watches, next to the return."""
 
     @property
     def mean(self) -> list[float]:
@@ -69,8 +73,7 @@ class MethodResult(NamedTuple):
 
     @property
     def stderr(self) -> list[float]:
-        n = self.returns.shape[1]
-        return [float(r.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0 for r in self.returns]
+        return _mean_stderr(self.returns)[1]
 
 
 def evaluate_method(
@@ -80,19 +83,37 @@ def evaluate_method(
 ) -> MethodResult:  # fmt: skip
     """Sample, adapt each task's policy with step_sizes[s], sample again, ..."""
     per_task = [params] * len(tasks)
-    rows = []
+    rows, errors = [], []
     for step in range(len(step_sizes) + 1):
         policy = SamplingPolicy(spec, stack_params(per_task), seed + 7919 * step)
         episodes = sampler.sample(
             tasks, episodes_per_step, policy, seed + 104729 * step, horizon, task_features
         )
         rows.append(episodes.returns().mean(axis=1))
+        errors.append(velocity_errors(episodes))
         if step < len(step_sizes):
             per_task = [
                 adapt(spec, per_task[i], task_batch(episodes, i, settings), step_sizes[step])
                 for i in range(len(tasks))
             ]
-    return MethodResult(np.stack(rows))
+    has_errors = all(e is not None for e in errors)
+    return MethodResult(np.stack(rows), np.stack(errors) if has_errors else None)
+
+
+def velocity_errors(episodes: Episodes) -> np.ndarray | None:
+    """[T]: each task's mean |v_x - v*| over the valid steps of its episodes; None unless
+    every task is a VelocityTask."""
+    if not all(isinstance(task, VelocityTask) for task in episodes.tasks):
+        return None
+    targets = np.array([task.velocity for task in episodes.tasks])[:, None, None]
+    error = np.abs(episodes.infos["x_velocity"] - targets) * episodes.valid
+    return error.sum(axis=(1, 2)) / episodes.valid.sum(axis=(1, 2))
+
+
+def _mean_stderr(rows: np.ndarray) -> tuple[list[float], list[float]]:
+    n = rows.shape[1]
+    means = [float(r.mean()) for r in rows]
+    return means, [float(r.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0 for r in rows]
 
 
 def results_document(
@@ -103,13 +124,26 @@ def results_document(
         "family": family.name,
         "num_tasks": len(tasks),
         "tasks": [task_to_dict(t) for t in tasks],
-        "methods": {
-            name: {"mean": r.mean, "stderr": r.stderr, "per_task": r.returns.tolist()}
-            for name, r in results.items()
-        },
+        "methods": {name: _method_document(r) for name, r in results.items()},
         "paper": PAPER_RESULTS.get(family.name, {}),
         "provenance": provenance,
     }
+
+
+def _method_document(result: MethodResult) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "mean": result.mean,
+        "stderr": result.stderr,
+        "per_task": result.returns.tolist(),
+    }
+    if result.velocity_errors is not None:
+        mean, stderr = _mean_stderr(result.velocity_errors)
+        document["velocity_error"] = {
+            "mean": mean,
+            "stderr": stderr,
+            "per_task": result.velocity_errors.tolist(),
+        }
+    return document
 
 
 def format_table(document: dict[str, Any]) -> str:
@@ -126,6 +160,14 @@ def format_table(document: dict[str, Any]) -> str:
             ref = f" [{paper[s]:.1f}]" if s < len(paper) else ""
             cells.append(f"{m['mean'][s]:.1f}±{m['stderr'][s]:.1f}{ref}".rjust(22))
         lines.append(f"{name:<11}" + "".join(cells))
+    with_errors = {name: m["velocity_error"] for name, m in methods.items()
+                   if "velocity_error" in m}  # fmt: skip
+    if with_errors:
+        lines += ["", "mean |v - v*| (m/s) over the same episodes ± standard error", header]
+        for name, error in with_errors.items():
+            cells = [f"{mu:.3f}±{se:.3f}".rjust(22)
+                     for mu, se in zip(error["mean"], error["stderr"], strict=True)]  # fmt: skip
+            lines.append(f"{name:<11}" + "".join(cells))
     return "\n".join(lines)
 
 

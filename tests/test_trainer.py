@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from controller.adaptation import AdaptationSettings
 from controller.artifact import load_artifact
-from controller.policy import SamplingPolicy, init_params, stack_params
+from controller.policy import PolicySpec, SamplingPolicy, init_params, stack_params
 from meta_train import evaluate as ev
 from meta_train.cli import main
 from meta_train.config import ConfigError, TrainConfig
@@ -27,6 +28,7 @@ from meta_train.trainer import (
 from sim.episodes import Episodes
 from sim.families import get_family
 from sim.sampler import BatchSampler
+from sim.tasks import VelocityTask
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -232,3 +234,30 @@ def test_comparators_train_with_the_same_loop(tmp_path: Path, mode: str) -> None
     # The oracle never adapts: its artifact keeps the controller's default KL bound.
     calibrated = artifact.metadata.adaptation.max_kl is not None
     assert calibrated == (mode != "oracle")
+
+
+def test_evaluation_reports_the_velocity_error_of_velocity_tasks() -> None:
+    family = get_family("cheetah_velocity")
+    spec = PolicySpec(observation_size=family.observation_size,
+                      action_size=family.action_size, hidden_sizes=(8,))  # fmt: skip
+    params = init_params(spec, 0)
+    tasks = [VelocityTask(0.3), VelocityTask(1.7)]
+    sampler = BatchSampler(family, 1)
+    result = ev.evaluate_method(sampler, spec, params, tasks, 2, [0.1], AdaptationSettings(),
+                                seed=3, horizon=10)  # fmt: skip
+    assert result.velocity_errors is not None and result.velocity_errors.shape == (2, 2)
+    # Step 0 by hand: the same episodes (same policy seed and sampling seed) as the method's.
+    episodes = sampler.sample(tasks, 2, SamplingPolicy(spec, stack_params([params] * 2), 3), 3,
+                              10)  # fmt: skip
+    by_hand = [np.abs(episodes.infos["x_velocity"][i] - t.velocity).mean()
+               for i, t in enumerate(tasks)]  # fmt: skip
+    np.testing.assert_allclose(result.velocity_errors[0], by_hand, rtol=1e-6)
+    document = ev.results_document(family, tasks, {"maml": result}, {})
+    assert len(document["methods"]["maml"]["velocity_error"]["mean"]) == 2
+    assert "mean |v - v*|" in ev.format_table(document)
+    navigation = get_family("navigation2d")
+    goals = ev.test_tasks(navigation, 2, seed=1)
+    nav_spec = PolicySpec(observation_size=2, action_size=2, hidden_sizes=(8,))
+    nav = ev.evaluate_method(BatchSampler(navigation, 1), nav_spec, init_params(nav_spec, 0),
+                             goals, 2, [0.1], AdaptationSettings(), seed=3, horizon=5)  # fmt: skip
+    assert nav.velocity_errors is None
