@@ -17,13 +17,9 @@ import torch
 
 from controller.adaptation import task_batch
 from controller.policy import Params, PolicySpec
-from meta_train.maml import (
-    MetaSettings,
-    MetaStepReport,
-    old_policy,
-    timed_hvp,
-    valid_objectives,
-)
+from meta_train.curvature import timed_hvp
+from meta_train.maml import MetaStepReport
+from meta_train.objective import MetaSettings, old_policy, valid_objectives
 from meta_train.trpo import exact_hvp, flatten, trpo_step, unflatten
 
 if TYPE_CHECKING:

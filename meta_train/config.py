@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from controller.adaptation import AdaptationSettings
-from meta_train.maml import MetaSettings
+from meta_train.objective import MetaSettings
 
 Mode = Literal["maml", "pretrained", "oracle"]
 

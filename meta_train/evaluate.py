@@ -96,16 +96,17 @@ def evaluate_method(
                 adapt(spec, per_task[i], task_batch(episodes, i, settings), step_sizes[step])
                 for i in range(len(tasks))
             ]
-    has_errors = all(e is not None for e in errors)
-    return MethodResult(np.stack(rows), np.stack(errors) if has_errors else None)
+    known = [e for e in errors if e is not None]
+    return MethodResult(np.stack(rows), np.stack(known) if len(known) == len(errors) else None)
 
 
 def velocity_errors(episodes: Episodes) -> np.ndarray | None:
     """[T]: each task's mean |v_x - v*| over the valid steps of its episodes; None unless
     every task is a VelocityTask."""
-    if not all(isinstance(task, VelocityTask) for task in episodes.tasks):
+    velocities = [task.velocity for task in episodes.tasks if isinstance(task, VelocityTask)]
+    if len(velocities) != len(episodes.tasks):
         return None
-    targets = np.array([task.velocity for task in episodes.tasks])[:, None, None]
+    targets = np.array(velocities)[:, None, None]
     error = np.abs(episodes.infos["x_velocity"] - targets) * episodes.valid
     return error.sum(axis=(1, 2)) / episodes.valid.sum(axis=(1, 2))
 

@@ -27,7 +27,8 @@ from controller.policy import Params, PolicySpec, SamplingPolicy, init_params, s
 from meta_train.comparators import policy_step
 from meta_train.config import TrainConfig
 from meta_train.export import calibrated_adaptation, family_layout
-from meta_train.maml import adapted_params_for_tasks, meta_step
+from meta_train.maml import meta_step
+from meta_train.objective import adapted_params_for_tasks
 from meta_train.ray_sampler import RaySampler
 from sim.episodes import Episodes
 from sim.families import Family, get_family

@@ -22,13 +22,12 @@ from controller.policy import (
     log_prob,
     stack_params,
 )
-from meta_train.maml import (
+from meta_train.curvature import kl_hvp
+from meta_train.maml import meta_gradient, meta_step
+from meta_train.objective import (
     MetaSettings,
     adapted_params_for_tasks,
-    kl_hvp,
-    meta_gradient,
     meta_objective,
-    meta_step,
     old_policy,
     valid_objectives,
 )

@@ -16,7 +16,7 @@ from meta_train import evaluate as ev
 from meta_train.cli import main
 from meta_train.config import ConfigError, TrainConfig
 from meta_train.export import KL_BOUND_FACTOR, adaptation_kls
-from meta_train.maml import adapted_params_for_tasks
+from meta_train.objective import adapted_params_for_tasks
 from meta_train.trainer import (
     RunDirError,
     iteration_seeds,
