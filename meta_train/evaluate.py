@@ -66,6 +66,8 @@ class MethodResult(NamedTuple):
     velocity_errors: np.ndarray | None = None
     """[steps + 1, T]: mean |v_x - v*| over the valid steps of each task's K episodes
     (velocity tasks only): what a user of a velocity task watches, next to the return."""
+    velocities: np.ndarray | None = None
+    """[steps + 1, T]: mean v_x over the same steps (velocity tasks only)."""
 
     @property
     def mean(self) -> list[float]:
@@ -83,32 +85,36 @@ def evaluate_method(
 ) -> MethodResult:  # fmt: skip
     """Sample, adapt each task's policy with step_sizes[s], sample again, ..."""
     per_task = [params] * len(tasks)
-    rows, errors = [], []
+    rows, stats = [], []
     for step in range(len(step_sizes) + 1):
         policy = SamplingPolicy(spec, stack_params(per_task), seed + 7919 * step)
         episodes = sampler.sample(
             tasks, episodes_per_step, policy, seed + 104729 * step, horizon, task_features
         )
         rows.append(episodes.returns().mean(axis=1))
-        errors.append(velocity_errors(episodes))
+        stats.append(velocity_stats(episodes))
         if step < len(step_sizes):
             per_task = [
                 adapt(spec, per_task[i], task_batch(episodes, i, settings), step_sizes[step])
                 for i in range(len(tasks))
             ]
-    known = [e for e in errors if e is not None]
-    return MethodResult(np.stack(rows), np.stack(known) if len(known) == len(errors) else None)
+    known = [x for x in stats if x is not None]
+    if len(known) < len(stats):
+        return MethodResult(np.stack(rows))
+    errors, velocities = (np.stack(column) for column in zip(*known, strict=True))
+    return MethodResult(np.stack(rows), errors, velocities)
 
 
-def velocity_errors(episodes: Episodes) -> np.ndarray | None:
-    """[T]: each task's mean |v_x - v*| over the valid steps of its episodes; None unless
-    every task is a VelocityTask."""
-    velocities = [task.velocity for task in episodes.tasks if isinstance(task, VelocityTask)]
-    if len(velocities) != len(episodes.tasks):
+def velocity_stats(episodes: Episodes) -> tuple[np.ndarray, np.ndarray] | None:
+    """([T], [T]): each task's mean |v_x - v*| and mean v_x over the valid steps of its
+    episodes; None unless every task is a VelocityTask."""
+    targets = [task.velocity for task in episodes.tasks if isinstance(task, VelocityTask)]
+    if len(targets) != len(episodes.tasks):
         return None
-    targets = np.array(velocities)[:, None, None]
-    error = np.abs(episodes.infos["x_velocity"] - targets) * episodes.valid
-    return error.sum(axis=(1, 2)) / episodes.valid.sum(axis=(1, 2))
+    velocity, valid = episodes.infos["x_velocity"], episodes.valid
+    steps = valid.sum(axis=(1, 2))
+    error = np.abs(velocity - np.array(targets)[:, None, None]) * valid
+    return error.sum(axis=(1, 2)) / steps, (velocity * valid).sum(axis=(1, 2)) / steps
 
 
 def _mean_stderr(rows: np.ndarray) -> tuple[list[float], list[float]]:
@@ -144,6 +150,8 @@ def _method_document(result: MethodResult) -> dict[str, Any]:
             "stderr": stderr,
             "per_task": result.velocity_errors.tolist(),
         }
+    if result.velocities is not None:
+        document["velocity_per_task"] = result.velocities.tolist()
     return document
 
 
@@ -218,7 +226,40 @@ def write_results(document: dict[str, Any], out_dir: str | Path) -> Path:
     path = out / f"{document['family']}.json"
     path.write_text(json.dumps(document, indent=1) + "\n")
     plot_results([document], out / f"{document['family']}.png")
+    if any("velocity_per_task" in m for m in document["methods"].values()):
+        plot_velocity_tracking(document, out / f"{document['family']}_tracking.png")
     return path
+
+
+def plot_velocity_tracking(document: dict[str, Any], path: str | Path) -> None:
+    """Velocity reached against the target, per test task, after each gradient step: one
+    panel per method (velocity tasks). Reads better than the return alone: it shows which
+    targets a step reaches."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = {n: m for n, m in document["methods"].items() if "velocity_per_task" in m}
+    targets = np.array([t["velocity"] for t in document["tasks"]])
+    order = np.argsort(targets)
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.4), squeeze=False,
+                             sharey=True)  # fmt: skip
+    for ax, (name, m) in zip(axes[0], methods.items(), strict=True):
+        reached = np.array(m["velocity_per_task"])
+        colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(reached)))
+        for step, (row, color) in enumerate(zip(reached, colors, strict=True)):
+            ax.plot(targets[order], row[order], marker=".", color=color, label=f"step {step}")
+        ax.plot(targets[order], targets[order], color="tab:red", linestyle="--", label="v = v*")
+        ax.set_title(name)
+        ax.set_xlabel("target velocity v* (m/s)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("mean forward velocity reached (m/s)")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(f"{document['family']}: {document['num_tasks']} test tasks")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
 
 
 def set_threads(num_threads: int) -> None:

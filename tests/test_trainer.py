@@ -236,7 +236,7 @@ def test_comparators_train_with_the_same_loop(tmp_path: Path, mode: str) -> None
     assert calibrated == (mode != "oracle")
 
 
-def test_evaluation_reports_the_velocity_error_of_velocity_tasks() -> None:
+def test_evaluation_reports_the_velocity_error_of_velocity_tasks(tmp_path: Path) -> None:
     family = get_family("cheetah_velocity")
     spec = PolicySpec(observation_size=family.observation_size,
                       action_size=family.action_size, hidden_sizes=(8,))  # fmt: skip
@@ -252,9 +252,14 @@ def test_evaluation_reports_the_velocity_error_of_velocity_tasks() -> None:
     by_hand = [np.abs(episodes.infos["x_velocity"][i] - t.velocity).mean()
                for i, t in enumerate(tasks)]  # fmt: skip
     np.testing.assert_allclose(result.velocity_errors[0], by_hand, rtol=1e-6)
+    assert result.velocities is not None
+    velocity = episodes.infos["x_velocity"].mean(axis=(1, 2))
+    np.testing.assert_allclose(result.velocities[0], velocity, rtol=1e-6)
     document = ev.results_document(family, tasks, {"maml": result}, {})
     assert len(document["methods"]["maml"]["velocity_error"]["mean"]) == 2
     assert "mean |v - v*|" in ev.format_table(document)
+    ev.write_results(document, tmp_path)
+    assert (tmp_path / "cheetah_velocity_tracking.png").stat().st_size > 1000
     navigation = get_family("navigation2d")
     goals = ev.test_tasks(navigation, 2, seed=1)
     nav_spec = PolicySpec(observation_size=2, action_size=2, hidden_sizes=(8,))
