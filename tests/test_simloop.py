@@ -67,9 +67,11 @@ def test_cli_run_refuses_bad_tasks(tmp_path: Path, capsys: pytest.CaptureFixture
 @pytest.mark.skipif(not finished_artifact("cheetah_velocity")[0],
                     reason=finished_artifact("cheetah_velocity")[1])  # fmt: skip
 def test_shipped_artifact_adapts_to_unseen_velocities() -> None:
-    """Issue 4: target velocities no training task had exactly; one step lowers |v - v*|."""
+    """Issue 4: target velocities no training task had exactly, slow to fast; one step lowers
+    |v - v*| for each. (The initialization runs at about 0.65 m/s whatever the target,
+    docs/results.md, so targets near that speed leave nothing to adapt and are not asked.)"""
     errors = []
-    for velocity in (0.35, 1.37):
+    for velocity in (0.2, 1.0, 1.37, 1.8):
         config = ControllerConfig(seed=11)
         with Controller.load(ROOT / "artifacts" / "cheetah_velocity", config) as controller:
             result = run(controller, VelocityTask(velocity), steps=1, seed=5)
