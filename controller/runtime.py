@@ -1,8 +1,8 @@
 """The embeddable online-adaptation controller: act, record, adapt, swap.
 
 One :class:`Controller` serves one artifact. Acting runs the policy's ONNX graph in an
-onnxruntime session (one intra-op thread, built once per policy) and adds the Gaussian
-exploration noise; the K episodes it records feed THE adaptation step that meta-training uses
+onnxruntime session (one intra-op thread, built once per architecture and shared: the
+parameters are bound to it as inputs) and adds the Gaussian exploration noise; the K episodes it records feed THE adaptation step that meta-training uses
 (``controller.adaptation.adapt``, STYLE principle 1). A new policy (adapted, reset or swapped) is
 built completely off the serving path and published by assigning one reference, so acting never
 waits for, nor sees half of, an update.
@@ -43,7 +43,7 @@ from controller.journal import (
     replay,
 )
 from controller.policy import Params, PolicySpec, gaussian_kl
-from controller.serving import ServingPolicy, policy_to_onnx
+from controller.serving import ServingPolicy, ServingSession, architecture
 
 
 class AdaptTimings(NamedTuple):
@@ -54,9 +54,9 @@ class AdaptTimings(NamedTuple):
     gradient_s: float
     """The policy-gradient step (``controller.adaptation.adapt``)."""
     export_s: float
-    """Finite parameters, the ONNX graph of the new parameters and its onnxruntime session."""
+    """Finite parameters, and the new policy bound to the shared session and smoke-tested."""
     check_s: float
-    """The KL bound, from both sessions' means on the episodes' observations."""
+    """The KL bound, from both policies' onnxruntime means on the episodes' observations."""
     swap_s: float
     """Publishing the new policy to the serving path."""
     journal_s: float
@@ -111,6 +111,7 @@ class Controller:
         self._counters.update({"adaptations_rejected": 0, "swaps": 0, "swaps_refused": 0})
         self._counters["episodes_recovered"] = 0
         self._threadpools = ThreadpoolController()  # the loaded BLAS/OpenMP libraries, once
+        self._sessions: dict[tuple[Any, ...], ServingSession] = {}
         self._install(artifact)
         self._serving = self._initial
         self._journal: Journal | None = None
@@ -126,9 +127,9 @@ class Controller:
     def _install(self, artifact: Artifact) -> None:
         """Make ``artifact`` the initialization (not yet serving); raises if it is unusable."""
         low, high = self.config.action_bounds(artifact.metadata)
-        initial = ServingPolicy(
-            artifact.spec, artifact.params, artifact.onnx_model, self.config.intra_op_threads, 0
-        )
+        # The artifact's policy.onnx is not run: load_artifact verified it is policy_to_onnx of
+        # these params, and the shared serving graph has the same operators.
+        initial = ServingPolicy(self._session(artifact.spec), artifact.params, 0)
         self._artifact, self._initial, self._low, self._high = artifact, initial, low, high
         self._safe_zeros = np.clip(np.zeros_like(low), low, high)
 
@@ -145,9 +146,22 @@ class Controller:
         self._counters["episodes_recovered"] = self._recorder.available(self._serving.policy_id)
         self._journal = journal
 
+    def _session(self, spec: PolicySpec) -> ServingSession:
+        """The shared session of ``spec``'s architecture, built on first use only.
+
+        Kept for every architecture seen (a handful at most), so swapping back and forth
+        between two builds no session after the first of each.
+        """
+        key = architecture(spec)
+        shared = self._sessions.get(key)
+        if shared is None:
+            shared = ServingSession(spec, self.config.intra_op_threads)
+            self._sessions[key] = shared
+        return shared
+
     def _build(self, params: Params, generation: int) -> ServingPolicy:
-        model = policy_to_onnx(self.spec, params).SerializeToString()
-        return ServingPolicy(self.spec, params, model, self.config.intra_op_threads, generation)
+        """Serving form of ``params`` for the current spec: arrays bound to the shared session."""
+        return ServingPolicy(self._session(self.spec), params, generation)
 
     @property
     def spec(self) -> PolicySpec:
@@ -214,7 +228,7 @@ class Controller:
         finite = np.isfinite(observations).all(axis=1)
         if not finite.all():  # the rows get the safe action; zeros keep the others' run clean
             observations = np.where(finite[:, None], observations, np.float32(0.0))
-        mean = serving.batch_mean(observations)
+        mean = serving.act_batch_mean(observations)
         if deterministic:
             samples = mean
         else:
@@ -369,8 +383,8 @@ class Controller:
     ) -> tuple[float, str | None]:
         """Mean KL(before || after) over ``observations`` [N, O], and a reason if too large.
 
-        The means come from the two onnxruntime sessions (4x faster than torch eager on 4,000
-        observations), so the check also covers the graph that will serve.
+        The means come from onnxruntime with each policy's arrays (4x faster than torch eager
+        on 4,000 observations), so the check also covers what will serve.
         """
         mean_before = torch.from_numpy(before.batch_mean(observations))
         mean_after = torch.from_numpy(after.batch_mean(observations))
@@ -420,7 +434,8 @@ class Controller:
         """Replace the initialization itself by the artifact in ``path``, while serving.
 
         The candidate is loaded, verified, checked compatible (same observation/action layout
-        and bounds) and its session built before one reference switches; a corrupt or
+        and bounds) and bound to its architecture's shared session (built only for an
+        architecture not seen before) and smoke-tested before one reference switches; a corrupt or
         incompatible one is refused and the current policy keeps serving.
         """
         start = time.perf_counter()
@@ -432,7 +447,7 @@ class Controller:
                 self._install(candidate)
             except (ValueError, RuntimeError) as error:
                 # ArtifactError, ConfigError (ValueErrors) or onnxruntime's failures (RuntimeErrors):
-                # _install assigns nothing until the candidate's session is built and tested.
+                # _install assigns nothing until the candidate's policy is bound and tested.
                 self._counters["swaps_refused"] += 1
                 seconds = time.perf_counter() - start
                 return SwapReport(False, str(error), previous.digest, previous.digest, seconds)

@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from controller.artifact import ArtifactAdaptation, IOLayout, load_artifact, sav
 from controller.config import ConfigError
 from controller.journal import JournalError
 from controller.policy import PolicySpec, init_params, kl_divergence, mean_action
+from controller.serving import ServingPolicy, ServingSession
 from sim.episodes import Episodes
 from sim.families import Family, get_family
 from sim.tasks import VelocityTask
@@ -30,8 +32,18 @@ def family() -> Family:
     return get_family("cheetah_velocity")
 
 
-def make_artifact(path: Path, family: Family, seed: int, high: float | None = None) -> Path:
-    spec = PolicySpec(observation_size=family.observation_size, action_size=family.action_size)
+def make_artifact(
+    path: Path,
+    family: Family,
+    seed: int,
+    high: float | None = None,
+    hidden: tuple[int, ...] = (100, 100),
+) -> Path:
+    spec = PolicySpec(
+        observation_size=family.observation_size,
+        action_size=family.action_size,
+        hidden_sizes=hidden,
+    )
     bound = family.action_high if high is None else np.full(family.action_size, high)
     save_artifact(
         path,
@@ -261,6 +273,58 @@ def test_swap_during_concurrent_acting_drops_no_call(tmp_path: Path, family: Fam
     matches = [np.abs(served - m).max(axis=1) <= 1e-5 for m in means]
     assert np.all(matches[0] | matches[1]), "every call is served whole by one of the two"
     assert matches[0].any() and matches[1].any()
+
+
+def test_policies_of_one_architecture_share_one_session(
+    tmp_path: Path, family: Family, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built: list[ort.InferenceSession] = []
+    real = ort.InferenceSession
+
+    def counting(*args: object, **kwargs: object) -> ort.InferenceSession:
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(ort, "InferenceSession", counting)
+    same = make_artifact(tmp_path / "same", family, seed=31)
+    other = make_artifact(tmp_path / "other", family, seed=32, hidden=(64,))
+    wide = ControllerConfig(seed=0, max_kl=1e6, action_low=(-1e3,) * 6, action_high=(1e3,) * 6)
+    ctl = Controller.load(make_artifact(tmp_path / "first", family, seed=30), wide)
+    obs = np.random.default_rng(3).normal(0, 2, size=(16, 17)).astype(np.float32)
+
+    def serves_torchs_mean() -> None:
+        expected = mean_action(ctl.spec, ctl.params, torch.from_numpy(obs)).numpy()
+        single = np.stack([ctl.act(o, deterministic=True) for o in obs])
+        assert np.abs(single - expected).max() <= 1e-5
+        assert np.abs(ctl.act(obs, deterministic=True) - expected).max() <= 1e-5
+
+    collect(ctl, family, 1.0, seed=7)
+    assert ctl.adapt().accepted
+    serves_torchs_mean()
+    assert ctl.swap(same).accepted
+    serves_torchs_mean()
+    assert len(built) == 1, "an adaptation or a same-architecture swap builds no session"
+    assert ctl.swap(other).accepted  # another architecture: its own session
+    serves_torchs_mean()
+    assert ctl.swap(same).accepted
+    serves_torchs_mean()
+    assert len(built) == 2, "each architecture's session is built once"
+
+
+def test_two_policies_on_one_session_keep_their_own_parameters(family: Family) -> None:
+    spec = PolicySpec(observation_size=family.observation_size, action_size=family.action_size)
+    shared = ServingSession(spec, threads=1)
+    params = [init_params(spec, seed) for seed in (1, 2)]
+    policies = [ServingPolicy(shared, p, 0) for p in params]
+    assert policies[0].session is policies[1].session
+    obs = np.random.default_rng(4).normal(0, 2, size=(8, 17)).astype(np.float32)
+    for policy, p in zip(policies, params, strict=True):
+        expected = mean_action(spec, p, torch.from_numpy(obs)).numpy()
+        assert np.abs(policy.batch_mean(obs) - expected).max() <= 1e-5
+        policy.input[0] = obs[0]
+        policy.session.run_with_iobinding(policy.binding)
+        assert np.abs(policy.output[0] - expected[0]).max() <= 1e-5
+        assert policy.output.dtype == policy.batch_mean(obs).dtype == np.float32
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "metadata", "missing", "incompatible"])
