@@ -71,7 +71,7 @@ class MethodResult(NamedTuple):
 
     @property
     def mean(self) -> list[float]:
-        return [float(r.mean()) for r in self.returns]
+        return _mean_stderr(self.returns)[0]
 
     @property
     def stderr(self) -> list[float]:

@@ -221,6 +221,7 @@ def train(
         range(state.iteration, stop), initial=state.iteration, total=config.iterations,
         desc=f"{config.mode} {config.family}", disable=not progress, unit="it",
     )  # fmt: skip
+    calibration: Calibration | None = None
     for iteration in bar:
         new_params, record = run_iteration(config, family, spec, sampler, state.params, iteration)
         if record["return_after"] > state.best_return:
@@ -237,19 +238,28 @@ def train(
                         best=f"{state.best_return:.1f}", s=f"{record['total_s']:.1f}")  # fmt: skip
         if state.iteration % config.checkpoint_every == 0 or state.iteration == stop:
             save_checkpoint(run_dir, state)
-            export(config, family, spec, state, run_dir / ARTIFACT_DIR)
+            calibration = export(config, family, spec, state, run_dir / ARTIFACT_DIR, calibration)
     return state
 
 
+Calibration = tuple[int, ArtifactAdaptation, dict[str, Any]]
+"""(best iteration, its calibrated adaptation settings, the measurement record)."""
+
+
 def export(
-    config: TrainConfig, family: Family, spec: PolicySpec, state: TrainState, path: Path
-) -> None:
-    """Write the best parameters so far as an artifact.
+    config: TrainConfig, family: Family, spec: PolicySpec, state: TrainState, path: Path,
+    calibration: Calibration | None = None,
+) -> Calibration | None:  # fmt: skip
+    """Write the best parameters so far as an artifact; returns the KL calibration used.
+
+    ``calibration`` from the previous export is reused while the best iteration is the same:
+    measuring it samples K episodes of 10 tasks, and most checkpoints keep the same best.
 
     Unless the run trains the oracle (which never adapts), the artifact's KL bound is
     calibrated on the best parameters' own adaptation steps (meta_train.export): a bound
-    fixed in advance either rejects a meta-trained initialization's normal steps (HalfCheetah's
-    measure KL 0.9-1.3) or lets a broken one through.
+    fixed in advance either rejects a meta-trained initialization's normal steps (the shipped
+    HalfCheetah-velocity artifact's measure KL 1.3-4.2, docs/results.md) or lets a broken one
+    through.
     """
     training = json.loads(config.model_dump_json())
     training.update(best_iteration=state.best_iteration, best_return=state.best_return,
@@ -260,14 +270,17 @@ def export(
         settings=config.adaptation,
     )
     if config.mode != "oracle":
-        adaptation, training["max_kl_calibration"] = calibrated_adaptation(
-            family, spec, state.best_params, adaptation, config.sampler.num_threads
-        )
+        if calibration is None or calibration[0] != state.best_iteration:
+            calibration = (state.best_iteration, *calibrated_adaptation(
+                family, spec, state.best_params, adaptation, config.sampler.num_threads
+            ))  # fmt: skip
+        _, adaptation, training["max_kl_calibration"] = calibration
     layout = family_layout(family, task_features=config.mode == "oracle")
     save_artifact(
         path, spec, state.best_params, family=family.name, layout=layout,
         adaptation=adaptation, training=training, overwrite=True,
     )  # fmt: skip
+    return calibration
 
 
 def save_checkpoint(run_dir: Path, state: TrainState) -> None:
