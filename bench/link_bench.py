@@ -12,6 +12,8 @@ Run: ``.venv/bin/python -m bench.link_bench [--duration-s 60]``.
 from __future__ import annotations
 
 import argparse
+import itertools
+import math
 import subprocess
 import sys
 import tempfile
@@ -124,6 +126,94 @@ def _interleaved_loops(
     return totals
 
 
+class _StandInSocket:
+    """Answers a RobotClient's STEP requests with pre-encoded ACTION replies, no network: what
+    the client's own work costs (encode, checks, decode) without the round trip."""
+
+    def __init__(self, replies: list[list[bytes]]) -> None:
+        self.rcvtimeo = -1
+        self._replies = iter(replies)
+
+    def send_multipart(self, frames: list[bytes]) -> None:
+        pass
+
+    def recv_multipart(self) -> list[bytes]:
+        return next(self._replies)
+
+
+def _block_minimum(call: Callable[[], Any], blocks: int, per_block: int) -> float:
+    """Microseconds per call: the fastest of ``blocks`` blocks of ``per_block`` calls (the
+    least disturbed by the machine's other work)."""
+    best = math.inf
+    for _ in range(blocks):
+        start = time.perf_counter_ns()
+        for _ in range(per_block):
+            call()
+        best = min(best, (time.perf_counter_ns() - start) / per_block / 1e3)
+    return best
+
+
+def in_process_costs(artifact: Path, blocks: int = 40, per_block: int = 1000) -> dict[str, float]:
+    """The Python work of one STEP on each side, without sockets in between.
+
+    Server: a LinkServer (not serving) handles pre-encoded STEP requests of one session,
+    episodes of 200 steps, as its serving thread would: decode, checks, ``Controller.act``,
+    recording and the ACTION reply (sent to a peer that does not exist, which ZeroMQ drops).
+    Client: ``RobotClient.act`` on a stand-in socket that returns pre-encoded ACTION replies.
+    """
+    from controller import Controller, ControllerConfig
+    from controller.link.protocol import PROTOCOL_VERSION, MessageType
+    from controller.link.server import LinkServer
+
+    observation = np.zeros(get_family(FAMILY).observation_size, np.float32)
+    envelope = [b"bench-robot", b""]
+    costs = {}
+    with Controller.load(artifact, ControllerConfig(seed=0)) as controller:
+        server = LinkServer(controller, "tcp://127.0.0.1:*")
+        try:
+            hello = {"type": MessageType.HELLO, "seq": 1, "version": PROTOCOL_VERSION}
+            server._handle(envelope + encode(hello))
+            session = next(iter(server._sessions)).id
+            seq = itertools.count(2)
+
+            def server_step() -> None:
+                n = next(seq)
+                header = {"type": MessageType.STEP, "seq": n, "session": session,
+                          "dtype": "<f4", "reward": 0.0, "done": n % 200 == 0}  # fmt: skip
+                frames = encode(header, [observation])
+                server._handle(envelope + frames)
+
+            def encode_only() -> None:
+                header = {"type": MessageType.STEP, "seq": 2, "session": session,
+                          "dtype": "<f4", "reward": 0.0, "done": False}  # fmt: skip
+                encode(header, [observation])
+
+            encoding = _block_minimum(encode_only, blocks, per_block)
+            costs["server_step_us"] = _block_minimum(server_step, blocks, per_block) - encoding
+            server.start()  # for the client's HELLO
+            with RobotClient(server.endpoint, deadline_ms=100) as client:
+                server.stop()
+                start = next(client._seq)
+                action = {"type": MessageType.ACTION, "dtype": "<f4"}
+                zeros = np.zeros(client.layout.action_size, np.float32)
+                replies = [
+                    encode({**action, "seq": start + 1 + i}, [zeros])
+                    for i in range(blocks * per_block)
+                ]
+                real, client._socket = client._socket, _StandInSocket(replies)  # type: ignore[assignment]
+                try:
+                    costs["client_act_us"] = _block_minimum(
+                        lambda: client.act(observation, 0.0), blocks, per_block
+                    )
+                finally:
+                    client._socket = None
+                    if real is not None:
+                        real.close(linger=0)
+        finally:
+            server.stop()
+    return costs
+
+
 def bench_link(duration_s: float = 60.0, calls: int = 20_000) -> dict[str, Any]:
     """Round-trip percentiles over ``calls`` calls and a 1 kHz loop of ``duration_s`` seconds,
     for the link and for the echo; prints a table and returns the numbers."""
@@ -146,11 +236,14 @@ def bench_link(duration_s: float = 60.0, calls: int = 20_000) -> dict[str, Any]:
         )
         echo = _start([sys.executable, "-c", ECHO, echo_endpoint], "ready")
         try:
-            return _measure(link_endpoint, echo_endpoint, observation, duration_s, calls)
+            result = _measure(link_endpoint, echo_endpoint, observation, duration_s, calls)
         finally:
             for process in (server, echo):
                 process.terminate()
                 process.wait(timeout=10)
+        result["in_process"] = in_process_costs(artifact)
+    _print(result)
+    return result
 
 
 def _measure(
@@ -186,7 +279,6 @@ def _measure(
         "control_loop_1khz": {"duration_s": duration_s, **loops},
         "link_safe_actions": safe_actions,
     }
-    _print(result)
     return result
 
 
@@ -206,6 +298,11 @@ def _print(result: dict[str, Any]) -> None:
         print(f"{name:<6} {row['ticks']:>7} {row['late_replies']:>7} {row['missed_ticks']:>7} "
               f"{row['worst_us']:>9.0f}")  # fmt: skip
     print(f"safe actions from the link client: {result['link_safe_actions']}")
+    costs = result["in_process"]
+    print(
+        f"\nin-process work per STEP (fastest of 40 blocks of 1000): server "
+        f"{costs['server_step_us']:.1f} µs, client {costs['client_act_us']:.1f} µs"
+    )
 
 
 if __name__ == "__main__":

@@ -148,7 +148,8 @@ def act_while(
                 failures.append(str(outcome))
         done.set()
 
-    chunks, errors = [], 0
+    chunks: list[np.ndarray] = []
+    errors = 0
     thread = threading.Thread(target=background)
     thread.start()
     while not chunks or not done.is_set():

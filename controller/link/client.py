@@ -33,6 +33,7 @@ from controller.link.protocol import (
     MessageType,
     ProtocolError,
 )
+from controller.link.transport import send_frames
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +312,7 @@ class RobotClient:
         if self._interrupted:
             header["interrupted"] = True
         header["seq"] = seq = next(self._seq)
-        socket.send_multipart(encode(header, () if array is None else (array,)))
+        send_frames(socket, encode(header, () if array is None else (array,)))
         frames = _receive(socket, timeout_ms)
         if frames is None:
             self._disconnect()
@@ -408,7 +409,7 @@ class RobotClient:
                                   "version": PROTOCOL_VERSION, "client": self._name}  # fmt: skip
         if resume is not None:
             header["resume"] = resume
-        socket.send_multipart(encode(header))
+        send_frames(socket, encode(header))
         frames = _receive(socket, timeout_ms)
         if frames is None:
             raise LinkError(f"no WELCOME from {self.endpoint} within {timeout_ms} ms", "timeout")

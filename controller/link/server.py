@@ -47,6 +47,7 @@ from controller.link.protocol import (
 )
 from controller.link.security import CurveKeys, check_bind, secure_server_socket
 from controller.link.sessions import RecordingController, Session, SessionTable, WatchdogEvent
+from controller.link.transport import send_frames
 from controller.link.worker import Job, Worker
 
 if TYPE_CHECKING:
@@ -240,7 +241,7 @@ class LinkServer:
             failure = f"{type(error).__name__}: {error}"
             reply = error_header(ErrorCode.INTERNAL, failure, None), ()
         if reply is not None:
-            self._socket.send_multipart(envelope + encode(*reply))
+            send_frames(self._socket, envelope + encode(*reply))
 
     def _dispatch(self, body: list[bytes], envelope: list[bytes]) -> Reply | None:
         message = decode_request(body, self.config.max_message_bytes)
@@ -366,7 +367,7 @@ class LinkServer:
             else:
                 finished = FINISHED_REPLY[MessageType(job.kind)]
                 header = {"type": finished.value, "seq": job.seq, "report": report}
-            self._socket.send_multipart(job.reply_to + encode(header))
+            send_frames(self._socket, job.reply_to + encode(header))
 
     # ---- watchdog and status ----------------------------------------------------------------
     def _scan(self) -> None:

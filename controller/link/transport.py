@@ -1,0 +1,24 @@
+"""Sending a multipart message on a ZeroMQ socket, at the cost the link can afford per step.
+
+pyzmq's ``Socket.send_multipart`` combines its flags as ``zmq.SNDMORE | flags``, a Python
+``enum.Flag`` operation per frame: for the four frames of an ACTION reply it costs 5.4–6.7 µs
+against 1.4–2.2 µs for the same sends with a plain int flag (``python -m bench link``,
+"in-process" rows, measures the link's whole step with it). Needs only pyzmq, like the
+robot-side client that uses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import zmq
+
+_SNDMORE = int(zmq.SNDMORE)
+
+
+def send_frames(socket: zmq.Socket[bytes], frames: Sequence[bytes]) -> None:
+    """Send ``frames`` as one multipart message (blocking, copying: small frames)."""
+    send = socket.send
+    last = len(frames) - 1
+    for index, frame in enumerate(frames):
+        send(frame, _SNDMORE if index < last else 0)
