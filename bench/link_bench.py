@@ -134,7 +134,7 @@ class _StandInSocket:
         self.rcvtimeo = -1
         self._replies = iter(replies)
 
-    def send_multipart(self, frames: list[bytes]) -> None:
+    def send(self, frame: bytes, flags: int = 0) -> None:
         pass
 
     def recv_multipart(self) -> list[bytes]:
