@@ -69,7 +69,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         elif oracle:
             sizes = []
         else:
-            sizes = [ev.COMPARATOR_STEP_SIZES[family.name][name]] * cfg.gradient_steps
+            sizes = ev.comparator_step_sizes(family.name, name, cfg.gradient_steps)
         print(f"evaluating {name} ({path}) on {len(tasks)} test tasks ...", flush=True)
         results[name] = ev.evaluate_method(
             sampler, artifact.spec, artifact.params, tasks, k, sizes, trained,
@@ -77,7 +77,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )  # fmt: skip
     if args.random:
         spec = policy_spec(config.model_copy(update={"mode": "maml"}), family)
-        sizes = [ev.COMPARATOR_STEP_SIZES[family.name]["random"]] * cfg.gradient_steps
+        sizes = ev.comparator_step_sizes(family.name, "random", cfg.gradient_steps)
         print("evaluating random initialization ...", flush=True)
         results["random"] = ev.evaluate_method(
             sampler, spec, init_params(spec, config.seed + 1), tasks, k, sizes, config.adaptation,

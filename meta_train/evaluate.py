@@ -43,14 +43,24 @@ PAPER_RESULTS: dict[str, dict[str, list[float]]] = {
 }  # fmt: skip
 
 # First-step fine-tuning step sizes of the authors' test scripts, for pretrained and random
-# (MAML_RL.md, 'Comparators'); MAML uses the artifact's own (0.1, then 0.05).
+# (MAML_RL.md, 'Comparators'; 2D navigation: the authors' test_maml_point.py fine-tunes every
+# method with 0.5); MAML uses the artifact's own (0.1, then 0.05).
 COMPARATOR_STEP_SIZES: dict[str, dict[str, float]] = {
     "cheetah_velocity": {"pretrained": 0.02, "random": 0.1},
     "cheetah_direction": {"pretrained": 0.2, "random": 1.0},
     "ant_velocity": {"pretrained": 0.2, "random": 1.0},
     "ant_direction": {"pretrained": 0.2, "random": 1.0},
-    "navigation2d": {"pretrained": 0.1, "random": 0.1},
+    "navigation2d": {"pretrained": 0.5, "random": 0.5},
 }
+
+
+def comparator_step_sizes(family: str, method: str, steps: int) -> list[float]:
+    """Step sizes of ``steps`` fine-tuning steps of a comparator: the first from
+    :data:`COMPARATOR_STEP_SIZES`, every later one half of it, as the authors' test scripts
+    run them (``init_learning_rate`` for the first step, ``learning_rate`` = 0.5 x it after)
+    and as MAML's own 0.1 then 0.05."""
+    first = COMPARATOR_STEP_SIZES[family][method]
+    return [first if step == 0 else 0.5 * first for step in range(steps)]
 
 
 def test_tasks(family: Family, num_tasks: int, seed: int) -> list[Task]:

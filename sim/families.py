@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim import locomotion
-from sim.navigation import ACTION_LIMIT, NavigationSimulator
+from sim.navigation import ACTION_BOUND, NavigationSimulator
 from sim.simulator import Simulator
 from sim.tasks import DirectionSpace, GoalSpace, Task, TaskSpace, VelocitySpace
 
@@ -68,8 +68,8 @@ def _navigation() -> Family:
         horizon=100,
         observation_names=("position:x", "position:y"),
         action_names=("velocity:x", "velocity:y"),
-        action_low=np.full(2, -ACTION_LIMIT, dtype=np.float32),
-        action_high=np.full(2, ACTION_LIMIT, dtype=np.float32),
+        action_low=np.full(2, -ACTION_BOUND, dtype=np.float32),
+        action_high=np.full(2, ACTION_BOUND, dtype=np.float32),
         _factory=lambda n, _threads: NavigationSimulator(n),
     )
 

@@ -1,9 +1,13 @@
 """2D navigation (Finn et al. 2017, sec. 5.3): a point moves in the plane towards a goal.
 
 Plain numpy: the dynamics are one addition, so a thread pool would cost more than it saves.
-Follows the authors' ``point_env_rand_goal``: the state starts at the origin, an action is a
-velocity command clipped to [-0.1, 0.1] per axis, the reward is minus the Euclidean distance to
-the goal after the move, and the episode ends when both coordinates are within 0.01 of the goal.
+Follows the authors' ``point_env_rand_goal`` inside rllab's ``normalize`` wrapper, as their
+scripts run it: the state starts at the origin; the policy acts in [-1, 1] per axis and
+``normalize`` maps that range onto the point's velocity bounds [-0.1, 0.1] (``lb + (a + 1) / 2 *
+(ub - lb)``, clipped), so the velocity is ``clip(0.1 * a, -0.1, 0.1)``; the reward is minus the
+Euclidean distance to the goal after the move, and the episode ends when both coordinates are
+within 0.01 of the goal. Without the mapping the policy's unit initial noise would be ten times
+the velocity bound and nearly every command would saturate.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import numpy as np
 from sim.simulator import StepResult
 from sim.tasks import GoalTask, Task
 
-ACTION_LIMIT = 0.1  # authors' code: np.clip(action, -0.1, 0.1)
+ACTION_LIMIT = 0.1  # the point's velocity bounds in the authors' code: Box(-0.1, 0.1)
+ACTION_BOUND = 1.0  # the policy's action bounds: rllab's normalize() presents [-1, 1]
 GOAL_TOLERANCE = 0.01  # authors' code: done when abs(x) < 0.01 and abs(y) < 0.01
 
 
@@ -49,7 +54,8 @@ class NavigationSimulator:
         return self._position.astype(np.float32)
 
     def step(self, actions: np.ndarray, active: np.ndarray | None = None) -> StepResult:
-        velocity = np.clip(np.asarray(actions, dtype=np.float64), -ACTION_LIMIT, ACTION_LIMIT)
+        scaled = np.asarray(actions, dtype=np.float64) * (ACTION_LIMIT / ACTION_BOUND)
+        velocity = np.clip(scaled, -ACTION_LIMIT, ACTION_LIMIT)
         if active is not None:  # np.where: a NaN action of an ended episode must not spread
             velocity = np.where(active[:, None], velocity, 0.0)
         self._position = self._position + velocity

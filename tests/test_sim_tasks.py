@@ -133,12 +133,11 @@ def test_family_sizes_bounds_and_names(family_name: str) -> None:
     assert family.horizon == (100 if family_name == "navigation2d" else 200)
 
 
-def test_locomotion_action_ranges_are_the_models_ctrlrange() -> None:
-    for family_name in ("cheetah_velocity", "ant_velocity"):
+def test_policy_action_ranges_are_unit_as_the_authors_normalized_envs() -> None:
+    for family_name in ("cheetah_velocity", "ant_velocity", "navigation2d"):
         family = get_family(family_name)
         np.testing.assert_array_equal(family.action_low, -1.0)
         np.testing.assert_array_equal(family.action_high, 1.0)
-    np.testing.assert_array_equal(get_family("navigation2d").action_high, np.float32(0.1))
 
 
 def test_unknown_family_lists_the_known_names() -> None:

@@ -266,3 +266,11 @@ def test_evaluation_reports_the_velocity_error_of_velocity_tasks(tmp_path: Path)
     nav = ev.evaluate_method(BatchSampler(navigation, 1), nav_spec, init_params(nav_spec, 0),
                              goals, 2, [0.1], AdaptationSettings(), seed=3, horizon=5)  # fmt: skip
     assert nav.velocity_errors is None
+
+
+def test_comparators_halve_their_step_after_the_first_as_the_authors_scripts() -> None:
+    # test_maml_cheetah.py: init_learning_rate 0.02 (pretrained), then learning_rate 0.5 x 0.02
+    assert ev.comparator_step_sizes("cheetah_velocity", "pretrained", 3) == [0.02, 0.01, 0.01]
+    # test_maml_point.py fine-tunes random and pretrained with 0.5 (four steps reported)
+    assert ev.comparator_step_sizes("navigation2d", "random", 4) == [0.5, 0.25, 0.25, 0.25]
+    assert ev.comparator_step_sizes("cheetah_direction", "random", 1) == [1.0]
