@@ -29,6 +29,7 @@ from bench.runtime_bench import FAMILY, fresh_artifact
 from controller.link.client import RobotClient
 from controller.link.codec import encode
 from controller.link.server import free_tcp_endpoint
+from controller.link.transport import send_frames
 from sim.families import get_family
 
 PERIOD_S = 0.001  # the 1 kHz control loop
@@ -189,6 +190,13 @@ def in_process_costs(artifact: Path, blocks: int = 40, per_block: int = 1000) ->
                 encode(header, [observation])
 
             encoding = _block_minimum(encode_only, blocks, per_block)
+            reply = [*envelope, *encode({"type": MessageType.ACTION, "seq": 2}, [observation[:6]])]
+            costs["send_multipart_us"] = _block_minimum(
+                lambda: server._socket.send_multipart(reply), blocks, per_block
+            )
+            costs["send_frames_us"] = _block_minimum(
+                lambda: send_frames(server._socket, reply), blocks, per_block
+            )
             costs["server_step_us"] = _block_minimum(server_step, blocks, per_block) - encoding
             server.start()  # for the client's HELLO
             with RobotClient(server.endpoint, deadline_ms=100) as client:
@@ -301,7 +309,9 @@ def _print(result: dict[str, Any]) -> None:
     costs = result["in_process"]
     print(
         f"\nin-process work per STEP (fastest of 40 blocks of 1000): server "
-        f"{costs['server_step_us']:.1f} µs, client {costs['client_act_us']:.1f} µs"
+        f"{costs['server_step_us']:.1f} µs, client {costs['client_act_us']:.1f} µs; sending the "
+        f"4-frame ACTION reply: pyzmq send_multipart {costs['send_multipart_us']:.1f} µs, "
+        f"send_frames {costs['send_frames_us']:.1f} µs"
     )
 
 

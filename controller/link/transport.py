@@ -1,10 +1,9 @@
 """Sending a multipart message on a ZeroMQ socket, at the cost the link can afford per step.
 
 pyzmq's ``Socket.send_multipart`` combines its flags as ``zmq.SNDMORE | flags``, a Python
-``enum.Flag`` operation per frame: for the four frames of an ACTION reply it costs 5.4–6.7 µs
-against 1.4–2.2 µs for the same sends with a plain int flag (``python -m bench link``,
-"in-process" rows, measures the link's whole step with it). Needs only pyzmq, like the
-robot-side client that uses it.
+``enum.Flag`` operation per frame: for the four frames of an ACTION reply that is about three
+times the cost of the same sends with a plain int flag (``python -m bench link`` prints both in
+its in-process line). Needs only pyzmq, like the robot-side client that uses it.
 """
 
 from __future__ import annotations
