@@ -8,6 +8,7 @@ policy unless given an artifact. Run: ``.venv/bin/python -m bench.runtime_bench`
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import tempfile
 import threading
@@ -195,7 +196,7 @@ def act_while_swapping(paths: list[Path], swaps: int, observations: np.ndarray) 
     ctl = Controller.load(paths[0], ControllerConfig(seed=0))
     quiet = latencies(ctl.act, observations, 100_000)
     p99_quiet = float(np.percentile(quiet, 99))
-    counter = iter(range(10**9))
+    counter = itertools.count()
 
     def swap() -> str | bool:
         report = ctl.swap(paths[(next(counter) + 1) % len(paths)])

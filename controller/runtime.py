@@ -2,7 +2,8 @@
 
 One :class:`Controller` serves one artifact. Acting runs the policy's ONNX graph in an
 onnxruntime session (one intra-op thread, built once per architecture and shared: the
-parameters are bound to it as inputs) and adds the Gaussian exploration noise; the K episodes it records feed THE adaptation step that meta-training uses
+parameters are bound to it as inputs) and adds the Gaussian exploration noise; the K episodes
+it records feed THE adaptation step that meta-training uses
 (``controller.adaptation.adapt``, STYLE principle 1). A new policy (adapted, reset or swapped) is
 built completely off the serving path and published by assigning one reference, so acting never
 waits for, nor sees half of, an update.

@@ -54,11 +54,16 @@ def serving_graph(spec: PolicySpec) -> onnx.ModelProto:
     architecture serves any parameter set of it. ``log_std`` is left out: the runtime reads it
     from the parameters (it only scales the noise).
     """
-    names = [n for n in spec.parameter_shapes if n != "log_std"]
+    names = mean_parameter_names(spec)
     inputs = [_observation_input(spec)]
     inputs += [_value_info(n, list(spec.parameter_shapes[n])) for n in names]
     outputs = [_value_info("mean", ["batch", spec.action_size])]
     return _policy_model(spec, inputs, outputs, [])
+
+
+def mean_parameter_names(spec: PolicySpec) -> list[str]:
+    """The parameters of the mean network (all but ``log_std``), in forward order."""
+    return [n for n in spec.parameter_shapes if n != "log_std"]
 
 
 def _observation_input(spec: PolicySpec) -> onnx.ValueInfoProto:
@@ -160,24 +165,22 @@ def architecture(spec: PolicySpec) -> tuple[int, int, tuple[int, ...], str]:
 class ServingSession:
     """The onnxruntime session of one architecture, shared by every policy of it.
 
-    Building an ``InferenceSession`` holds the GIL for 1-2 ms (a GIL probe on this 2-core
-    machine), which stalled the serving thread: act p99 11.5 µs quiet, 144 µs while another
-    thread swapped back to back. The graph (:func:`serving_graph`) takes the parameters as
-    inputs, so a swap or an adaptation with the same architecture only binds new arrays to
-    this session. onnxruntime's ``run`` is thread-safe for concurrent calls with different
-    bindings, which is what two policies of one session do.
+    The graph (:func:`serving_graph`) takes the parameters as inputs, so an adaptation or a
+    swap with the same architecture only binds new arrays to this session instead of building
+    an ``InferenceSession`` (export 0.4 ms instead of 1.5, a swap 0.64 ms instead of 1.27:
+    docs/artifact.md section 6). onnxruntime's ``run`` is thread-safe for concurrent calls with
+    different bindings, which is what two policies of one session do.
     """
 
     def __init__(self, spec: PolicySpec, threads: int) -> None:
         self.spec = spec
-        self.threads = threads
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         model = serving_graph(spec).SerializeToString()
         self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-        self.parameter_names = [n for n in spec.parameter_shapes if n != "log_std"]
+        self.parameter_names = mean_parameter_names(spec)
         """The graph's parameter inputs, in forward order."""
 
 
@@ -196,7 +199,6 @@ class ServingPolicy:
         self.params = params
         self.policy_id = policy_id(params)
         self.generation = generation
-        self.shared = shared
         self.session = shared.session
         # Copies: the arrays the session reads stay what was checked, whatever happens to params.
         self.arrays = {
@@ -208,19 +210,22 @@ class ServingPolicy:
         self.input = np.zeros((1, spec.observation_size), dtype=np.float32)
         self.output = np.zeros((1, spec.action_size), dtype=np.float32)
         self._output_value = ort.OrtValue.ortvalue_from_numpy(self.output)
-        self.binding = self.session.io_binding()
-        for name, array in self.arrays.items():
-            self.binding.bind_cpu_input(name, array)
+        self.binding = self._parameters_bound()
         self.binding.bind_cpu_input("observation", self.input)
         self.binding.bind_ortvalue_output("mean", self._output_value)
-        self._batch_binding = self.session.io_binding()
-        for name, array in self.arrays.items():
-            self._batch_binding.bind_cpu_input(name, array)
+        self._batch_binding = self._parameters_bound()
         self._batch_output = np.zeros((0, spec.action_size), dtype=np.float32)
         # Smoke test before anyone is served by it: it runs and gives a finite mean.
         self.session.run_with_iobinding(self.binding)
         if not np.isfinite(self.output).all():
             raise ValueError("the policy gives a non-finite mean for a zero observation")
+
+    def _parameters_bound(self) -> ort.IOBinding:
+        """A new IOBinding of the session with this policy's parameter arrays bound."""
+        binding = self.session.io_binding()
+        for name, array in self.arrays.items():
+            binding.bind_cpu_input(name, array)
+        return binding
 
     def batch_mean(self, observations: np.ndarray) -> np.ndarray:
         """[N, O] float32 -> [N, A] float32; safe to call from any thread."""
