@@ -102,6 +102,12 @@ class TrainConfig(_Frozen):
     horizon: PositiveInt | None = Field(default=None, description="None: the family's.")
     torch_threads: PositiveInt = Field(default=2, description="torch intra-op threads.")
     checkpoint_every: PositiveInt = Field(default=5, description="Iterations between saves.")
+    selection_window: PositiveInt = Field(
+        default=1,
+        description="Iterations whose mean training return scores an iteration when keeping the "
+        "best one (1: the paper's rule, the iteration's own return; more smooths out the luck of "
+        "a meta-batch's task draw).",
+    )
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="The policy.")
     meta: MetaSettings = Field(default_factory=MetaSettings, description="Meta-optimiser.")
     sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="Sampling.")

@@ -3,7 +3,10 @@
 Every iteration draws its randomness from ``SeedSequence([seed, iteration])``, so a run resumed
 from a checkpoint produces exactly the iterations an uninterrupted run would. The paper keeps the
 iteration with the best average training return (MAML_RL.md, 'Settings'): here the mean return
-of the valid (post-adaptation) episodes, i.e. the meta-objective's own return.
+of the valid (post-adaptation) episodes, i.e. the meta-objective's own return, averaged over the
+last ``selection_window`` iterations (default 1: the iteration's own). A wider window keeps an
+iteration that is good rather than one whose meta-batch happened to draw easy tasks: HalfCheetah
+direction's returns swing with how many of its 40 tasks run backward.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,11 +226,14 @@ def train(
         desc=f"{config.mode} {config.family}", disable=not progress, unit="it",
     )  # fmt: skip
     calibration: Calibration | None = None
+    recent = deque(_logged_returns(run_dir / LOG_FILE), maxlen=config.selection_window)
     for iteration in bar:
         new_params, record = run_iteration(config, family, spec, sampler, state.params, iteration)
-        if record["return_after"] > state.best_return:
+        recent.append(record["return_after"])
+        score = float(np.mean(recent))
+        if score > state.best_return:
             # The return was earned by the parameters that entered this iteration.
-            state.best_return, state.best_iteration = record["return_after"], iteration
+            state.best_return, state.best_iteration = score, iteration
             state.best_params = state.params
         state.params, state.iteration = new_params, iteration + 1
         # Opened per record, not once per run: a run lasts hours, and a log file replaced
@@ -346,12 +353,22 @@ def _prepare_run_dir(
     (run_dir / CONFIG_FILE).write_text(config_text)  # e.g. the extended iteration count
     state = load_checkpoint(run_dir, spec)
     _truncate_log(run_dir / LOG_FILE, state.iteration)
+    returns = _logged_returns(run_dir / LOG_FILE)[: state.best_iteration + 1]
+    if state.best_iteration >= 0 and len(returns) == state.best_iteration + 1:
+        # The best iteration's score under this run's window, which may have changed.
+        state.best_return = float(np.mean(returns[-config.selection_window :]))
     return state
 
 
-# Fields that change no iteration's result: a resumed run may be extended (more iterations)
-# or checkpointed more or less often.
-_RESUMABLE_CHANGES = ("iterations", "checkpoint_every")
+def _logged_returns(path: Path) -> list[float]:
+    """The training (post-adaptation) return of each logged iteration, in order."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [json.loads(line)["return_after"] for line in lines if line]
+
+
+# Fields that change no iteration's result: a resumed run may be extended (more iterations),
+# checkpointed more or less often, or keep its best iteration by another window.
+_RESUMABLE_CHANGES = ("iterations", "checkpoint_every", "selection_window")
 
 
 def _same_config(path: Path, config: TrainConfig) -> bool:

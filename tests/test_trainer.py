@@ -101,6 +101,22 @@ def test_checkpoint_keeps_best_and_exports_artifact(tmp_path: Path) -> None:
     assert min(kls) > 0.0
 
 
+def test_selection_window_keeps_the_best_trailing_mean(tmp_path: Path) -> None:
+    config = tiny_config(iterations=6, selection_window=3)
+    state = train(config, tmp_path, progress=False)
+    returns = [
+        json.loads(x)["return_after"] for x in (tmp_path / "log.jsonl").read_text().splitlines()
+    ]
+    scores = [np.mean(returns[max(0, i - 2) : i + 1]) for i in range(len(returns))]
+    assert state.best_iteration == int(np.argmax(scores))
+    assert state.best_return == pytest.approx(max(scores))
+    # Resuming under another window rescores the kept iteration by the log; nothing else changes.
+    resumed = train(tiny_config(iterations=6, selection_window=1), tmp_path, resume=True,
+                    progress=False)  # fmt: skip
+    assert resumed.best_iteration == state.best_iteration
+    assert resumed.best_return == pytest.approx(returns[state.best_iteration])
+
+
 @pytest.mark.slow
 def test_navigation_meta_training_improves_post_adaptation_return(tmp_path: Path) -> None:
     """A short 2D-navigation run: on held-out tasks, one step beats no step, and beats the
