@@ -93,8 +93,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_curves(args: argparse.Namespace) -> int:
-    from meta_train.curves import plot_curves
+    from meta_train.curves import direction_split, plot_curves
 
+    if args.by_direction:
+        for run in args.runs:
+            print(direction_split(run))
+        return 0
     plot_curves(args.runs, args.out)
     print(f"wrote {args.out}")
     return 0
@@ -134,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("curves", help="plot training curves (return before/after adaptation)")
     p.add_argument("runs", nargs="+", help="run directories (with log.jsonl)")
     p.add_argument("--out", default="curves.png", help="PNG to write")
+    p.add_argument("--by-direction", action="store_true",
+                   help="direction families: print the training return of backward and forward "
+                   "tasks (fitted to each iteration's task draw) instead of plotting")  # fmt: skip
     p.set_defaults(func=cmd_curves)
 
     try:

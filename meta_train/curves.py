@@ -50,3 +50,55 @@ def plot_curves(run_dirs: Sequence[str | Path], path: str | Path, window: int = 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def direction_split(run_dir: str | Path, window: int = 40) -> str:
+    """For a direction family's run: the training return by direction, as a table.
+
+    An iteration logs one mean over its meta-batch; how many of its tasks ran backward is
+    recomputed from the run's seed (training draws iteration ``i``'s tasks from
+    ``SeedSequence([seed, i])``), and over each ``window`` of iterations the mean return of a
+    backward and of a forward task are fitted by least squares (return = b * R_back + (1 - b) *
+    R_fwd, b the backward share). Also the correlation of the logged return with b, and the
+    share at the run's kept iteration: how much of a single iteration's return is its draw.
+    """
+    from meta_train.config import TrainConfig
+    from meta_train.trainer import CONFIG_FILE, iteration_seeds
+    from sim.families import get_family
+    from sim.tasks import DirectionSpace, DirectionTask
+
+    config = TrainConfig.from_yaml(Path(run_dir) / CONFIG_FILE)
+    family = get_family(config.family)
+    records = read_log(run_dir)
+    if not isinstance(family.task_space, DirectionSpace):
+        raise ValueError(f"{run_dir} trains {config.family}, not a direction family")
+    share, returns = [], []
+    for record in records:
+        iteration = int(record["iteration"])  # type: ignore[call-overload]
+        seeds = iteration_seeds(config.seed, iteration, config.meta.inner_steps)
+        tasks = family.sample_tasks(np.random.default_rng(seeds["tasks"]), config.meta_batch_size)
+        share.append(np.mean([isinstance(t, DirectionTask) and t.direction < 0 for t in tasks]))
+        returns.append(float(record["return_after"]))  # type: ignore[arg-type]
+    b, y = np.array(share), np.array(returns)
+    lines = [
+        f"{run_dir}: {len(y)} iterations; per window of {window}: the fitted return of a "
+        "backward and a forward task, and the correlation of the logged return with the share "
+        "of backward tasks",
+        f"{'iterations':>12} {'backward':>9} {'forward':>9} {'balanced':>9} {'corr':>6}",
+    ]
+    for start in range(0, len(y), window):
+        part = slice(start, start + window)
+        design = np.stack([b[part], 1.0 - b[part]], axis=1)
+        (back, fwd), *_ = np.linalg.lstsq(design, y[part], rcond=None)
+        corr = np.corrcoef(b[part], y[part])[0, 1] if len(y[part]) > 2 else float("nan")
+        span = f"{start}-{start + len(y[part]) - 1}"
+        lines.append(f"{span:>12} {back:9.1f} {fwd:9.1f} {(back + fwd) / 2:9.1f} {corr:6.2f}")
+    metadata = Path(run_dir) / "artifact" / "metadata.json"
+    if metadata.exists():
+        kept = json.loads(metadata.read_text())["training"].get("best_iteration")
+        if kept is not None and 0 <= kept < len(b):
+            lines.append(
+                f"kept iteration {kept}: return {y[kept]:.1f}, "
+                f"{round(b[kept] * config.meta_batch_size)} of {config.meta_batch_size} tasks backward"
+            )
+    return "\n".join(lines)

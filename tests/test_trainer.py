@@ -15,6 +15,7 @@ from controller.policy import PolicySpec, SamplingPolicy, init_params, stack_par
 from meta_train import evaluate as ev
 from meta_train.cli import main
 from meta_train.config import ConfigError, TrainConfig
+from meta_train.curves import direction_split
 from meta_train.export import KL_BOUND_FACTOR, adaptation_kls
 from meta_train.objective import adapted_params_for_tasks
 from meta_train.trainer import (
@@ -232,6 +233,31 @@ def test_curves_plot_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert out.stat().st_size > 1000
     assert main(["curves", str(tmp_path / "missing"), "--out", str(out)]) == 2
     assert "no training log" in capsys.readouterr().err
+
+
+def test_direction_split_fits_returns_to_each_iterations_task_draw(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tiny_config(family="cheetah_direction", iterations=3, horizon=5, episodes_per_task=2,
+                         meta_batch_size=8, seed=4)  # fmt: skip
+    run = tmp_path / "run"
+    train(config, run, progress=False)
+    # Replace the logged returns by 500 per backward task and 100 per forward one.
+    family = get_family("cheetah_direction")
+    records = []
+    for line in (run / "log.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        seeds = iteration_seeds(4, record["iteration"])
+        tasks = family.sample_tasks(np.random.default_rng(seeds["tasks"]), 8)
+        record["return_after"] = float(np.mean([500 if t.direction < 0 else 100 for t in tasks]))
+        records.append(json.dumps(record))
+    (run / "log.jsonl").write_text("\n".join(records) + "\n")
+    assert main(["curves", str(run), "--by-direction"]) == 0
+    row = capsys.readouterr().out.splitlines()[2].split()
+    assert row[0] == "0-2" and [float(x) for x in row[1:4]] == [500.0, 100.0, 300.0]
+    train(tiny_config(iterations=1), tmp_path / "nav", progress=False)
+    with pytest.raises(ValueError, match="not a direction family"):
+        direction_split(tmp_path / "nav")
 
 
 @pytest.mark.parametrize("mode", ["pretrained", "oracle"])
