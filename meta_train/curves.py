@@ -63,7 +63,7 @@ def direction_split(run_dir: str | Path, window: int = 40) -> str:
     share at the run's kept iteration: how much of a single iteration's return is its draw.
     """
     from meta_train.config import TrainConfig
-    from meta_train.trainer import CONFIG_FILE, iteration_seeds
+    from meta_train.trainer import CONFIG_FILE, draw_tasks, iteration_seeds
     from sim.families import get_family
     from sim.tasks import DirectionSpace, DirectionTask
 
@@ -76,7 +76,7 @@ def direction_split(run_dir: str | Path, window: int = 40) -> str:
     for record in records:
         iteration = int(record["iteration"])  # type: ignore[call-overload]
         seeds = iteration_seeds(config.seed, iteration, config.meta.inner_steps)
-        tasks = family.sample_tasks(np.random.default_rng(seeds["tasks"]), config.meta_batch_size)
+        tasks = draw_tasks(config, family, seeds)
         share.append(np.mean([isinstance(t, DirectionTask) and t.direction < 0 for t in tasks]))
         returns.append(float(record["return_after"]))  # type: ignore[arg-type]
     b, y = np.array(share), np.array(returns)

@@ -155,13 +155,18 @@ def sample_adapted_rounds(
     return rounds[:-1], rounds[-1], sampling_s, inner_s
 
 
+def draw_tasks(config: TrainConfig, family: Family, seeds: dict[str, int]) -> list[Task]:
+    """The meta-batch of the iteration whose ``iteration_seeds`` are ``seeds``."""
+    return family.sample_tasks(np.random.default_rng(seeds["tasks"]), config.meta_batch_size)
+
+
 def run_iteration(
     config: TrainConfig, family: Family, spec: PolicySpec, sampler: EpisodeSampler,
     params: Params, iteration: int,
 ) -> tuple[Params, dict[str, Any]]:  # fmt: skip
     """One meta-iteration; returns the new parameters and the log record."""
     seeds = iteration_seeds(config.seed, iteration, config.meta.inner_steps)
-    tasks = family.sample_tasks(np.random.default_rng(seeds["tasks"]), config.meta_batch_size)
+    tasks = draw_tasks(config, family, seeds)
     oracle = config.mode == "oracle"
     start = time.perf_counter()
     train = sampler.sample(
@@ -215,7 +220,7 @@ def train(
     run_dir = Path(run_dir)
     family = get_family(config.family)
     spec = policy_spec(config, family)
-    state = _prepare_run_dir(config, run_dir, spec, resume)
+    state, logged_returns = _prepare_run_dir(config, run_dir, spec, resume)
     torch.set_num_threads(config.torch_threads)
     sampler = make_sampler(config, family)
     stop = config.iterations
@@ -226,7 +231,7 @@ def train(
         desc=f"{config.mode} {config.family}", disable=not progress, unit="it",
     )  # fmt: skip
     calibration: Calibration | None = None
-    recent = deque(_logged_returns(run_dir / LOG_FILE), maxlen=config.selection_window)
+    recent = deque(logged_returns, maxlen=config.selection_window)
     for iteration in bar:
         new_params, record = run_iteration(config, family, spec, sampler, state.params, iteration)
         recent.append(record["return_after"])
@@ -329,7 +334,8 @@ def load_checkpoint(run_dir: Path, spec: PolicySpec) -> TrainState:
 
 def _prepare_run_dir(
     config: TrainConfig, run_dir: Path, spec: PolicySpec, resume: bool
-) -> TrainState:
+) -> tuple[TrainState, list[float]]:
+    """The state to start from, and the training return of each iteration already logged."""
     config_text = yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=True)
     has_checkpoint = (run_dir / CHECKPOINT_DIR / "state.json").exists()
     if not resume:
@@ -341,7 +347,7 @@ def _prepare_run_dir(
         (run_dir / CONFIG_FILE).write_text(config_text)
         (run_dir / LOG_FILE).write_text("")
         params = init_params(spec, config.seed)
-        return TrainState(0, params, params, -float("inf"), -1)
+        return TrainState(0, params, params, -float("inf"), -1), []
     if not has_checkpoint:
         raise RunDirError(f"nothing to resume in {run_dir}: no checkpoint/state.json")
     saved = (run_dir / CONFIG_FILE).read_text()
@@ -352,18 +358,12 @@ def _prepare_run_dir(
         )
     (run_dir / CONFIG_FILE).write_text(config_text)  # e.g. the extended iteration count
     state = load_checkpoint(run_dir, spec)
-    _truncate_log(run_dir / LOG_FILE, state.iteration)
-    returns = _logged_returns(run_dir / LOG_FILE)[: state.best_iteration + 1]
-    if state.best_iteration >= 0 and len(returns) == state.best_iteration + 1:
+    returns = _truncate_log(run_dir / LOG_FILE, state.iteration)
+    upto_best = returns[: state.best_iteration + 1]
+    if state.best_iteration >= 0 and len(upto_best) == state.best_iteration + 1:
         # The best iteration's score under this run's window, which may have changed.
-        state.best_return = float(np.mean(returns[-config.selection_window :]))
-    return state
-
-
-def _logged_returns(path: Path) -> list[float]:
-    """The training (post-adaptation) return of each logged iteration, in order."""
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [json.loads(line)["return_after"] for line in lines if line]
+        state.best_return = float(np.mean(upto_best[-config.selection_window :]))
+    return state, returns
 
 
 # Fields that change no iteration's result: a resumed run may be extended (more iterations),
@@ -381,8 +381,11 @@ def _same_config(path: Path, config: TrainConfig) -> bool:
     return saved.model_copy(update={k: getattr(config, k) for k in _RESUMABLE_CHANGES}) == config
 
 
-def _truncate_log(path: Path, next_iteration: int) -> None:
-    """Drop log records of iterations after the checkpoint: they will be run again."""
+def _truncate_log(path: Path, next_iteration: int) -> list[float]:
+    """Drop log records of iterations after the checkpoint (they will be run again); returns
+    the training (post-adaptation) return of each record kept, in order."""
     lines = path.read_text().splitlines() if path.exists() else []
-    kept = [line for line in lines if line and json.loads(line)["iteration"] < next_iteration]
-    path.write_text("".join(line + "\n" for line in kept))
+    records = [(line, json.loads(line)) for line in lines if line]
+    kept = [(line, record) for line, record in records if record["iteration"] < next_iteration]
+    path.write_text("".join(line + "\n" for line, _ in kept))
+    return [record["return_after"] for _, record in kept]
