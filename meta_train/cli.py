@@ -49,7 +49,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     family = get_family(config.family)
     ev.set_threads(config.torch_threads)
     cfg = config.evaluation
-    tasks = ev.test_tasks(family, cfg.num_tasks, cfg.task_seed)
+    tasks = ev.evaluation_tasks(family, cfg)
     sampler = make_sampler(config, family)
     k = cfg.episodes_per_step or config.episodes_per_task
     results: dict[str, ev.MethodResult] = {}

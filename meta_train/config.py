@@ -71,10 +71,17 @@ class EvalConfig(_Frozen):
     """The paper's evaluation protocol (MAML_RL.md, 'Evaluation protocol')."""
 
     num_tasks: PositiveInt = Field(default=40, description="Held-out test tasks.")
+    tasks: Literal["paper", "seeded"] = Field(
+        default="paper",
+        description="'paper': the test tasks of the authors' test scripts, on which the paper's "
+        "numbers were measured (np.random.seed(1) or (2), then uniform draws; "
+        "meta_train.evaluate.PAPER_TEST_DRAWS); 'seeded': num_tasks drawn from task_seed.",
+    )
     task_seed: int = Field(
         default=1_000_003,
-        description="Seed of the test tasks; training draws its tasks from SeedSequence([seed, "
-        "iteration]) streams, which never use this seed's stream.",
+        description="Seeds the evaluation's episodes and, with tasks: seeded, the test tasks; "
+        "training draws its tasks from SeedSequence([seed, iteration]) streams, which never "
+        "use this seed's stream.",
     )
     gradient_steps: PositiveInt = Field(default=3, description="Report after 0..steps steps.")
     episodes_per_step: PositiveInt | None = Field(

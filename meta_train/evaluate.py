@@ -21,9 +21,10 @@ from controller.adaptation import AdaptationSettings, adapt, task_batch
 from controller.policy import Params, PolicySpec, SamplingPolicy, stack_params
 from sim.episodes import Episodes
 from sim.families import Family
-from sim.tasks import Task, VelocityTask, task_to_dict
+from sim.tasks import DirectionTask, GoalTask, Task, VelocityTask, task_to_dict
 
 if TYPE_CHECKING:
+    from meta_train.config import EvalConfig
     from meta_train.trainer import EpisodeSampler
 
 # The paper's numbers (MAML_RL.md, last table): mean over 40 test tasks after 0/1/2/3 steps.
@@ -63,9 +64,57 @@ def comparator_step_sizes(family: str, method: str, steps: int) -> list[float]:
     return [first if step == 0 else 0.5 * first for step in range(steps)]
 
 
+class PaperDraw(NamedTuple):
+    """How an authors' test script draws its test tasks: ``np.random.seed(seed)`` then
+    ``np.random.uniform(low, high, size)``; a direction task runs backward below ``split``."""
+
+    seed: int
+    low: float
+    high: float
+    split: float | None = None
+
+
+# The test tasks of the authors' test scripts (cbfinn/maml_rl maml_examples/test_maml_*.py),
+# on which the paper's numbers were measured. The direction scripts draw a velocity-like number
+# and their environments turn it into a direction (half_cheetah_env_rand_direc: backward below
+# 1.0; ant_env_rand_direc: below 1.5).
+PAPER_TEST_DRAWS: dict[str, PaperDraw] = {
+    "navigation2d": PaperDraw(1, -0.5, 0.5),
+    "cheetah_velocity": PaperDraw(1, 0.0, 2.0),
+    "cheetah_direction": PaperDraw(1, 0.0, 2.0, split=1.0),
+    "ant_velocity": PaperDraw(1, 0.0, 3.0),
+    "ant_direction": PaperDraw(2, 0.0, 3.0, split=1.5),
+}
+
+
 def test_tasks(family: Family, num_tasks: int, seed: int) -> list[Task]:
-    """The held-out test tasks: drawn from their own seed, never from a training stream."""
+    """Held-out test tasks drawn from their own seed, never from a training stream."""
     return family.sample_tasks(np.random.default_rng(seed), num_tasks)
+
+
+def paper_test_tasks(family: Family, num_tasks: int) -> list[Task]:
+    """The authors' test tasks for ``family``, in their order (the first ``num_tasks`` of the
+    stream their script draws 40 from). Training never draws from this legacy-numpy stream."""
+    draw = PAPER_TEST_DRAWS[family.name]
+    stream = np.random.RandomState(draw.seed)  # what np.random.seed(seed) sets up
+    tasks: list[Task]
+    if family.name == "navigation2d":
+        goals = stream.uniform(draw.low, draw.high, size=(num_tasks, 2))
+        tasks = [GoalTask((float(x), float(y))) for x, y in goals]
+    elif draw.split is None:
+        tasks = [VelocityTask(float(v)) for v in stream.uniform(draw.low, draw.high, num_tasks)]
+    else:
+        values = stream.uniform(draw.low, draw.high, num_tasks)
+        tasks = [DirectionTask(-1 if v < draw.split else 1) for v in values]
+    return [family.validate(task) for task in tasks]
+
+
+def evaluation_tasks(family: Family, config: EvalConfig) -> list[Task]:
+    """The test tasks an evaluation runs on: the authors' (``tasks: paper``, the default) or
+    ``num_tasks`` drawn from ``task_seed`` (``tasks: seeded``)."""
+    if config.tasks == "paper":
+        return paper_test_tasks(family, config.num_tasks)
+    return test_tasks(family, config.num_tasks, config.task_seed)
 
 
 class MethodResult(NamedTuple):

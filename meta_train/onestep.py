@@ -1,8 +1,8 @@
 """What one adaptation step buys, split into its parts: ``python -m meta_train.onestep ARTIFACT``.
 
-On held-out tasks (the evaluation's, same seed): sample K episodes with the artifact's
-initialization, take its first adaptation step per task, then roll the adapted policies out
-three ways: as they are (the evaluation's one-step return), with their mean actions only (is
+On held-out tasks (the evaluation's: the authors' test tasks, or with ``--tasks seeded`` the
+seeded draw): sample K episodes with the artifact's initialization, take its first adaptation
+step per task, then roll the adapted policies out three ways: as they are (the evaluation's one-step return), with their mean actions only (is
 exploration noise what costs?), and, for goal tasks (2D navigation), report where the mean
 policy comes to rest against the goal (is the step too short?). Also the size of the step on
 the log-std. docs/results.md quotes this for 2D navigation.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from controller.adaptation import adapt, task_batch
 from controller.artifact import load_artifact
 from controller.policy import Params, SamplingPolicy, stack_params
 from meta_train.config import EvalConfig
-from meta_train.evaluate import test_tasks
+from meta_train.evaluate import evaluation_tasks
 from sim.families import get_family
 from sim.sampler import BatchSampler
 from sim.tasks import GoalTask
@@ -41,13 +42,14 @@ class OneStepReport:
 
 
 def one_step_report(
-    artifact_dir: str, num_tasks: int = 40, episodes: int = 40, seed: int = 7, threads: int = 1
-) -> OneStepReport:
+    artifact_dir: str, num_tasks: int = 40, episodes: int = 40, seed: int = 7, threads: int = 1,
+    task_draw: Literal["paper", "seeded"] = "paper",
+) -> OneStepReport:  # fmt: skip
     artifact = load_artifact(artifact_dir)
     spec, params = artifact.spec, artifact.params
     settings = artifact.metadata.adaptation.settings
     family = get_family(artifact.metadata.family)
-    tasks = test_tasks(family, num_tasks, EvalConfig().task_seed)
+    tasks = evaluation_tasks(family, EvalConfig(num_tasks=num_tasks, tasks=task_draw))
     sampler = BatchSampler(family, threads)
     before = sampler.sample(tasks, episodes, SamplingPolicy(spec, params, seed), seed + 1)
     adapted = [
@@ -77,12 +79,22 @@ def one_step_report(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m meta_train.onestep", description=__doc__)
     parser.add_argument("artifact", help="artifact directory")
-    parser.add_argument("--tasks", type=int, default=40, help="held-out tasks (default 40)")
+    parser.add_argument("--num-tasks", type=int, default=40, help="held-out tasks (default 40)")
     parser.add_argument("--episodes", type=int, default=40, help="K per task (default 40)")
+    parser.add_argument(
+        "--tasks",
+        dest="task_draw",
+        choices=("paper", "seeded"),
+        default="paper",
+        help="test tasks: the authors' (default) or drawn from the task seed",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    report = one_step_report(args.artifact, args.tasks, args.episodes)
-    print(f"{args.artifact}: after one step on {args.episodes} episodes, {args.tasks} test tasks")
+    report = one_step_report(args.artifact, args.num_tasks, args.episodes, task_draw=args.task_draw)
+    print(
+        f"{args.artifact}: after one step on {args.episodes} episodes, "
+        f"{args.num_tasks} test tasks ({args.task_draw})"
+    )
     print(f"  return, sampled as evaluated   {report.stochastic_return:8.2f}")
     print(f"  return, mean actions only      {report.mean_action_return:8.2f}")
     print(f"  log-std change (mean |d|)      {report.log_std_change:8.3f}")

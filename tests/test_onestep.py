@@ -41,5 +41,5 @@ def test_a_real_step_moves_the_policy(tmp_path: Path, capsys: pytest.CaptureFixt
     assert report.log_std_change > 1e-4
     assert report.rest_error != pytest.approx(report.start_distance, abs=1e-4)
     assert torch.isfinite(torch.tensor(report.stochastic_return))
-    assert main([str(artifact), "--tasks", "2", "--episodes", "4"]) == 0
+    assert main([str(artifact), "--num-tasks", "2", "--episodes", "4", "--tasks", "seeded"]) == 0
     assert "mean policy ends from goal" in capsys.readouterr().out

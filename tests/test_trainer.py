@@ -14,7 +14,7 @@ from controller.artifact import load_artifact
 from controller.policy import PolicySpec, SamplingPolicy, init_params, stack_params
 from meta_train import evaluate as ev
 from meta_train.cli import main
-from meta_train.config import ConfigError, TrainConfig
+from meta_train.config import ConfigError, EvalConfig, TrainConfig
 from meta_train.curves import direction_split
 from meta_train.export import KL_BOUND_FACTOR, adaptation_kls
 from meta_train.objective import adapted_params_for_tasks
@@ -29,7 +29,7 @@ from meta_train.trainer import (
 from sim.episodes import Episodes
 from sim.families import get_family
 from sim.sampler import BatchSampler
-from sim.tasks import VelocityTask
+from sim.tasks import DirectionTask, GoalTask, VelocityTask
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -308,6 +308,34 @@ def test_evaluation_reports_the_velocity_error_of_velocity_tasks(tmp_path: Path)
     nav = ev.evaluate_method(BatchSampler(navigation, 1), nav_spec, init_params(nav_spec, 0),
                              goals, 2, [0.1], AdaptationSettings(), seed=3, horizon=5)  # fmt: skip
     assert nav.velocity_errors is None
+
+
+def test_paper_test_tasks_are_the_authors_draws() -> None:
+    # MT19937 seeded with 1 (np.random.seed(1)) first yields 0.417022..., 0.720324..., ...
+    first, second = 0.417022004702574, 0.7203244934421581
+    velocity = ev.paper_test_tasks(get_family("cheetah_velocity"), 40)
+    assert velocity[0] == VelocityTask(pytest.approx(2.0 * first))
+    assert velocity[1] == VelocityTask(pytest.approx(2.0 * second))
+    nav = ev.paper_test_tasks(get_family("navigation2d"), 40)
+    assert nav[0] == GoalTask((pytest.approx(first - 0.5), pytest.approx(second - 0.5)))
+    assert len(set(nav)) == 40 and ev.paper_test_tasks(get_family("navigation2d"), 3) == nav[:3]
+    # the direction script turns the same velocity draw into a direction: backward below 1.0
+    direction = ev.paper_test_tasks(get_family("cheetah_direction"), 40)
+    assert [t.direction for t in direction] == [-1 if t.velocity < 1.0 else 1 for t in velocity]
+    assert sum(t.direction == -1 for t in direction) == 22
+    # ant direction: its script seeds 2 and splits at 1.5 (of U[0, 3])
+    ant = ev.paper_test_tasks(get_family("ant_direction"), 40)
+    assert ant[0] == DirectionTask(-1 if 3.0 * 0.43599490214200376 < 1.5 else 1)
+
+
+def test_evaluation_tasks_follow_the_config() -> None:
+    family = get_family("navigation2d")
+    paper = ev.evaluation_tasks(family, EvalConfig())
+    assert paper == ev.paper_test_tasks(family, 40)
+    seeded = ev.evaluation_tasks(family, EvalConfig(tasks="seeded", task_seed=5, num_tasks=7))
+    assert seeded == ev.test_tasks(family, 7, 5) and seeded != paper[:7]
+    with pytest.raises(ValueError, match="tasks"):
+        EvalConfig(tasks="authors")  # type: ignore[arg-type]
 
 
 def test_comparators_halve_their_step_after_the_first_as_the_authors_scripts() -> None:
