@@ -95,7 +95,12 @@ def test_tasks(family: Family, num_tasks: int, seed: int) -> list[Task]:
 def paper_test_tasks(family: Family, num_tasks: int) -> list[Task]:
     """The authors' test tasks for ``family``, in their order (the first ``num_tasks`` of the
     stream their script draws 40 from). Training never draws from this legacy-numpy stream."""
-    draw = PAPER_TEST_DRAWS[family.name]
+    draw = PAPER_TEST_DRAWS.get(family.name)
+    if draw is None:
+        raise ValueError(
+            f"no test tasks of the authors for family {family.name!r} (known: "
+            f"{', '.join(PAPER_TEST_DRAWS)}); set evaluation.tasks: seeded"
+        )
     stream = np.random.RandomState(draw.seed)  # what np.random.seed(seed) sets up
     tasks: list[Task]
     if family.name == "navigation2d":

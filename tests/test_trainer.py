@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -336,6 +337,10 @@ def test_evaluation_tasks_follow_the_config() -> None:
     assert seeded == ev.test_tasks(family, 7, 5) and seeded != paper[:7]
     with pytest.raises(ValueError, match="tasks"):
         EvalConfig(tasks="authors")  # type: ignore[arg-type]
+    renamed = dataclasses.replace(family, name="my_family")
+    with pytest.raises(ValueError, match=r"'my_family'.*evaluation\.tasks: seeded"):
+        ev.evaluation_tasks(renamed, EvalConfig())
+    assert len(ev.evaluation_tasks(renamed, EvalConfig(tasks="seeded"))) == 40
 
 
 def test_comparators_halve_their_step_after_the_first_as_the_authors_scripts() -> None:
