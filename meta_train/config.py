@@ -16,6 +16,7 @@ from controller.adaptation import AdaptationSettings
 from meta_train.objective import MetaSettings
 
 Mode = Literal["maml", "pretrained", "oracle"]
+TaskDraw = Literal["paper", "seeded"]  # the authors' test tasks, or drawn from task_seed
 
 
 class ConfigError(ValueError):
@@ -71,7 +72,7 @@ class EvalConfig(_Frozen):
     """The paper's evaluation protocol (MAML_RL.md, 'Evaluation protocol')."""
 
     num_tasks: PositiveInt = Field(default=40, description="Held-out test tasks.")
-    tasks: Literal["paper", "seeded"] = Field(
+    tasks: TaskDraw = Field(
         default="paper",
         description="'paper': the test tasks of the authors' test scripts, on which the paper's "
         "numbers were measured (np.random.seed(1) or (2), then uniform draws; "

@@ -2,17 +2,17 @@
 
 On held-out tasks (the evaluation's: the authors' test tasks, or with ``--tasks seeded`` the
 seeded draw): sample K episodes with the artifact's initialization, take its first adaptation
-step per task, then roll the adapted policies out three ways: as they are (the evaluation's one-step return), with their mean actions only (is
-exploration noise what costs?), and, for goal tasks (2D navigation), report where the mean
-policy comes to rest against the goal (is the step too short?). Also the size of the step on
-the log-std. docs/results.md quotes this for 2D navigation.
+step per task, then roll the adapted policies out three ways: as they are (the evaluation's
+one-step return), with their mean actions only (is exploration noise what costs?), and, for goal
+tasks (2D navigation), report where the mean policy comes to rest against the goal (is the step
+too short?). Also the size of the step on the log-std. docs/results.md quotes this for 2D
+navigation.
 """
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ import torch
 from controller.adaptation import adapt, task_batch
 from controller.artifact import load_artifact
 from controller.policy import Params, SamplingPolicy, stack_params
-from meta_train.config import EvalConfig
+from meta_train.config import EvalConfig, TaskDraw
 from meta_train.evaluate import evaluation_tasks
 from sim.families import get_family
 from sim.sampler import BatchSampler
@@ -43,7 +43,7 @@ class OneStepReport:
 
 def one_step_report(
     artifact_dir: str, num_tasks: int = 40, episodes: int = 40, seed: int = 7, threads: int = 1,
-    task_draw: Literal["paper", "seeded"] = "paper",
+    task_draw: TaskDraw = "paper",
 ) -> OneStepReport:  # fmt: skip
     artifact = load_artifact(artifact_dir)
     spec, params = artifact.spec, artifact.params
