@@ -21,7 +21,7 @@ from controller.adaptation import AdaptationSettings, adapt, task_batch
 from controller.policy import Params, PolicySpec, SamplingPolicy, stack_params
 from sim.episodes import Episodes
 from sim.families import Family
-from sim.tasks import DirectionTask, GoalTask, Task, VelocityTask, task_to_dict
+from sim.tasks import DirectionTask, GoalSpace, GoalTask, Task, VelocityTask, task_to_dict
 
 if TYPE_CHECKING:
     from meta_train.config import EvalConfig
@@ -103,7 +103,7 @@ def paper_test_tasks(family: Family, num_tasks: int) -> list[Task]:
         )
     stream = np.random.RandomState(draw.seed)  # what np.random.seed(seed) sets up
     tasks: list[Task]
-    if family.name == "navigation2d":
+    if isinstance(family.task_space, GoalSpace):  # test_maml_point.py: size (n, 2)
         goals = stream.uniform(draw.low, draw.high, size=(num_tasks, 2))
         tasks = [GoalTask((float(x), float(y))) for x, y in goals]
     elif draw.split is None:
