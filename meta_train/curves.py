@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from controller.artifact import load_artifact
 from meta_train.trainer import LOG_FILE
 
 
@@ -93,9 +94,10 @@ def direction_split(run_dir: str | Path, window: int = 40) -> str:
         corr = np.corrcoef(b[part], y[part])[0, 1] if len(y[part]) > 2 else float("nan")
         span = f"{start}-{start + len(y[part]) - 1}"
         lines.append(f"{span:>12} {back:9.1f} {fwd:9.1f} {(back + fwd) / 2:9.1f} {corr:6.2f}")
-    metadata = Path(run_dir) / "artifact" / "metadata.json"
-    if metadata.exists():
-        kept = json.loads(metadata.read_text())["training"].get("best_iteration")
+    artifact = Path(run_dir) / "artifact"
+    if artifact.exists():
+        metadata = load_artifact(artifact, verify_onnx=False).metadata
+        kept = metadata.training.get("best_iteration")
         if kept is not None and 0 <= kept < len(b):
             lines.append(
                 f"kept iteration {kept}: return {y[kept]:.1f}, "

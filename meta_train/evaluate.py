@@ -21,7 +21,15 @@ from controller.adaptation import AdaptationSettings, adapt, task_batch
 from controller.policy import Params, PolicySpec, SamplingPolicy, stack_params
 from sim.episodes import Episodes
 from sim.families import Family
-from sim.tasks import DirectionTask, GoalSpace, GoalTask, Task, VelocityTask, task_to_dict
+from sim.tasks import (
+    DirectionSpace,
+    DirectionTask,
+    GoalSpace,
+    GoalTask,
+    Task,
+    VelocityTask,
+    task_to_dict,
+)
 
 if TYPE_CHECKING:
     from meta_train.config import EvalConfig
@@ -102,15 +110,17 @@ def paper_test_tasks(family: Family, num_tasks: int) -> list[Task]:
             f"{', '.join(PAPER_TEST_DRAWS)}); set evaluation.tasks: seeded"
         )
     stream = np.random.RandomState(draw.seed)  # what np.random.seed(seed) sets up
+    space = family.task_space
     tasks: list[Task]
-    if isinstance(family.task_space, GoalSpace):  # test_maml_point.py: size (n, 2)
+    if isinstance(space, GoalSpace):  # test_maml_point.py: size (n, 2)
         goals = stream.uniform(draw.low, draw.high, size=(num_tasks, 2))
         tasks = [GoalTask((float(x), float(y))) for x, y in goals]
-    elif draw.split is None:
-        tasks = [VelocityTask(float(v)) for v in stream.uniform(draw.low, draw.high, num_tasks)]
-    else:
+    elif isinstance(space, DirectionSpace):  # the script's velocity draw, split in two
+        assert draw.split is not None, f"PAPER_TEST_DRAWS[{family.name!r}] needs a split"
         values = stream.uniform(draw.low, draw.high, num_tasks)
         tasks = [DirectionTask(-1 if v < draw.split else 1) for v in values]
+    else:
+        tasks = [VelocityTask(float(v)) for v in stream.uniform(draw.low, draw.high, num_tasks)]
     return [family.validate(task) for task in tasks]
 
 
