@@ -5,13 +5,15 @@ For HalfCheetah velocity and Ant velocity, measured in one run (issue 2, "How we
 * **sampler**: ``BatchSampler`` collecting 40 tasks x 20 episodes (800 simulations, 2 threads)
   with the paper's policy in the loop (Gaussian MLP, 2 x 100 ReLU; one parameter set per task,
   as after adaptation), counting real (valid) env steps;
-* **(a) raw batch**: ``mujoco.batch.Batch`` of gymnasium's own model, same 800 simulations and
-  threads, ``step(nstep=5)`` with uniform random controls and nothing else: the ceiling;
-* **(b) gymnasium**: a ``SyncVectorEnv`` of ``HalfCheetah-v5`` / ``Ant-v5`` (fewer environments,
-  its rate per env step does not depend on their number) with the same policy.
+* **(a) raw batch**: ``mujoco.batch.Batch`` of the family's own model, same 800 simulations and
+  threads, one control step's physics steps (the robot's frame skip) with uniform random
+  controls and nothing else: the ceiling;
+* **(b) gymnasium**: a ``SyncVectorEnv`` of one-simulation environments with the same physics
+  (``HalfCheetah-v5``; for the Ant, which runs the authors' model, our ``adaptctl/AntVel-v0``),
+  fewer of them (the rate per env step does not depend on their number), with the same policy.
 
 Goals: sampler / (a) >= 0.8 and sampler / (b) >= 2.5. Rates are env steps (control steps of one
-simulation) per second of wall time. Reference figures: ``MEASURED.md``.
+simulation) per second of wall time.
 """
 
 from __future__ import annotations
@@ -28,13 +30,17 @@ import mujoco.batch
 import numpy as np
 import torch
 
+import sim.gym_envs  # noqa: F401 (registers the adaptctl/ ids)
+from sim import locomotion
 from sim.families import Family, get_family
-from sim.locomotion import FRAME_SKIP
 from sim.sampler import BatchSampler
 
-RATIO_GOAL_RAW = 0.8  # issue 2: the sampler reaches >= 80 % of raw mujoco.batch stepping
-RATIO_GOAL_GYM = 2.5  # issue 2: and >= 2.5 x gymnasium's SyncVectorEnv
-ROBOTS = {"cheetah": ("cheetah_velocity", "HalfCheetah-v5"), "ant": ("ant_velocity", "Ant-v5")}
+RATIO_GOAL_RAW = 0.8  # the sampler reaches >= 80 % of raw mujoco.batch stepping
+RATIO_GOAL_GYM = 2.5  # and >= 2.5 x gymnasium's SyncVectorEnv
+ROBOTS = {
+    "cheetah": ("cheetah_velocity", locomotion.HALF_CHEETAH, "HalfCheetah-v5"),
+    "ant": ("ant_velocity", locomotion.ANT, "adaptctl/AntVel-v0"),
+}
 Policy = Callable[[np.ndarray], np.ndarray]
 
 
@@ -80,9 +86,10 @@ Run = Callable[[int], float]
 """Runs ``steps`` control steps of one contender; returns its env steps per second."""
 
 
-def _raw_batch(gym_id: str, num_sims: int, num_threads: int) -> Run:
-    """(a) mujoco.batch.Batch on gymnasium's own model, uniform random controls, nothing else."""
-    model = gymnasium.make(gym_id).unwrapped.model  # type: ignore[attr-defined]
+def _raw_batch(robot: locomotion.Robot, num_sims: int, num_threads: int) -> Run:
+    """(a) mujoco.batch.Batch on the robot's model, uniform random controls, nothing else."""
+    model = locomotion.load_model(robot)
+    frame_skip = robot.physics.frame_skip
     batch = mujoco.batch.Batch(model, nsim=num_sims, nthread=num_threads)
     ctrl = batch.bind("ctrl")
     low, high = model.actuator_ctrlrange[:, 0], model.actuator_ctrlrange[:, 1]
@@ -93,7 +100,7 @@ def _raw_batch(gym_id: str, num_sims: int, num_threads: int) -> Run:
         start = time.perf_counter()
         for _ in range(steps):
             ctrl[:] = rng.uniform(low, high, size=ctrl.shape)
-            batch.step(nstep=FRAME_SKIP)
+            batch.step(nstep=frame_skip)
         return num_sims * steps / (time.perf_counter() - start)
 
     return run
@@ -117,7 +124,8 @@ def _sampler(family: Family, num_tasks: int, episodes: int, num_threads: int) ->
 
 def _gym_vector(family: Family, gym_id: str, num_envs: int) -> Run:
     """(b) gymnasium's SyncVectorEnv, the same policy choosing every action."""
-    envs = gymnasium.vector.SyncVectorEnv([lambda: gymnasium.make(gym_id)] * num_envs)
+    kwargs = {"task": 1.0} if gym_id.startswith("adaptctl/") else {}
+    envs = gymnasium.vector.SyncVectorEnv([lambda: gymnasium.make(gym_id, **kwargs)] * num_envs)
     policy = _policy(family, 1, seed=0)
     seeds = itertools.count(0)
 
@@ -134,14 +142,14 @@ def _gym_vector(family: Family, gym_id: str, num_envs: int) -> Run:
 
 def _bench_robot(robot: str, seconds: float, settings: dict[str, int]) -> dict[str, Any]:
     """Best of ``rounds`` interleaved runs of each contender (a shared machine is noisy)."""
-    family_name, gym_id = ROBOTS[robot]
+    family_name, model, gym_id = ROBOTS[robot]
     family = get_family(family_name)
     num_sims = settings["num_tasks"] * settings["episodes_per_task"]
     contenders = {
         "sampler": _sampler(
             family, settings["num_tasks"], settings["episodes_per_task"], settings["threads"]
         ),
-        "raw_batch": _raw_batch(gym_id, num_sims, settings["threads"]),
+        "raw_batch": _raw_batch(model, num_sims, settings["threads"]),
         "gym_vector": _gym_vector(family, gym_id, settings["gym_envs"]),
     }
     # Horizon that fits the budget: one round costs about 2.2 raw-batch steps (sampler + raw)

@@ -1,8 +1,12 @@
 """HalfCheetah and Ant locomotion tasks, many simulations stepped on MuJoCo's batch thread pool.
 
-Models are gymnasium's standard ``half_cheetah.xml`` and ``ant.xml`` (frame skip 5, timestep 0.01,
-so one control step is 0.05 s). Observations follow gymnasium's v5 environments; rewards follow
-the MAML authors' ``half_cheetah_env_rand*`` and ``ant_env_rand*`` (see docs/tasks.md):
+Models are built from gymnasium's ``half_cheetah.xml`` and ``ant.xml``. The HalfCheetah runs as
+gymnasium's v5 does (frame skip 5, timestep 0.01: one control step is 0.05 s). The Ant runs as
+the MAML authors ran it, with rllab's ``vendor/mujoco_models/ant.xml`` values (rll/rllab): timestep
+0.02, RK4, one physics step per action (0.02 s), the model's standing pose ``init_qpos`` with
+rllab's reset noise, and rllab's contact softness. Observations follow gymnasium's v5
+environments; rewards follow the MAML authors' ``half_cheetah_env_rand*`` and ``ant_env_rand*``
+(see docs/tasks.md):
 
 * cheetah velocity:  -|v_x - v*|        - 0.05 |a|^2
 * cheetah direction:  d * v_x           - 0.05 |a|^2
@@ -29,14 +33,50 @@ import numpy as np
 from sim.simulator import StepResult
 from sim.tasks import DirectionTask, Task, VelocityTask
 
-FRAME_SKIP = 5  # gymnasium v5 and the MAML authors' environments
-RESET_NOISE_SCALE = 0.1  # gymnasium v5: qpos + U(-0.1, 0.1), qvel + 0.1 N(0, 1)
 _ASSETS = os.path.join(os.path.dirname(gymnasium.__file__), "envs", "mujoco", "assets")
 # A sensor that reads accelerations makes mj_forward run mj_rnePostConstraint, which is what
 # fills cfrc_ext (the Ant's contact forces); it changes nothing in the physics.
 _CONTACT_SENSOR_SITE = "adaptctl_contact_forces"
 
 Objective = Literal["velocity", "direction"]
+
+
+@dataclass(frozen=True)
+class Physics:
+    """How a robot's model is stepped and reset.
+
+    Defaults are gymnasium v5's (``MujocoEnv``: frame skip 5 on the model's timestep; reset to
+    ``qpos0 + U(-0.1, 0.1)``, ``qvel + 0.1 N(0, 1)``).
+    """
+
+    frame_skip: int = 5
+    """Physics steps per control step."""
+    timestep: float | None = None
+    """Physics timestep in seconds; None keeps the model file's."""
+    geom_solimp: tuple[float, float, float] | None = None
+    """Contact impedance set on every geom; None keeps the model file's."""
+    standing_pose: bool = False
+    """Reset around the model's ``init_qpos`` custom numeric (rllab's ``MujocoEnv``), not qpos0."""
+    qpos_noise: Literal["uniform", "normal"] = "uniform"
+    """Reset noise on qpos: U(-s, s) (gymnasium) or s N(0, 1) (rllab)."""
+    qpos_noise_scale: float = 0.1
+    qvel_noise_scale: float = 0.1
+    """Reset noise on qvel: s N(0, 1) (gymnasium and rllab alike)."""
+
+
+GYMNASIUM_V5 = Physics()
+# rll/rllab vendor/mujoco_models/ant.xml: <option timestep="0.02" integrator="RK4"/>, no frame_skip
+# numeric (rllab/envs/mujoco/mujoco_env.py then steps once per action), geom default
+# solimp=".8 .8 .01" (solref ".02 1" is MuJoCo's default); MujocoEnv.reset: init_qpos +
+# 0.01 N(0, 1), init_qvel + 0.1 N(0, 1).
+RLLAB_ANT = Physics(
+    frame_skip=1,
+    timestep=0.02,
+    geom_solimp=(0.8, 0.8, 0.01),
+    standing_pose=True,
+    qpos_noise="normal",
+    qpos_noise_scale=0.01,
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +94,7 @@ class Robot:
     """Constant added to the velocity objective (authors' ant: -|v - v*| + 1.0)."""
     healthy_z: tuple[float, float] | None = None
     """Torso height range outside which the episode terminates; None: never terminates."""
+    physics: Physics = GYMNASIUM_V5
 
     @property
     def contact_forces_observed(self) -> bool:
@@ -70,6 +111,7 @@ ANT = Robot(
     survive_bonus=0.05,
     velocity_offset=1.0,
     healthy_z=(0.2, 1.0),
+    physics=RLLAB_ANT,
 )
 
 
@@ -77,6 +119,12 @@ ANT = Robot(
 def load_model(robot: Robot) -> mujoco.MjModel:
     """The robot's MuJoCo model; for the Ant with a sensor that makes cfrc_ext computed."""
     spec = mujoco.MjSpec.from_file(os.path.join(_ASSETS, robot.xml_file))
+    physics = robot.physics
+    if physics.timestep is not None:
+        spec.option.timestep = physics.timestep
+    if physics.geom_solimp is not None:
+        for geom in spec.geoms:
+            geom.solimp[:3] = physics.geom_solimp
     if robot.contact_forces_observed:
         spec.body("torso").add_site(name=_CONTACT_SENSOR_SITE)
         spec.add_sensor(
@@ -90,6 +138,23 @@ def load_model(robot: Robot) -> mujoco.MjModel:
         # model is the standard one either way.
         warnings.filterwarnings("ignore", message=".*settotalmass.*")
         return spec.compile()
+
+
+def initial_qpos(robot: Robot) -> np.ndarray:
+    """The pose a reset adds its noise to, [nq] float64: the model's ``init_qpos`` custom numeric
+    for a robot reset in its standing pose (rllab), else qpos0 (gymnasium).
+
+    The standing pose is not written into the model's qpos0: MuJoCo derives constants from qpos0
+    at compile time (e.g. the constraint solver's ``dof_invweight0``), and the authors' model
+    kept its compiled qpos0, using ``init_qpos`` only to reset.
+    """
+    model = load_model(robot)
+    if not robot.physics.standing_pose:
+        return model.qpos0.copy()
+    pose = np.array(model.numeric("init_qpos").data, dtype=np.float64)
+    if pose.shape != (model.nq,):
+        raise ValueError(f"init_qpos has {pose.size} values; the model has nq = {model.nq}")
+    return pose
 
 
 def observation_layout(robot: Robot) -> tuple[str, ...]:
@@ -151,7 +216,9 @@ class LocomotionSimulator:
         )
         self._flags = int(self._model.opt.disableflags)
         self._flags_no_sensor = self._flags | int(mujoco.mjtDisableBit.mjDSBL_SENSOR)
-        self._dt = float(self._model.opt.timestep) * FRAME_SKIP
+        self._frame_skip = robot.physics.frame_skip
+        self._dt = float(self._model.opt.timestep) * self._frame_skip
+        self._initial_qpos = initial_qpos(robot)
         self._low, self._high = action_bounds(robot)
         self._target = np.zeros(num_sims)
 
@@ -170,10 +237,14 @@ class LocomotionSimulator:
             raise ValueError(f"expected {n} tasks, one per simulation, got {len(tasks)}")
         self._target = np.array([self._task_parameter(t) for t in tasks], dtype=np.float64)
         self._batch.reset(stage=mujoco.mjtStage.mjSTAGE_NONE)
-        model = self._model
-        noise = RESET_NOISE_SCALE
-        self._qpos[:] = model.qpos0 + rng.uniform(-noise, noise, size=(n, model.nq))
-        self._qvel[:] = noise * rng.standard_normal(size=(n, model.nv))
+        model, physics = self._model, self.robot.physics
+        scale = physics.qpos_noise_scale
+        if physics.qpos_noise == "uniform":
+            qpos_noise = rng.uniform(-scale, scale, size=(n, model.nq))
+        else:
+            qpos_noise = scale * rng.standard_normal(size=(n, model.nq))
+        self._qpos[:] = self._initial_qpos + qpos_noise
+        self._qvel[:] = physics.qvel_noise_scale * rng.standard_normal(size=(n, model.nv))
         self._batch.forward()
         return self._observe()
 
@@ -183,11 +254,11 @@ class LocomotionSimulator:
         x_before = self._qpos[:, 0].copy()
         ids = None if active is None or active.all() else np.flatnonzero(active)
         if self._disableflags is None:
-            self._batch.step(ids=ids, nstep=FRAME_SKIP)
+            self._batch.step(ids=ids, nstep=self._frame_skip)
         else:
             self._disableflags[:] = self._flags_no_sensor
             try:
-                self._batch.step(ids=ids, nstep=FRAME_SKIP)
+                self._batch.step(ids=ids, nstep=self._frame_skip)
             finally:
                 self._disableflags[:] = self._flags
             self._batch.forward(ids=ids)  # cfrc_ext at the post-step state

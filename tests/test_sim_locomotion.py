@@ -1,7 +1,8 @@
-"""HalfCheetah and Ant: physics parity with gymnasium v5 and every reward term against its formula.
+"""HalfCheetah and Ant: physics parity with the models they follow (gymnasium's HalfCheetah-v5,
+rllab's Ant), and every reward term against its formula.
 
-Formulas: MAML_RL.md, "Task families"; the MAML authors' half_cheetah_env_rand*.py and
-ant_env_rand*.py (cbfinn/maml_rl, rllab/envs/mujoco/).
+Formulas: the MAML authors' half_cheetah_env_rand*.py and ant_env_rand*.py (cbfinn/maml_rl,
+rllab/envs/mujoco/).
 """
 
 from __future__ import annotations
@@ -29,11 +30,9 @@ def _simulator(family_name: str, num_sims: int, num_threads: int = 2) -> Locomot
     return sim
 
 
-@pytest.mark.parametrize(
-    ("family_name", "gym_id"), [("cheetah_velocity", "HalfCheetah-v5"), ("ant_velocity", "Ant-v5")]
-)
-def test_same_qpos_qvel_as_gymnasium_v5_over_200_steps(family_name: str, gym_id: str) -> None:
+def test_cheetah_same_qpos_qvel_as_gymnasium_v5_over_200_steps() -> None:
     """Our reset state written into gymnasium's envs, the same actions: bit-identical physics."""
+    family_name, gym_id = "cheetah_velocity", "HalfCheetah-v5"
     num_sims = 3
     sim = _simulator(family_name, num_sims)
     sim.reset([VelocityTask(1.0)] * num_sims, np.random.default_rng(0))
@@ -54,13 +53,65 @@ def test_same_qpos_qvel_as_gymnasium_v5_over_200_steps(family_name: str, gym_id:
             data = env.data  # type: ignore[attr-defined]
             assert np.array_equal(data.qpos, qpos[i]), f"qpos differs at step {t}, sim {i}"
             assert np.array_equal(data.qvel, qvel[i]), f"qvel differs at step {t}, sim {i}"
-            if family_name.startswith("cheetah"):  # same observation, same x velocity
-                assert np.array_equal(result.observations[i], observation.astype(np.float32))
-                assert info["x_velocity"] == result.infos["x_velocity"][i]
-            else:  # gymnasium's Ant reads cfrc_ext mid-step (docs/tasks.md): compare qpos/qvel
-                assert np.array_equal(
-                    result.observations[i, :27], observation[:27].astype(np.float32)
-                )
+            assert np.array_equal(result.observations[i], observation.astype(np.float32))
+            assert info["x_velocity"] == result.infos["x_velocity"][i]
+
+
+def _rllab_ant_model() -> mujoco.MjModel:
+    """The authors' Ant written as rll/rllab ``vendor/mujoco_models/ant.xml`` has it: gymnasium's
+    ant.xml (the same bodies, joints and init_qpos) with rllab's option line and geom default,
+    edited as text, with ctrlrange +-1 x gear 150 standing for rllab's +-150 x gear 1 after
+    ``normalize()`` (the same torque for a policy action in [-1, 1])."""
+    path = os.path.join(os.path.dirname(gymnasium.__file__), "envs/mujoco/assets/ant.xml")
+    with open(path) as f:
+        xml = f.read()
+    option = '<option integrator="RK4" timestep="0.01"/>'
+    geom = '<geom conaffinity="0" condim="3"'
+    assert option in xml and geom in xml
+    xml = xml.replace(option, '<option integrator="RK4" timestep="0.02"/>')
+    xml = xml.replace(geom, '<geom solref=".02 1" solimp=".8 .8 .01" conaffinity="0" condim="3"')
+    return mujoco.MjModel.from_xml_string(xml)
+
+
+def test_ant_same_qpos_qvel_as_the_authors_model_over_200_steps() -> None:
+    """One physics step of 0.02 s per action on rllab's Ant: bit-identical qpos/qvel."""
+    num_sims = 3
+    sim = _simulator("ant_velocity", num_sims)
+    assert sim.dt == 0.02
+    sim.reset([VelocityTask(1.0)] * num_sims, np.random.default_rng(0))
+    qpos, qvel = sim.state()
+    model = _rllab_ant_model()
+    datas = [mujoco.MjData(model) for _ in range(num_sims)]
+    for i, data in enumerate(datas):
+        data.qpos[:], data.qvel[:] = qpos[i], qvel[i]
+    rng = np.random.default_rng(1)
+    for t in range(PARITY_STEPS):
+        actions = rng.uniform(-1.5, 1.5, size=(num_sims, 8)).astype(np.float32)
+        result = sim.step(actions)
+        qpos, qvel = sim.state()
+        for i, data in enumerate(datas):
+            x_before = data.qpos[0]
+            data.ctrl[:] = actions[i]  # MuJoCo clamps to ctrlrange as our clip does
+            mujoco.mj_step(model, data)
+            assert np.array_equal(data.qpos, qpos[i]), f"qpos differs at step {t}, sim {i}"
+            assert np.array_equal(data.qvel, qvel[i]), f"qvel differs at step {t}, sim {i}"
+            vx = (data.qpos[0] - x_before) / 0.02
+            assert result.infos["x_velocity"][i] == pytest.approx(vx, rel=1e-12)
+            observed = np.concatenate([data.qpos[2:], data.qvel]).astype(np.float32)
+            assert np.array_equal(result.observations[i, :27], observed)
+
+
+def test_ant_resets_around_the_authors_standing_pose() -> None:
+    """rllab's MujocoEnv.reset: init_qpos + 0.01 N(0, 1), init_qvel (zero) + 0.1 N(0, 1)."""
+    num_sims = 2000
+    sim = _simulator("ant_velocity", num_sims)
+    sim.reset([VelocityTask(1.0)] * num_sims, np.random.default_rng(0))
+    qpos, qvel = sim.state()
+    init_qpos = [0.0, 0.0, 0.55, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0, -1.0, 0.0, 1.0]
+    np.testing.assert_allclose(qpos.mean(axis=0), init_qpos, atol=0.001)
+    np.testing.assert_allclose(qpos.std(axis=0), 0.01, rtol=0.05)
+    np.testing.assert_allclose(qvel.mean(axis=0), 0.0, atol=0.01)
+    np.testing.assert_allclose(qvel.std(axis=0), 0.1, rtol=0.05)
 
 
 class StepRecord(NamedTuple):
@@ -121,9 +172,8 @@ def test_direction_term_is_the_signed_velocity(family_name: str) -> None:
 
 def _contact_forces_at(sim: LocomotionSimulator, index: int) -> np.ndarray:
     """cfrc_ext [nbody, 6] by mj_forward + mj_rnePostConstraint at a simulation's current state,
-    on gymnasium's own ant.xml (without the sensor our model adds)."""
-    path = os.path.join(os.path.dirname(gymnasium.__file__), "envs/mujoco/assets/ant.xml")
-    model = mujoco.MjModel.from_xml_path(path)
+    on the authors' model (without the sensor our model adds)."""
+    model = _rllab_ant_model()
     data = mujoco.MjData(model)
     spec = mujoco.mjtState.mjSTATE_INTEGRATION  # qpos, qvel, ctrl, warm start, ...
     state = np.empty(mujoco.mj_stateSize(sim.model, spec))
@@ -140,7 +190,7 @@ def test_ant_terms_and_contact_forces_at_the_post_step_state() -> None:
     sim.reset([VelocityTask(float(v)) for v in targets], np.random.default_rng(0))
     rng = np.random.default_rng(1)
     in_contact = 0
-    for _ in range(30):  # the Ant drops from z = 0.75 and lands within ~10 steps
+    for _ in range(30):  # the Ant stands on its feet from the first step
         qpos_before, _ = sim.state()
         actions = rng.uniform(-1.5, 1.5, size=(2, 8)).astype(np.float32)
         result = sim.step(actions)
@@ -166,7 +216,7 @@ def test_ant_terminates_outside_the_healthy_height() -> None:
     sim = _simulator("ant_velocity", 3)
     sim.reset([VelocityTask(1.0)] * 3, np.random.default_rng(0))
     qpos, qvel = sim.state()
-    qpos[1, 2] = 1.6  # torso lifted well above 1.0: still above it after one 0.05 s step
+    qpos[1, 2] = 1.6  # torso lifted well above 1.0: still above it after one 0.02 s step
     qpos[2, 2] = 0.6
     sim.set_state(qpos, qvel)
     result = sim.step(np.zeros((3, 8), dtype=np.float32))
