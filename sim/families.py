@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sim import locomotion
+from sim import damage, locomotion
 from sim.navigation import ACTION_BOUND, NavigationSimulator
 from sim.simulator import Simulator
-from sim.tasks import DirectionSpace, GoalSpace, Task, TaskSpace, VelocitySpace
+from sim.tasks import BodySpace, DirectionSpace, GoalSpace, Task, TaskSpace, VelocitySpace
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,23 @@ def _locomotion(
     )
 
 
+def _damage(name: str, description: str, robot: locomotion.Robot) -> Family:
+    """Run forward with a perturbed body (sim/damage.py); tasks are BodyTasks."""
+    low, high = locomotion.action_bounds(robot)
+    actions = locomotion.action_layout(robot)
+    return Family(
+        name=name,
+        description=description,
+        task_space=BodySpace(motor_names=actions, torso_mass=damage.torso_mass(robot)),
+        horizon=200,
+        observation_names=locomotion.observation_layout(robot),
+        action_names=actions,
+        action_low=low,
+        action_high=high,
+        _factory=lambda n, threads: damage.DamageSimulator(robot, n, threads),
+    )
+
+
 _BUILDERS: dict[str, Callable[[], Family]] = {
     "navigation2d": _navigation,
     "cheetah_velocity": lambda: _locomotion(
@@ -112,6 +129,16 @@ _BUILDERS: dict[str, Callable[[], Family]] = {
     ),
     "ant_direction": lambda: _locomotion(
         "ant_direction", "Ant, run forward or backward", locomotion.ANT, "direction"
+    ),
+    "cheetah_damage": lambda: _damage(
+        "cheetah_damage",
+        "HalfCheetah, run forward with a weakened motor, a payload and a changed floor",
+        locomotion.HALF_CHEETAH,
+    ),
+    "ant_damage": lambda: _damage(
+        "ant_damage",
+        "Ant, run forward with a weakened motor, a payload and a changed floor",
+        locomotion.ANT,
     ),
 }
 FAMILY_NAMES: tuple[str, ...] = tuple(_BUILDERS)

@@ -18,6 +18,7 @@ physics, observations and reward terms are exactly those of :class:`~sim.sampler
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, SupportsFloat
 
 import gymnasium
@@ -26,6 +27,8 @@ from gymnasium import spaces
 
 from sim.families import Family, get_family
 from sim.tasks import (
+    BodySpace,
+    BodyTask,
     DirectionSpace,
     DirectionTask,
     GoalSpace,
@@ -35,8 +38,10 @@ from sim.tasks import (
     VelocityTask,
 )
 
-TaskLike = Task | float | int | tuple[float, float] | list[float]
-"""A task record, or a shorthand: a number (velocity or direction) or an (x, y) goal."""
+TaskLike = Task | float | int | tuple[float, float] | list[float] | Mapping[str, Any]
+"""A task record, or a shorthand: a number (velocity or direction), an (x, y) goal, or for the
+damage families a mapping of :meth:`sim.tasks.BodySpace.make`'s arguments, e.g.
+``{"motors": {"bthigh": 0.0}, "payload_kg": 1.0, "friction_scale": 0.5}``."""
 
 ENV_IDS: dict[str, str] = {
     "adaptctl/Navigation2D-v0": "navigation2d",
@@ -44,6 +49,8 @@ ENV_IDS: dict[str, str] = {
     "adaptctl/HalfCheetahDir-v0": "cheetah_direction",
     "adaptctl/AntVel-v0": "ant_velocity",
     "adaptctl/AntDir-v0": "ant_direction",
+    "adaptctl/HalfCheetahDamage-v0": "cheetah_damage",
+    "adaptctl/AntDamage-v0": "ant_damage",
 }
 """Registered gymnasium id -> family name (see sim.families.FAMILY_NAMES)."""
 
@@ -54,13 +61,23 @@ def coerce_task(family: Family, task: TaskLike) -> Task:
     Raises the family's :class:`InvalidTaskError` (naming the allowed range) for a task outside
     the family's distribution or of the wrong kind.
     """
-    if isinstance(task, GoalTask | VelocityTask | DirectionTask):
+    if isinstance(task, GoalTask | VelocityTask | DirectionTask | BodyTask):
         return family.validate(task)
+    space = family.task_space
+    if isinstance(space, BodySpace):
+        if not isinstance(task, Mapping):
+            raise InvalidTaskError(
+                f"{family.name} takes a BodyTask or a mapping such as "
+                f"{{'motors': {{'{space.motor_names[0]}': 0.0}}, 'payload_kg': 1.0}}, got {task!r}"
+            )
+        try:
+            return space.make(**task)
+        except TypeError as error:  # an unknown key
+            raise InvalidTaskError(f"{family.name}: {error}") from None
     if isinstance(task, bool) or not isinstance(task, int | float | tuple | list | np.ndarray):
         raise InvalidTaskError(
             f"{family.name}: a task must be a Task record, a number or an (x, y) goal, got {task!r}"
         )
-    space = family.task_space
     values = np.asarray(task, dtype=np.float64).ravel()
     if isinstance(space, GoalSpace):
         if values.size != 2:

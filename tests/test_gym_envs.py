@@ -19,6 +19,8 @@ TASKS = {
     "adaptctl/HalfCheetahDir-v0": DirectionTask(-1),
     "adaptctl/AntVel-v0": VelocityTask(2.5),
     "adaptctl/AntDir-v0": DirectionTask(1),
+    "adaptctl/HalfCheetahDamage-v0": {"motors": {"bthigh": 0.0}, "payload_kg": 1.0},
+    "adaptctl/AntDamage-v0": {"motors": {"hip_1": 0.5}, "friction_scale": 0.5},
 }
 
 
@@ -132,6 +134,8 @@ def test_module_registers_every_family() -> None:
         "cheetah_direction",
         "ant_velocity",
         "ant_direction",
+        "cheetah_damage",
+        "ant_damage",
     }
     for env_id in ENV_IDS:
         assert env_id in gymnasium.registry

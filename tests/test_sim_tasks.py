@@ -27,6 +27,8 @@ EXPECTED_SIZES = {  # (observation, action): gymnasium v5 sizes, 2 for the point
     "cheetah_direction": (17, 6),
     "ant_velocity": (105, 8),
     "ant_direction": (105, 8),
+    "cheetah_damage": (17, 6),
+    "ant_damage": (105, 8),
 }
 
 
