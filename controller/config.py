@@ -16,10 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from controller.artifact import ArtifactMetadata
 
-# One alpha=0.1 step from a fresh 2x100 initialization on 20 episodes x 200 steps gives a mean KL
-# of 0.2-0.93 on HalfCheetah velocity/direction and < 0.001 on 2D navigation (12 tasks each,
-# docs/artifact.md, "Acceptance checks"); twice the largest refuses only runaway steps. A
-# meta-trained artifact records its own measured bound (ArtifactAdaptation.max_kl).
+# About twice the largest mean KL that one alpha=0.1 step from a fresh 2x100 initialization on
+# 20 episodes x 200 steps reaches on the paper's families (measured in docs/artifact.md,
+# "Acceptance checks"), so that it refuses only runaway steps. A meta-trained artifact records
+# its own bound, calibrated on its own steps (ArtifactAdaptation.max_kl).
 DEFAULT_MAX_KL = 2.0
 
 
@@ -70,9 +70,10 @@ class ControllerConfig(BaseModel):
     adapt_threads: int = Field(
         default=1,
         ge=1,
-        description="Threads of torch and BLAS while adapting (restored afterwards). 1 took "
-        "33 ms for 20x200 steps on a loaded 2-core machine where 2 took 450-650 ms "
-        "(spinning workers); raise it only on a machine with idle cores.",
+        description="Threads of torch and BLAS while adapting (restored afterwards). On cores "
+        "that are busy (the robot's own loop), more threads spin waiting for each other and "
+        "the step takes many times longer (docs/artifact.md, section 6); raise "
+        "it only on a machine with idle cores.",
     )
     max_kl: float | None = Field(
         default=None,
