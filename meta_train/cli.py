@@ -53,7 +53,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     sampler = make_sampler(config, family)
     k = cfg.episodes_per_step or config.episodes_per_task
     results: dict[str, ev.MethodResult] = {}
-    provenance: dict[str, Any] = {"command": " ".join(sys.argv), "config": args.config}
+    # The command as typed from the repository root, without the machine's path to adaptctl.
+    command = " ".join(["adaptctl", *sys.argv[1:]])
+    provenance: dict[str, Any] = {"command": command, "config": args.config}
     methods = [("maml", args.maml), ("pretrained", args.pretrained), ("oracle", args.oracle)]
     for name, path in methods:
         if path is None:
