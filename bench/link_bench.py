@@ -1,6 +1,6 @@
 """Robot-link benchmark: action round trips through the link next to a bare pyzmq echo.
 
-Issue 5's goals, measured in one run: link round-trip p50 <= 1.5x the echo's and p99 <= 300 µs;
+Goals, measured in one run: link round-trip p50 <= 1.5x the echo's and p99 <= 300 µs;
 a 1 kHz control loop held for ``duration_s`` (60 s by default) with no more replies later than
 1 ms than the echo has. The link server and the echo each run in their own process, as a robot
 and its controller would; the robot side is the real ``RobotClient`` (encoding, checks and

@@ -1,4 +1,4 @@
-"""Ray sampling backend against the local sampler at equal cores (issue 6, "How we will know").
+"""Ray sampling backend against the local sampler at equal cores (goal: OVERHEAD_GOAL).
 
 One paper-scale HalfCheetah-velocity meta-iteration's sampling: 40 tasks x 20 episodes x 200
 steps, twice (train episodes with one parameter set for all tasks, valid episodes with one set
@@ -32,7 +32,7 @@ from sim.families import get_family
 from sim.sampler import BatchSampler
 from sim.tasks import Task
 
-OVERHEAD_GOAL = 0.15  # issue 6: Ray's overhead over the local sampler at equal cores
+OVERHEAD_GOAL = 0.15  # the most Ray's overhead over the local sampler at equal cores may be
 
 
 class _Iteration:

@@ -1,7 +1,9 @@
 """Meta-training run configuration: one frozen pydantic model per concern, loaded from YAML.
 
-YAML files in ``configs/`` only override these defaults (the paper's settings, MAML_RL.md);
-unknown keys are rejected with the key named.
+The defaults are the paper's settings (Finn, Abbeel, Levine, ICML 2017, arXiv 1703.03400, sec.
+5.3, and the authors' cbfinn/maml_rl ``maml_examples/maml_trpo_cheetah.py``); YAML files in
+``configs/`` override them, one file per shipped artifact. Unknown keys are rejected with the key
+named.
 """
 
 from __future__ import annotations
@@ -69,7 +71,7 @@ class SamplerConfig(_Frozen):
 
 
 class EvalConfig(_Frozen):
-    """The paper's evaluation protocol (MAML_RL.md, 'Evaluation protocol')."""
+    """The paper's evaluation protocol (sec. 5.3: held-out tasks, returns after 0..n steps)."""
 
     num_tasks: PositiveInt = Field(default=40, description="Held-out test tasks.")
     tasks: TaskDraw = Field(

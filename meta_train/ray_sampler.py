@@ -1,4 +1,4 @@
-"""Episode collection on a Ray cluster: rollout workers share the meta-batch's tasks (issue 6).
+"""Episode collection on a Ray cluster: rollout workers share the meta-batch's tasks.
 
 Each worker is a Ray actor that owns a :class:`~sim.sampler.BatchSampler` of the family, built
 once. A ``sample`` call puts the policy's parameters in Ray's object store once (``ray.put``),

@@ -1,4 +1,4 @@
-"""The Ray sampling backend (issue 6): same episodes as the local sampler at 1 and 2 workers,
+"""The Ray sampling backend: same episodes as the local sampler at 1 and 2 workers,
 recovery from a worker that dies mid-call, the error without Ray, and a short training run.
 
 Runs against a local Ray instance started here (2 CPUs, small object store) and shut down at

@@ -1,4 +1,4 @@
-"""Task records, task spaces and families: sampling, validation, encoding (MAML_RL.md, "Task families")."""
+"""Task records, task spaces and families: sampling, validation, encoding (docs/tasks.md)."""
 
 from __future__ import annotations
 

@@ -67,7 +67,7 @@ def test_cli_run_refuses_bad_tasks(tmp_path: Path, capsys: pytest.CaptureFixture
 @pytest.mark.skipif(not finished_artifact("cheetah_velocity")[0],
                     reason=finished_artifact("cheetah_velocity")[1])  # fmt: skip
 def test_shipped_artifact_adapts_to_unseen_velocities() -> None:
-    """Issue 4: target velocities no training task had exactly, slow to fast. The
+    """Target velocities no training task had exactly, slow to fast. The
     initialization runs at about 0.67 m/s whatever the target (docs/results.md); one step
     lowers |v - v*| for every target at least 0.45 m/s from that speed, and on average over
     all four. It need not for a target close to it: the 800-iteration artifact's step
