@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from controller.artifact import ArtifactMetadata
+from controller.monitor import MonitorSettings
 
 # About twice the largest mean KL that one alpha=0.1 step from a fresh 2x100 initialization on
 # 20 episodes x 200 steps reaches on the paper's families (measured in docs/artifact.md,
@@ -95,6 +96,11 @@ class ControllerConfig(BaseModel):
     seed: int | None = Field(
         default=None,
         description="Seed of the exploration noise; None: fresh entropy from the OS.",
+    )
+    monitor: MonitorSettings | None = Field(
+        default=None,
+        description="Watch the episode returns for a drop (the robot changed) and re-adapt "
+        "from the initialization (controller/monitor.py); None: no monitor.",
     )
 
     @model_validator(mode="after")

@@ -43,6 +43,7 @@ from controller.journal import (
     pad_episodes,
     replay,
 )
+from controller.monitor import Recovery
 from controller.policy import Params, PolicySpec, gaussian_kl
 from controller.serving import ServingPolicy, ServingSession, architecture
 
@@ -115,6 +116,8 @@ class Controller:
         self._sessions: dict[tuple[Any, ...], ServingSession] = {}
         self._install(artifact)
         self._serving = self._initial
+        self.recovery = None if self.config.monitor is None else Recovery(self.config.monitor)
+        """Notices a change of the robot in the returns and re-adapts (config.monitor)."""
         self._journal: Journal | None = None
         self._recorder = Recorder(artifact.spec.observation_size, artifact.spec.action_size)
         if self.config.journal_dir is not None:
@@ -287,11 +290,23 @@ class Controller:
         episode = self._recorder.end(stream, terminated=not truncated)
         if episode is not None and self._journal is not None:
             self._journal.append(episode_record(episode))
+        if episode is not None and self.recovery is not None:
+            self.recovery.episode_finished(self, episode)  # may reset() and adapt()
         return episode
 
     def episodes(self) -> list[RecordedEpisode]:
         """Finished episodes not yet used by an adaptation, oldest first."""
         return list(self._recorder.finished)
+
+    def discard_episodes(self, before_id: int) -> int:
+        """Forget the serving policy's finished episodes older than episode ``before_id``
+        (recorded before the robot changed); returns how many."""
+        with self._update_lock:
+            policy = self._serving.policy_id
+            stale = [
+                e for e in self.episodes() if e.policy_id == policy and e.episode_id < before_id
+            ]
+            return len(self._recorder.take(policy, len(stale)) or [])
 
     # -- adapting --------------------------------------------------------------------------
 
@@ -479,6 +494,7 @@ class Controller:
             "episodes_discarded": self._recorder.discarded,
             "journal": None if self._journal is None else str(self._journal.path),
             "journal_torn_bytes": 0 if self._journal is None else self._journal.torn_bytes,
+            "monitor": None if self.recovery is None else self.recovery.status(),
             **self._counters,
         }
 
