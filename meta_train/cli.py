@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from controller.artifact import ArtifactError, load_artifact
 from controller.policy import init_params
 from meta_train import evaluate as ev
+from meta_train import paper, report
 from meta_train.config import ConfigError, TrainConfig
 from meta_train.trainer import CONFIG_FILE, RunDirError, make_sampler, policy_spec, train
 from sim.families import get_family
@@ -47,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     config = TrainConfig.from_yaml(args.config, _overrides(args.set))
     family = get_family(config.family)
-    ev.set_threads(config.torch_threads)
+    torch.set_num_threads(config.torch_threads)
     cfg = config.evaluation
     tasks = ev.evaluation_tasks(family, cfg)
     sampler = make_sampler(config, family)
@@ -71,7 +73,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         elif oracle:
             sizes = []
         else:
-            sizes = ev.comparator_step_sizes(family.name, name, cfg.gradient_steps)
+            sizes = paper.comparator_step_sizes(family.name, name, cfg.gradient_steps)
         print(f"evaluating {name} ({path}) on {len(tasks)} test tasks ...", flush=True)
         results[name] = ev.evaluate_method(
             sampler, artifact.spec, artifact.params, tasks, k, sizes, trained,
@@ -79,7 +81,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )  # fmt: skip
     if args.random:
         spec = policy_spec(config.model_copy(update={"mode": "maml"}), family)
-        sizes = ev.comparator_step_sizes(family.name, "random", cfg.gradient_steps)
+        sizes = paper.comparator_step_sizes(family.name, "random", cfg.gradient_steps)
         print("evaluating random initialization ...", flush=True)
         results["random"] = ev.evaluate_method(
             sampler, spec, init_params(spec, config.seed + 1), tasks, k, sizes, config.adaptation,
@@ -87,9 +89,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )  # fmt: skip
     if not results:
         raise ConfigError("nothing to evaluate: give --maml, --pretrained, --oracle or --random")
-    document = ev.results_document(family, tasks, results, provenance)
-    path = ev.write_results(document, args.out)
-    print(ev.format_table(document))
+    document = report.results_document(family, tasks, results, provenance)
+    path = report.write_results(document, args.out)
+    print(report.format_table(document))
     print(f"wrote {path} and {path.with_suffix('.png')}")
     return 0
 

@@ -78,7 +78,7 @@ class EvalConfig(_Frozen):
         default="paper",
         description="'paper': the test tasks of the authors' test scripts, on which the paper's "
         "numbers were measured (np.random.seed(1) or (2), then uniform draws; "
-        "meta_train.evaluate.PAPER_TEST_DRAWS); 'seeded': num_tasks drawn from task_seed.",
+        "meta_train.paper.PAPER_TEST_DRAWS); 'seeded': num_tasks drawn from task_seed.",
     )
     task_seed: int = Field(
         default=1_000_003,

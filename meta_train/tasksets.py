@@ -20,7 +20,8 @@ import torch
 
 from controller.artifact import load_artifact
 from meta_train.config import EvalConfig
-from meta_train.evaluate import evaluate_method, paper_test_tasks, test_tasks
+from meta_train.evaluate import evaluate_method, test_tasks
+from meta_train.paper import paper_test_tasks
 from sim.families import get_family
 from sim.sampler import BatchSampler
 from sim.tasks import Task

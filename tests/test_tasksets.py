@@ -12,6 +12,7 @@ from controller.artifact import load_artifact, save_artifact
 from meta_train import evaluate as ev
 from meta_train.config import EvalConfig
 from meta_train.export import fresh_artifact
+from meta_train.paper import paper_test_tasks
 from meta_train.tasksets import main, task_set_spread
 from sim.families import get_family
 
@@ -40,7 +41,7 @@ def test_each_row_is_the_set_it_names(tmp_path: Path) -> None:
     assert spread.drawn.shape == (3, 1)
     for i, row in enumerate(spread.drawn):
         assert row[0] == pytest.approx(standing_cost(ev.test_tasks(family, 5, 70 + i)), rel=1e-4)
-    assert spread.paper[0] == pytest.approx(standing_cost(ev.paper_test_tasks(family, 5)), rel=1e-4)
+    assert spread.paper[0] == pytest.approx(standing_cost(paper_test_tasks(family, 5)), rel=1e-4)
     seeded = ev.test_tasks(family, 5, EvalConfig().task_seed)
     assert spread.seeded[0] == pytest.approx(standing_cost(seeded), rel=1e-4)
     assert len(set(spread.drawn[:, 0])) == 3  # three different draws

@@ -14,11 +14,13 @@ from controller.adaptation import AdaptationSettings
 from controller.artifact import load_artifact
 from controller.policy import PolicySpec, SamplingPolicy, init_params, stack_params
 from meta_train import evaluate as ev
+from meta_train import report
 from meta_train.cli import main
 from meta_train.config import ConfigError, EvalConfig, TrainConfig
 from meta_train.curves import direction_split
 from meta_train.export import KL_BOUND_FACTOR, adaptation_kls
 from meta_train.objective import adapted_params_for_tasks
+from meta_train.paper import comparator_step_sizes, paper_test_tasks
 from meta_train.trainer import (
     RunDirError,
     iteration_seeds,
@@ -298,10 +300,10 @@ def test_evaluation_reports_the_velocity_error_of_velocity_tasks(tmp_path: Path)
     assert result.velocities is not None
     velocity = episodes.infos["x_velocity"].mean(axis=(1, 2))
     np.testing.assert_allclose(result.velocities[0], velocity, rtol=1e-6)
-    document = ev.results_document(family, tasks, {"maml": result}, {})
+    document = report.results_document(family, tasks, {"maml": result}, {})
     assert len(document["methods"]["maml"]["velocity_error"]["mean"]) == 2
-    assert "mean |v - v*|" in ev.format_table(document)
-    ev.write_results(document, tmp_path)
+    assert "mean |v - v*|" in report.format_table(document)
+    report.write_results(document, tmp_path)
     assert (tmp_path / "cheetah_velocity_tracking.png").stat().st_size > 1000
     navigation = get_family("navigation2d")
     goals = ev.test_tasks(navigation, 2, seed=1)
@@ -314,25 +316,25 @@ def test_evaluation_reports_the_velocity_error_of_velocity_tasks(tmp_path: Path)
 def test_paper_test_tasks_are_the_authors_draws() -> None:
     # MT19937 seeded with 1 (np.random.seed(1)) first yields 0.417022..., 0.720324..., ...
     first, second = 0.417022004702574, 0.7203244934421581
-    velocity = ev.paper_test_tasks(get_family("cheetah_velocity"), 40)
+    velocity = paper_test_tasks(get_family("cheetah_velocity"), 40)
     assert velocity[0] == VelocityTask(pytest.approx(2.0 * first))
     assert velocity[1] == VelocityTask(pytest.approx(2.0 * second))
-    nav = ev.paper_test_tasks(get_family("navigation2d"), 40)
+    nav = paper_test_tasks(get_family("navigation2d"), 40)
     assert nav[0] == GoalTask((pytest.approx(first - 0.5), pytest.approx(second - 0.5)))
-    assert len(set(nav)) == 40 and ev.paper_test_tasks(get_family("navigation2d"), 3) == nav[:3]
+    assert len(set(nav)) == 40 and paper_test_tasks(get_family("navigation2d"), 3) == nav[:3]
     # the direction script turns the same velocity draw into a direction: backward below 1.0
-    direction = ev.paper_test_tasks(get_family("cheetah_direction"), 40)
+    direction = paper_test_tasks(get_family("cheetah_direction"), 40)
     assert [t.direction for t in direction] == [-1 if t.velocity < 1.0 else 1 for t in velocity]
     assert sum(t.direction == -1 for t in direction) == 22
     # ant direction: its script seeds 2 and splits at 1.5 (of U[0, 3])
-    ant = ev.paper_test_tasks(get_family("ant_direction"), 40)
+    ant = paper_test_tasks(get_family("ant_direction"), 40)
     assert ant[0] == DirectionTask(-1 if 3.0 * 0.43599490214200376 < 1.5 else 1)
 
 
 def test_evaluation_tasks_follow_the_config() -> None:
     family = get_family("navigation2d")
     paper = ev.evaluation_tasks(family, EvalConfig())
-    assert paper == ev.paper_test_tasks(family, 40)
+    assert paper == paper_test_tasks(family, 40)
     seeded = ev.evaluation_tasks(family, EvalConfig(tasks="seeded", task_seed=5, num_tasks=7))
     assert seeded == ev.test_tasks(family, 7, 5) and seeded != paper[:7]
     with pytest.raises(ValueError, match="tasks"):
@@ -345,7 +347,7 @@ def test_evaluation_tasks_follow_the_config() -> None:
 
 def test_comparators_halve_their_step_after_the_first_as_the_authors_scripts() -> None:
     # test_maml_cheetah.py: init_learning_rate 0.02 (pretrained), then learning_rate 0.5 x 0.02
-    assert ev.comparator_step_sizes("cheetah_velocity", "pretrained", 3) == [0.02, 0.01, 0.01]
+    assert comparator_step_sizes("cheetah_velocity", "pretrained", 3) == [0.02, 0.01, 0.01]
     # test_maml_point.py fine-tunes random and pretrained with 0.5 (four steps reported)
-    assert ev.comparator_step_sizes("navigation2d", "random", 4) == [0.5, 0.25, 0.25, 0.25]
-    assert ev.comparator_step_sizes("cheetah_direction", "random", 1) == [1.0]
+    assert comparator_step_sizes("navigation2d", "random", 4) == [0.5, 0.25, 0.25, 0.25]
+    assert comparator_step_sizes("cheetah_direction", "random", 1) == [1.0]
