@@ -46,10 +46,16 @@ class ControllerConfig(BaseModel):
         default=None,
         description="Upper clip bound per actuator; None: the artifact's action_high.",
     )
+    journal: bool = Field(
+        default=True,
+        description="Journal finished episodes and accepted adaptations (fsync'd) so that a "
+        "restarted controller restores them; False: memory only (a crash loses them).",
+    )
     journal_dir: Path | None = Field(
         default=None,
-        description="Directory of the append-only episode journal; None: keep episodes in "
-        "memory only (they do not survive a crash).",
+        description="Directory of the append-only journal; None: the artifact's default, "
+        "$ADAPTCTL_STATE_DIR (else $XDG_STATE_HOME/adaptctl, else ~/.local/state/adaptctl) "
+        "/journals/FAMILY-DIGEST16.",
     )
     journal_fsync: bool = Field(
         default=True,
@@ -61,6 +67,12 @@ class ControllerConfig(BaseModel):
         description="On load, serve the adapted policy the journal ends with (when it descends "
         "from this artifact) and reuse its unconsumed episodes; False: start from the "
         "initialization, keeping the journal's episodes as history only.",
+    )
+    adapt_on_mean_actions: bool = Field(
+        default=False,
+        description="Let episodes served with the mean action (deterministic) feed an "
+        "adaptation. Off: the policy gradient needs exploration samples, so such episodes "
+        "are dropped at their end.",
     )
     intra_op_threads: int = Field(
         default=1,

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 JOURNAL_FILE = "journal.bin"
+STATE_DIR_VARIABLE = "ADAPTCTL_STATE_DIR"
+"""Environment variable naming the directory of default journals (see :func:`state_dir`)."""
 JOURNAL_VERSION = 1
 _MAGIC = b"ACJ1"
 _HEADER = struct.Struct("<4sII")  # magic, payload length, CRC-32 of the payload
@@ -31,6 +33,22 @@ _HEADER = struct.Struct("<4sII")  # magic, payload length, CRC-32 of the payload
 
 class JournalError(RuntimeError):
     """The journal cannot be opened or read (the message says what to do)."""
+
+
+def state_dir() -> Path:
+    """Where default journals live: ``$ADAPTCTL_STATE_DIR``, else ``$XDG_STATE_HOME/adaptctl``,
+    else ``~/.local/state/adaptctl``."""
+    explicit = os.environ.get(STATE_DIR_VARIABLE)
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "adaptctl"
+
+
+def default_journal_dir(family: str, digest: str) -> Path:
+    """The journal directory of an artifact when none is configured: one per artifact
+    (family and the first 16 hex digits of its digest) under :func:`state_dir`."""
+    return state_dir() / "journals" / f"{family}-{digest[:16]}"
 
 
 class RecordedEpisode(NamedTuple):
@@ -278,20 +296,33 @@ class _Partial:
         self.observations: list[np.ndarray] = []
         self.actions: list[np.ndarray] = []
         self.rewards: list[float] = []
-        self.damaged = False
+        self.damaged: str | None = None
+        """Why the episode cannot feed an adaptation (None: it can, so far)."""
 
 
 class Recorder:
     """Episodes in progress per stream, and the finished ones waiting for an adaptation.
 
     ``record`` and ``end`` are called by the acting thread(s); ``take`` by the adapting thread.
+    An episode is dropped at its end (counted in ``discarded``, its reason in ``drop_reasons``)
+    when it mixes two policies, holds a step that was not an exploration sample of the serving
+    policy (``mark``), a non-finite value as float32, or more than ``max_length`` steps.
     """
 
-    def __init__(self, observation_size: int, action_size: int, next_episode_id: int = 0) -> None:
+    def __init__(
+        self,
+        observation_size: int,
+        action_size: int,
+        next_episode_id: int = 0,
+        max_length: int | None = None,
+    ) -> None:
         self.observation_size = observation_size
         self.action_size = action_size
+        self.max_length = max_length
         self.finished: list[RecordedEpisode] = []
         self.discarded = 0
+        self.drop_reasons: dict[int, str] = {}
+        """stream -> why its last episode was dropped (removed when one is kept)."""
         self._next_id = next_episode_id
         self._partial: dict[int, _Partial] = {}
         self._lock = threading.Lock()
@@ -313,23 +344,39 @@ class Recorder:
         # An episode whose transitions came from two policies (a swap mid-episode) is no use
         # to a policy gradient: it is dropped at its end, as is one with a non-finite value
         # (checked there, once per episode: this runs at control rate on the serving path).
-        if policy != partial.policy_id:
-            partial.damaged = True
+        if policy != partial.policy_id and partial.damaged is None:
+            partial.damaged = "the policy changed during the episode (adaptation, swap or reset)"
         partial.observations.append(observation)
         partial.actions.append(action)
         partial.rewards.append(float(reward))
+
+    def mark(self, stream: int, policy: str, reason: str) -> None:
+        """Mark the episode in progress of ``stream`` (begun now if none is) as unusable."""
+        partial = self._partial.get(stream)
+        if partial is None:
+            partial = self._partial[stream] = _Partial(policy)
+        if partial.damaged is None:
+            partial.damaged = reason
 
     def end(self, stream: int, terminated: bool) -> RecordedEpisode | None:
         """Finish the episode of ``stream``; None when it was empty or damaged (dropped)."""
         partial = self._partial.pop(stream, None)
         if partial is None or not partial.rewards:
+            self.drop_reasons[stream] = "no step of the episode was recorded"
             return None
         observations, actions = np.stack(partial.observations), np.stack(partial.actions)
         rewards = np.asarray(partial.rewards, dtype=np.float32)
         finite = all(np.isfinite(x).all() for x in (observations, actions, rewards))
-        if partial.damaged or not finite:
+        reason = partial.damaged
+        if reason is None and not finite:
+            reason = "a value is NaN or infinite as float32"
+        if reason is None and self.max_length is not None and len(rewards) > self.max_length:
+            reason = f"{len(rewards)} steps exceed the horizon {self.max_length}"
+        if reason is not None:
             self.discarded += 1
+            self.drop_reasons[stream] = reason
             return None
+        self.drop_reasons.pop(stream, None)
         with self._lock:
             episode = RecordedEpisode(
                 episode_id=self._next_id,

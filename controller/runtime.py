@@ -14,6 +14,7 @@ Threads: ``act``/``record``/``end_episode`` belong to one serving thread; ``adap
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -39,6 +40,7 @@ from controller.journal import (
     RecordedEpisode,
     Recorder,
     adaptation_record,
+    default_journal_dir,
     episode_record,
     pad_episodes,
     replay,
@@ -46,6 +48,16 @@ from controller.journal import (
 from controller.monitor import Recovery
 from controller.policy import Params, PolicySpec, gaussian_kl
 from controller.serving import ServingPolicy, ServingSession, architecture
+
+log = logging.getLogger(__name__)
+
+SAMPLE, MEAN, SAFE = "sample", "mean", "safe"
+"""How a command was made (``Controller.served``): an exploration sample, the mean, the safe
+action. Only episodes of samples feed an adaptation (means too with adapt_on_mean_actions)."""
+
+SessionCache = dict[tuple[Any, ...], ServingSession]
+"""onnxruntime sessions by architecture (``serving.architecture``), shareable between
+controllers of one process (``Controller(..., sessions=cache)``)."""
 
 
 class AdaptTimings(NamedTuple):
@@ -104,24 +116,36 @@ class SwapReport:
 class Controller:
     """Serves an artifact's policy, records episodes and adapts it online (see module doc)."""
 
-    def __init__(self, artifact: Artifact, config: ControllerConfig | None = None) -> None:
+    def __init__(
+        self,
+        artifact: Artifact,
+        config: ControllerConfig | None = None,
+        *,
+        sessions: SessionCache | None = None,
+    ) -> None:
         self.config = config or ControllerConfig()
         self._update_lock = threading.RLock()
         self._rng = np.random.default_rng(self.config.seed)
-        self._pending: dict[int, tuple[np.ndarray, np.ndarray, str]] = {}
+        # stream -> (command, sample behind it, policy id, how it was served: SAMPLE/MEAN/SAFE)
+        self._pending: dict[int, tuple[np.ndarray, np.ndarray, str, str]] = {}
         self._counters = {"non_finite_observations": 0, "adaptations_accepted": 0}
         self._counters.update({"adaptations_rejected": 0, "swaps": 0, "swaps_refused": 0})
         self._counters["episodes_recovered"] = 0
         self._threadpools = ThreadpoolController()  # the loaded BLAS/OpenMP libraries, once
-        self._sessions: dict[tuple[Any, ...], ServingSession] = {}
+        self._sessions: SessionCache = {} if sessions is None else sessions
         self._install(artifact)
         self._serving = self._initial
         self.recovery = None if self.config.monitor is None else Recovery(self.config.monitor)
         """Notices a change of the robot in the returns and re-adapts (config.monitor)."""
         self._journal: Journal | None = None
-        self._recorder = Recorder(artifact.spec.observation_size, artifact.spec.action_size)
-        if self.config.journal_dir is not None:
-            self._recover(Journal(self.config.journal_dir, self.config.journal_fsync))
+        self._recorder = self._new_recorder(0)
+        self.restored = ""
+        """What the journal restored on load, in words ("" when nothing was)."""
+        if self.config.journal:
+            directory = self.config.journal_dir or default_journal_dir(
+                artifact.metadata.family, artifact.digest
+            )
+            self._recover(Journal(directory, self.config.journal_fsync))
 
     @classmethod
     def load(cls, path: str | Path, config: ControllerConfig | None = None) -> Controller:
@@ -137,18 +161,29 @@ class Controller:
         self._artifact, self._initial, self._low, self._high = artifact, initial, low, high
         self._safe_zeros = np.clip(np.zeros_like(low), low, high)
 
+    def _new_recorder(self, next_episode_id: int) -> Recorder:
+        horizon = self._artifact.metadata.adaptation.horizon
+        spec = self._artifact.spec
+        return Recorder(spec.observation_size, spec.action_size, next_episode_id, horizon)
+
     def _recover(self, journal: Journal) -> None:
         recovered = replay(journal.records, self._initial.policy_id, self.config.resume)
         if recovered.adapted_params is not None:
             params = {k: torch.from_numpy(v) for k, v in recovered.adapted_params.items()}
             self._serving = self._build(params, recovered.adaptations)
-        self._recorder = Recorder(
-            self.spec.observation_size, self.spec.action_size, recovered.next_episode_id
-        )
+        self._recorder = self._new_recorder(recovered.next_episode_id)
         self._recorder.restore(recovered.episodes)
         self._recorder.keep_only(self._serving.policy_id)
-        self._counters["episodes_recovered"] = self._recorder.available(self._serving.policy_id)
+        ready = self._recorder.available(self._serving.policy_id)
+        self._counters["episodes_recovered"] = ready
         self._journal = journal
+        if ready or self._serving.generation:
+            self.restored = (
+                f"restored from the journal {journal.path}: the policy adapted "
+                f"{self._serving.generation} step(s) from the initialization and {ready} "
+                "recorded episode(s) of it"
+            )
+            log.info("%s", self.restored)
 
     def _session(self, spec: PolicySpec) -> ServingSession:
         """The shared session of ``spec``'s architecture, built on first use only.
@@ -174,6 +209,16 @@ class Controller:
     @property
     def artifact(self) -> Artifact:
         return self._artifact
+
+    @property
+    def policy_id(self) -> str:
+        """Id of the policy serving now."""
+        return self._serving.policy_id
+
+    @property
+    def generation(self) -> int:
+        """Accepted adaptation steps from the initialization of the policy serving now."""
+        return self._serving.generation
 
     @property
     def params(self) -> Params:
@@ -217,7 +262,8 @@ class Controller:
         if not np.isfinite(sample).all():  # a finite but huge observation can overflow
             return self._safe(stream, serving.policy_id)
         command = np.minimum(np.maximum(sample, self._low), self._high)
-        self._pending[stream] = (command, sample, serving.policy_id)
+        kind = MEAN if deterministic else SAMPLE
+        self._pending[stream] = (command, sample, serving.policy_id, kind)
         return command.copy()
 
     def _act_batch(
@@ -241,8 +287,10 @@ class Controller:
         commands = np.minimum(np.maximum(samples, self._low), self._high)
         for row in np.flatnonzero(~finite).tolist():
             commands[row] = samples[row] = self._safe(row, serving.policy_id)
+        kind = MEAN if deterministic else SAMPLE
         for stream in range(commands.shape[0]):
-            self._pending[stream] = (commands[stream], samples[stream], serving.policy_id)
+            if finite[stream]:
+                self._pending[stream] = (commands[stream], samples[stream], serving.policy_id, kind)
         return commands.copy()
 
     def _safe(self, stream: int, policy: str) -> np.ndarray:
@@ -250,8 +298,14 @@ class Controller:
         pending = self._pending.get(stream)
         hold = self.config.safe_action == "hold" and pending is not None
         command = pending[0].copy() if hold and pending is not None else self._safe_zeros.copy()
-        self._pending[stream] = (command, command, policy)
+        self._pending[stream] = (command, command, policy, SAFE)
         return command.copy()
+
+    def served(self, stream: int = 0) -> str:
+        """How the last command of ``stream`` was made: ``"sample"`` (exploring), ``"mean"``
+        (deterministic) or ``"safe"`` (the safe action); ``""`` before the first."""
+        pending = self._pending.get(stream)
+        return "" if pending is None else pending[3]
 
     # -- recording -------------------------------------------------------------------------
 
@@ -277,6 +331,11 @@ class Controller:
         # and this runs at control rate); an action with other bytes is stored as given.
         if pending is not None and pending[0].tobytes() == stored.tobytes():
             stored, policy = pending[1], pending[2]
+            if pending[3] == SAFE:
+                self._recorder.mark(stream, policy, "the safe action was served in it")
+            elif pending[3] == MEAN and not self.config.adapt_on_mean_actions:
+                reason = "served with the mean action (deterministic), not an exploration sample"
+                self._recorder.mark(stream, policy, reason)
         self._recorder.record(stream, observation, stored, reward, policy)
         if done:
             self.end_episode(stream, truncated=False)
@@ -293,6 +352,16 @@ class Controller:
         if episode is not None and self.recovery is not None:
             self.recovery.episode_finished(self, episode)  # may reset() and adapt()
         return episode
+
+    def drop_reason(self, stream: int = 0) -> str | None:
+        """Why the last episode of ``stream`` was dropped (None if it was kept)."""
+        return self._recorder.drop_reasons.get(stream)
+
+    def mark_episode(self, stream: int, reason: str) -> None:
+        """Keep the episode in progress of ``stream`` (begun now if none is) out of every
+        adaptation: it ends as dropped, ``reason`` saying why (e.g. the robot applied an
+        action this controller did not send)."""
+        self._recorder.mark(stream, self._serving.policy_id, reason)
 
     def episodes(self) -> list[RecordedEpisode]:
         """Finished episodes not yet used by an adaptation, oldest first."""
@@ -455,27 +524,39 @@ class Controller:
         incompatible one is refused and the current policy keeps serving.
         """
         start = time.perf_counter()
+        try:
+            candidate = load_artifact(path)
+        except (ValueError, RuntimeError) as error:  # ArtifactError is a ValueError
+            with self._update_lock:
+                return self._swap_refused(str(error), start)
+        return self.swap_to(candidate, start)
+
+    def swap_to(self, candidate: Artifact, start: float | None = None) -> SwapReport:
+        """:meth:`swap` to an artifact already loaded and verified (``load_artifact``)."""
+        start = time.perf_counter() if start is None else start
         with self._update_lock:
             previous = self._artifact
             try:
-                candidate = load_artifact(path)
                 check_compatible(previous, candidate)
                 self._install(candidate)
             except (ValueError, RuntimeError) as error:
                 # ArtifactError, ConfigError (ValueErrors) or onnxruntime's failures (RuntimeErrors):
                 # _install assigns nothing until the candidate's policy is bound and tested.
-                self._counters["swaps_refused"] += 1
-                seconds = time.perf_counter() - start
-                return SwapReport(False, str(error), previous.digest, previous.digest, seconds)
+                return self._swap_refused(str(error), start)
             self._serving = self._initial
             self._recorder.keep_only(self._initial.policy_id)
             self._counters["swaps"] += 1
             if self._journal is not None:
-                record = {"kind": "swap", "artifact": candidate.digest, "path": str(path)}
+                record = {"kind": "swap", "artifact": candidate.digest, "path": str(candidate.path)}
                 self._journal.append({**record, "policy": self._initial.policy_id})
             seconds = time.perf_counter() - start
             reason = f"serving {candidate.path} ({candidate.metadata.family})"
             return SwapReport(True, reason, previous.digest, candidate.digest, seconds)
+
+    def _swap_refused(self, reason: str, start: float) -> SwapReport:
+        self._counters["swaps_refused"] += 1
+        digest = self._artifact.digest
+        return SwapReport(False, reason, digest, digest, time.perf_counter() - start)
 
     # -- status and lifetime ---------------------------------------------------------------
 

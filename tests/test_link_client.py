@@ -13,8 +13,9 @@ import pytest
 import zmq
 from link_support import family_artifact, python_process
 
-from controller import Controller, ControllerConfig
+from controller import ControllerConfig, load_artifact
 from controller.link.client import LinkError, LinkFault, RobotClient
+from controller.link.lanes import Lanes
 from controller.link.server import LinkServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,14 +28,13 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture()
-def controller(artifact: Path) -> Iterator[Controller]:
-    with Controller.load(artifact, ControllerConfig(seed=0)) as ctl:
-        yield ctl
+def lanes(artifact: Path) -> Lanes:
+    return Lanes(load_artifact(artifact), ControllerConfig(seed=0))
 
 
 @pytest.fixture()
-def server(controller: Controller) -> Iterator[LinkServer]:
-    with LinkServer(controller, "tcp://127.0.0.1:*").start() as srv:
+def server(lanes: Lanes) -> Iterator[LinkServer]:
+    with LinkServer(lanes, "tcp://127.0.0.1:*").start() as srv:
         yield srv
 
 
@@ -77,9 +77,9 @@ def test_a_nan_observation_gets_the_safe_action_without_asking(server: LinkServe
 
 
 def test_dead_server_gives_safe_actions_within_the_deadline_then_reconnects(
-    controller: Controller,
+    lanes: Lanes,
 ) -> None:
-    server = LinkServer(controller, "tcp://127.0.0.1:*").start()
+    server = LinkServer(lanes, "tcp://127.0.0.1:*").start()
     endpoint = server.endpoint
     faults: list[LinkFault] = []
     client = RobotClient(endpoint, deadline_ms=20, reconnect_interval_ms=50, on_fault=faults.append)
@@ -94,7 +94,7 @@ def test_dead_server_gives_safe_actions_within_the_deadline_then_reconnects(
         np.testing.assert_array_equal(client.act(OBS), np.zeros(6, np.float32))
         assert time.perf_counter() - tick < 0.005  # disconnected: no wait at all
         assert client.stats().faults == {"timeout": 1} and not client.stats().connected
-        server = LinkServer(controller, endpoint).start()  # restarted on the same endpoint
+        server = LinkServer(lanes, endpoint).start()  # restarted on the same endpoint
         deadline = time.monotonic() + 10
         while not client.stats().connected and time.monotonic() < deadline:
             client.act(OBS)
@@ -108,8 +108,8 @@ def test_dead_server_gives_safe_actions_within_the_deadline_then_reconnects(
         server.stop()
 
 
-def test_management_calls_raise_when_the_server_is_gone(controller: Controller) -> None:
-    server = LinkServer(controller, "tcp://127.0.0.1:*").start()
+def test_management_calls_raise_when_the_server_is_gone(lanes: Lanes) -> None:
+    server = LinkServer(lanes, "tcp://127.0.0.1:*").start()
     client = RobotClient(server.endpoint, deadline_ms=20, timeout_ms=200)
     try:
         assert client.status()["family"] == "cheetah_velocity"

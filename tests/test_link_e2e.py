@@ -95,7 +95,7 @@ def test_server_killed_mid_episode_and_restarted_loses_no_recorded_episode(
 
 
 ROBOT = """
-import sys, numpy as np
+import sys, time, numpy as np
 from controller.link.client import RobotClient
 client = RobotClient(sys.argv[1], deadline_ms=200)
 for episode in range(2):
@@ -103,8 +103,9 @@ for episode in range(2):
         client.act(np.zeros(17, np.float32), 0.5)
     assert client.episode_end(0.5)["recorded"]
 print("recorded", flush=True)
-while True:  # mid-episode until killed
+for t in range(5):  # mid-episode, then silent until killed
     client.act(np.zeros(17, np.float32), 0.5)
+time.sleep(600)
 """
 
 
@@ -129,10 +130,10 @@ def test_a_vanished_robot_is_noticed_and_its_episodes_kept(artifact: Path, tmp_p
                 time.sleep(0.1)
             (event,) = events
             assert event["dropped_steps"] > 0
-            assert [s["silent"] for s in link["sessions"] if s["client"] == "robot"] == [True]
-            assert operator.status()["episodes_ready"] == 2
-            report = operator.adapt()  # the vanished robot's episodes still feed an adaptation
-            assert report is not None and report["accepted"], report
+            (robot_session,) = [s for s in link["sessions"] if s["client"] == "robot"]
+            assert robot_session["silent"] and robot_session["episodes_recorded"] == 2
+            # Its episodes are its own: another robot's lane has none of them.
+            assert operator.status()["episodes_ready"] == 0
 
 
 @pytest.mark.slow

@@ -12,8 +12,9 @@ import pytest
 import zmq
 from link_support import REPO, RawPeer, family_artifact
 
-from controller import Controller
+from controller import ControllerConfig, load_artifact
 from controller.link.client import LinkError, RobotClient
+from controller.link.lanes import Lanes
 from controller.link.security import (
     CurveKeys,
     LinkSecurityError,
@@ -42,19 +43,18 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def controller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Controller]:
+def lanes(tmp_path_factory: pytest.TempPathFactory) -> Lanes:
     artifact = family_artifact(tmp_path_factory.mktemp("secure") / "init")
-    with Controller.load(artifact) as ctl:
-        yield ctl
+    return Lanes(load_artifact(artifact), ControllerConfig(journal=False))
 
 
 @pytest.fixture()
-def server(controller: Controller, keys: Path) -> Iterator[LinkServer]:
+def server(lanes: Lanes, keys: Path) -> Iterator[LinkServer]:
     curve = CurveKeys(
         server_secret_file=keys / "server.key_secret", authorized_dir=keys / "authorized"
     )
     # A network bind is allowed because CURVE protects it.
-    with LinkServer(controller, "tcp://0.0.0.0:*", curve_keys=curve).start() as srv:
+    with LinkServer(lanes, "tcp://0.0.0.0:*", curve_keys=curve).start() as srv:
         yield srv
 
 
@@ -92,15 +92,15 @@ def test_a_client_without_the_right_keys_gets_no_action(
         RobotClient(endpoint, 50, server_key, client_keys=client_keys, timeout_ms=300)
 
 
-def test_unusable_keys_are_refused_with_a_reason(controller: Controller, keys: Path) -> None:
+def test_unusable_keys_are_refused_with_a_reason(lanes: Lanes, keys: Path) -> None:
     public_only = CurveKeys(server_secret_file=keys / "server.key")
     with pytest.raises(LinkSecurityError, match="only a public key"):
-        LinkServer(controller, "tcp://127.0.0.1:*", curve_keys=public_only)
+        LinkServer(lanes, "tcp://127.0.0.1:*", curve_keys=public_only)
     missing = CurveKeys(
         server_secret_file=keys / "server.key_secret", authorized_dir=keys / "nowhere"
     )
     with pytest.raises(LinkSecurityError, match="does not exist"):
-        LinkServer(controller, "tcp://127.0.0.1:*", curve_keys=missing)
+        LinkServer(lanes, "tcp://127.0.0.1:*", curve_keys=missing)
     assert zmq.has("curve")
 
 

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from link_support import RawPeer, family_artifact
 
-from controller import Controller, ControllerConfig
+from controller import Controller, ControllerConfig, load_artifact
+from controller.link.lanes import Lanes
 from controller.link.protocol import DEFAULT_MAX_MESSAGE_BYTES, ErrorCode
 from controller.link.security import LinkSecurityError, is_local_endpoint
 from controller.link.server import LinkConfig, LinkServer
@@ -30,15 +31,14 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture()
-def controller(artifact: Path) -> Iterator[Controller]:
-    with Controller.load(artifact, ControllerConfig(seed=0)) as ctl:
-        yield ctl
+def lanes(artifact: Path) -> Lanes:
+    return Lanes(load_artifact(artifact), ControllerConfig(seed=0))
 
 
 @pytest.fixture()
-def server(controller: Controller) -> Iterator[LinkServer]:
+def server(lanes: Lanes) -> Iterator[LinkServer]:
     config = LinkConfig(watchdog_timeout_s=0.3)
-    with LinkServer(controller, "tcp://127.0.0.1:*", config=config).start() as srv:
+    with LinkServer(lanes, "tcp://127.0.0.1:*", config=config).start() as srv:
         yield srv
 
 
@@ -48,6 +48,14 @@ def peer(server: LinkServer) -> Iterator[RawPeer]:
     raw.hello()
     yield raw
     raw.close()
+
+
+@pytest.fixture()
+def controller(server: LinkServer, peer: RawPeer) -> Controller:
+    """The lane (controller) of ``peer``'s session."""
+    lane = server.session_lane(peer.session)
+    assert lane is not None
+    return lane
 
 
 def observation(value: float = 0.0) -> np.ndarray:
@@ -179,46 +187,47 @@ def test_interrupted_drops_the_episode_and_recording_resumes_at_the_next(
     assert [e.length for e in controller.episodes()] == [1]
 
 
-class SlowAdaptController(Controller):
-    """The real controller, with an adaptation that takes at least 0.5 s."""
+def test_steps_are_answered_while_an_adaptation_runs(server: LinkServer) -> None:
+    robot, operator = RawPeer(server.endpoint), RawPeer(server.endpoint)
+    robot.hello()
+    operator.hello()
+    lane = server.session_lane(robot.session)
+    assert lane is not None
+    adapt = lane.adapt
 
-    def adapt(self) -> Any:
+    def slow_adapt() -> Any:  # the real adaptation, taking at least 0.5 s
         time.sleep(0.5)
-        return super().adapt()
+        return adapt()
 
-
-def test_steps_are_answered_while_an_adaptation_runs(artifact: Path) -> None:
-    with (
-        SlowAdaptController.load(artifact, ControllerConfig(seed=0)) as controller,
-        LinkServer(controller, "tcp://127.0.0.1:*").start() as server,
-    ):
-        robot, operator = RawPeer(server.endpoint), RawPeer(server.endpoint)
-        robot.hello()
-        operator.hello()
-        for _ in range(K):
-            assert play(robot, [1.0, -1.0, 0.5])["recorded"]
-        before = robot.step(observation(), start=True)[0]["policy"]
-        started = time.monotonic()
-        assert operator.call({"type": "adapt", "session": operator.session, "wait": False})[0][
-            "type"] == "adapting"  # fmt: skip
-        busy, _ = operator.call({"type": "adapt", "session": operator.session})
-        assert busy["code"] == ErrorCode.BUSY
-        latencies, flags = [], []
-        while time.monotonic() - started < 0.4:
-            tick = time.perf_counter()
-            reply, _ = robot.step(observation(), reward=0.0)
-            latencies.append(time.perf_counter() - tick)
-            flags.append(reply["adapting"])
-        assert all(flags) and max(latencies) < 0.1
-        deadline = time.monotonic() + 10
-        while server.link_status()["busy"] and time.monotonic() < deadline:
-            time.sleep(0.02)
-        report = server.link_status()["last_reports"]["adapt"]
-        assert report["accepted"], report
-        after = robot.step(observation(), reward=0.0)[0]
-        assert after["policy"] == report["policy_id"] != before and not after["adapting"]
-        robot.close()
-        operator.close()
+    lane.adapt = slow_adapt  # type: ignore[method-assign]
+    for _ in range(K):
+        assert play(robot, [1.0, -1.0, 0.5])["recorded"]
+    before = robot.step(observation(), start=True)[0]["policy"]
+    robot.call({"type": "episode_end", "session": robot.session, "reward": 0.0,
+                "terminated": False})  # fmt: skip
+    started = time.monotonic()
+    assert robot.call({"type": "adapt", "session": robot.session, "wait": False})[0][
+        "type"] == "adapting"  # fmt: skip
+    busy, _ = robot.call({"type": "adapt", "session": robot.session})
+    assert busy["code"] == ErrorCode.BUSY
+    other, _ = operator.call({"type": "adapt", "session": operator.session, "wait": False})
+    assert other["type"] == "adapting"  # another session's lane: not busy
+    latencies, flags = [], []
+    while time.monotonic() - started < 0.4:
+        tick = time.perf_counter()
+        reply, _ = robot.step(observation(), reward=0.0)
+        latencies.append(time.perf_counter() - tick)
+        flags.append(reply["adapting"])
+    assert all(flags) and max(latencies) < 0.1
+    deadline = time.monotonic() + 10
+    while server.link_status()["busy"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    report = server.link_status(robot.session)["last_reports"]["adapt"]
+    assert report["accepted"], report
+    after = robot.step(observation(), reward=0.0)[0]
+    assert after["policy"] == report["policy_id"] != before and not after["adapting"]
+    robot.close()
+    operator.close()
 
 
 def test_adapt_and_reset_with_wait_reply_when_done(controller: Controller, peer: RawPeer) -> None:
@@ -269,13 +278,13 @@ def test_watchdog_reports_a_silent_robot_and_keeps_its_state(
     assert not server.link_status()["sessions"][0]["silent"]
 
 
-def test_network_binds_need_keys_or_insecure(controller: Controller) -> None:
+def test_network_binds_need_keys_or_insecure(lanes: Lanes) -> None:
     assert is_local_endpoint("tcp://127.0.0.1:5555") and is_local_endpoint("tcp://[::1]:1")
     assert is_local_endpoint("ipc:///tmp/x") and is_local_endpoint("tcp://localhost:5")
     assert not is_local_endpoint("tcp://0.0.0.0:5555") and not is_local_endpoint("tcp://*:1")
     with pytest.raises(LinkSecurityError, match="--insecure"):
-        LinkServer(controller, "tcp://0.0.0.0:*")
-    with LinkServer(controller, "tcp://0.0.0.0:*", insecure=True) as server:
+        LinkServer(lanes, "tcp://0.0.0.0:*")
+    with LinkServer(lanes, "tcp://0.0.0.0:*", insecure=True) as server:
         assert server.endpoint.startswith("tcp://0.0.0.0:")
 
 

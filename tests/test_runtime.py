@@ -90,7 +90,7 @@ def collect(ctl: Controller, family: Family, velocity: float, seed: int) -> dict
 
 
 def test_act_matches_torch_mean(artifact: Path) -> None:
-    wide = ControllerConfig(action_low=(-1e3,) * 6, action_high=(1e3,) * 6)
+    wide = ControllerConfig(journal=False, action_low=(-1e3,) * 6, action_high=(1e3,) * 6)
     ctl = Controller.load(artifact, wide)
     obs = np.random.default_rng(0).normal(0, 2, size=(32, 17)).astype(np.float32)
     expected = mean_action(ctl.spec, ctl.params, torch.from_numpy(obs)).numpy()
@@ -102,22 +102,22 @@ def test_act_matches_torch_mean(artifact: Path) -> None:
 
 
 def test_actions_are_clipped_to_the_actuator_range(artifact: Path) -> None:
-    ctl = Controller.load(artifact, ControllerConfig(seed=0))
+    ctl = Controller.load(artifact, ControllerConfig(journal=False, seed=0))
     obs = np.random.default_rng(1).normal(0, 50, size=(500, 17)).astype(np.float32)
     commands = np.concatenate([ctl.act(obs), np.stack([ctl.act(o) for o in obs[:50]])])
     assert np.all(commands >= -1.0) and np.all(commands <= 1.0)
     assert np.any(commands == 1.0) and np.any(commands == -1.0)  # the clip did bind
     tight = Controller.load(
-        artifact, ControllerConfig(action_low=(-0.2,) * 6, action_high=(0.3,) * 6)
+        artifact, ControllerConfig(journal=False, action_low=(-0.2,) * 6, action_high=(0.3,) * 6)
     )
     commands = tight.act(obs)
     assert commands.min() == pytest.approx(-0.2) and commands.max() == pytest.approx(0.3)
     with pytest.raises(ConfigError, match="need 6 values"):
-        Controller.load(artifact, ControllerConfig(action_low=(-1.0,) * 5))
+        Controller.load(artifact, ControllerConfig(journal=False, action_low=(-1.0,) * 5))
 
 
 def test_non_finite_observations_get_the_safe_action(artifact: Path) -> None:
-    ctl = Controller.load(artifact, ControllerConfig(seed=0))
+    ctl = Controller.load(artifact, ControllerConfig(journal=False, seed=0))
     for bad in (np.nan, np.inf, -np.inf):
         obs = np.zeros(17, np.float32)
         obs[3] = bad
@@ -130,13 +130,13 @@ def test_non_finite_observations_get_the_safe_action(artifact: Path) -> None:
     assert np.all(commands[[0, 2]] != 0)
     assert ctl.status()["non_finite_observations"] == 5  # 3 singles, the overflow, 1 row
 
-    hold = Controller.load(artifact, ControllerConfig(safe_action="hold", seed=0))
+    hold = Controller.load(artifact, ControllerConfig(journal=False, safe_action="hold", seed=0))
     last = hold.act(np.ones(17, np.float32))
     np.testing.assert_array_equal(hold.act(np.full(17, np.nan, np.float32)), last)
 
 
 def test_recording_keeps_the_sample_before_clipping(artifact: Path, family: Family) -> None:
-    ctl = Controller.load(artifact, ControllerConfig(seed=3))
+    ctl = Controller.load(artifact, ControllerConfig(journal=False, seed=3))
     seen = collect(ctl, family, 1.0, seed=0)
     episodes = ctl.episodes()
     assert [e.length for e in episodes] == [HORIZON] * K
@@ -152,7 +152,7 @@ def test_recording_keeps_the_sample_before_clipping(artifact: Path, family: Fami
 def test_episodes_with_a_non_finite_value_are_dropped(artifact: Path) -> None:
     """Each kind of bad value (in the observation, the action or the reward) at any step
     drops its episode at the end; clean episodes on other streams are kept."""
-    ctl = Controller.load(artifact, ControllerConfig(seed=3))
+    ctl = Controller.load(artifact, ControllerConfig(journal=False, seed=3))
     observation = np.ones(17, np.float32)
     for stream, bad in enumerate(("observation", "action", "reward", None)):
         for step in range(5):
@@ -171,7 +171,7 @@ def test_episodes_with_a_non_finite_value_are_dropped(artifact: Path) -> None:
 
 def test_adaptation_equals_the_meta_training_step(artifact: Path, family: Family) -> None:
     # 4 short episodes make a noisy gradient (KL ~10): this test is about equality, not the bound.
-    ctl = Controller.load(artifact, ControllerConfig(seed=4, max_kl=1e6))
+    ctl = Controller.load(artifact, ControllerConfig(journal=False, seed=4, max_kl=1e6))
     init = {k: v.clone() for k, v in ctl.params.items()}
     collect(ctl, family, 1.5, seed=1)
     episodes = ctl.episodes()
@@ -211,7 +211,7 @@ def test_adaptation_equals_the_meta_training_step(artifact: Path, family: Family
 
 
 def test_each_step_needs_fresh_on_policy_episodes(artifact: Path, family: Family) -> None:
-    ctl = Controller.load(artifact, ControllerConfig(seed=5, steps=2, max_kl=1e6))
+    ctl = Controller.load(artifact, ControllerConfig(journal=False, seed=5, steps=2, max_kl=1e6))
     first = ctl.adapt()
     assert not first.accepted and f"need {K} finished episodes" in first.reason
     collect(ctl, family, 0.5, seed=2)
@@ -231,7 +231,7 @@ def test_each_step_needs_fresh_on_policy_episodes(artifact: Path, family: Family
 
 
 def test_adaptation_beyond_the_kl_bound_is_rejected(artifact: Path, family: Family) -> None:
-    ctl = Controller.load(artifact, ControllerConfig(seed=6, max_kl=1e-9))
+    ctl = Controller.load(artifact, ControllerConfig(journal=False, seed=6, max_kl=1e-9))
     before = ctl.status()["policy_id"]
     obs = np.ones(17, np.float32)
     command = ctl.act(obs, deterministic=True)
@@ -246,7 +246,7 @@ def test_adaptation_beyond_the_kl_bound_is_rejected(artifact: Path, family: Fami
 
 def test_swap_during_concurrent_acting_drops_no_call(tmp_path: Path, family: Family) -> None:
     paths = [make_artifact(tmp_path / f"a{i}", family, seed=20 + i) for i in range(2)]
-    ctl = Controller.load(paths[0])
+    ctl = Controller.load(paths[0], ControllerConfig(journal=False))
     obs = np.random.default_rng(2).normal(size=17).astype(np.float32)
     means = [
         np.clip(mean_action(a.spec, a.params, torch.from_numpy(obs)).numpy(), -1, 1)
@@ -288,7 +288,9 @@ def test_policies_of_one_architecture_share_one_session(
     monkeypatch.setattr(ort, "InferenceSession", counting)
     same = make_artifact(tmp_path / "same", family, seed=31)
     other = make_artifact(tmp_path / "other", family, seed=32, hidden=(64,))
-    wide = ControllerConfig(seed=0, max_kl=1e6, action_low=(-1e3,) * 6, action_high=(1e3,) * 6)
+    wide = ControllerConfig(
+        journal=False, seed=0, max_kl=1e6, action_low=(-1e3,) * 6, action_high=(1e3,) * 6
+    )
     ctl = Controller.load(make_artifact(tmp_path / "first", family, seed=30), wide)
     obs = np.random.default_rng(3).normal(0, 2, size=(16, 17)).astype(np.float32)
 
@@ -348,7 +350,7 @@ def test_bad_swaps_are_refused_and_the_old_policy_serves(
         (candidate / "params.safetensors").unlink()
     else:
         candidate = make_artifact(tmp_path / "wide", family, seed=2, high=2.0)
-    ctl = Controller.load(current)
+    ctl = Controller.load(current, ControllerConfig(journal=False))
     obs = np.full(17, 0.5, np.float32)
     before = ctl.act(obs, deterministic=True)
     report = ctl.swap(candidate)
@@ -429,7 +431,9 @@ def test_config_from_yaml(tmp_path: Path, artifact: Path) -> None:
     config = ControllerConfig.from_yaml(file, max_kl=0.25, seed=None)
     assert config.safe_action == "hold" and config.max_kl == 0.25
     assert Controller.load(artifact, config).episodes_per_step == 2
-    assert Controller.load(artifact).episodes_per_step == K  # the artifact's default
+    assert (
+        Controller.load(artifact, ControllerConfig(journal=False)).episodes_per_step == K
+    )  # the artifact's default
     file.write_text("safe_actoin: hold\n")
     with pytest.raises(ConfigError, match="safe_actoin"):
         ControllerConfig.from_yaml(file)

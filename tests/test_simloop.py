@@ -26,7 +26,7 @@ def small_artifact(path: Path, family_name: str, episodes: int = 4, horizon: int
 
 def test_run_goes_through_the_controller(tmp_path: Path) -> None:
     artifact = small_artifact(tmp_path / "a", "cheetah_velocity")
-    config = ControllerConfig(seed=1, max_kl=1e6)
+    config = ControllerConfig(journal=False, seed=1, max_kl=1e6)
     with Controller.load(artifact, config) as controller:
         result = run(controller, VelocityTask(1.2), steps=2, seed=0, num_threads=1)
         status = controller.status()
@@ -76,7 +76,7 @@ def test_shipped_artifact_adapts_to_unseen_velocities() -> None:
     authors' 40, all within 0.17 m/s but one (1.07 m/s: 0.41 -> 0.43)."""
     errors = []
     for velocity in (0.2, 1.0, 1.37, 1.8):
-        config = ControllerConfig(seed=11)
+        config = ControllerConfig(journal=False, seed=11)
         with Controller.load(ROOT / "artifacts" / "cheetah_velocity", config) as controller:
             result = run(controller, VelocityTask(velocity), steps=1, seed=5)
         before, after = (p.velocity_error for p in result.phases)
@@ -89,13 +89,18 @@ def test_shipped_artifact_adapts_to_unseen_velocities() -> None:
 
 def test_goal_task_in_range_is_required(tmp_path: Path) -> None:
     artifact = small_artifact(tmp_path / "a", "navigation2d", horizon=5)
-    with Controller.load(artifact) as controller, pytest.raises(ValueError, match="outside"):
+    with (
+        Controller.load(artifact, ControllerConfig(journal=False)) as controller,
+        pytest.raises(ValueError, match="outside"),
+    ):
         run(controller, GoalTask((0.9, 0.0)))
 
 
 def test_a_rejected_step_is_reported_and_the_policy_keeps_serving(tmp_path: Path) -> None:
     artifact = small_artifact(tmp_path / "a", "cheetah_velocity")
-    with Controller.load(artifact, ControllerConfig(seed=1, max_kl=1e-9)) as controller:
+    with Controller.load(
+        artifact, ControllerConfig(journal=False, seed=1, max_kl=1e-9)
+    ) as controller:
         result = run(controller, VelocityTask(1.2), steps=1, seed=0, num_threads=1)
     assert [a["accepted"] for a in result.adaptations] == [False]
     assert [p.name for p in result.phases] == ["initialization", "initialization (again)"]

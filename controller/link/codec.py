@@ -22,6 +22,7 @@ import msgpack
 import numpy as np
 
 from controller.link.protocol import (
+    FLOAT32_MAX,
     MAX_BODY_FRAMES,
     MAX_HEADER_BYTES,
     REQUEST_TYPES,
@@ -199,15 +200,24 @@ def read_array(message: Message, index: int, size: int, name: str) -> np.ndarray
         )
     array = np.frombuffer(frame, dtype=WIRE_DTYPE)
     if not np.isfinite(array).all():
-        raise ProtocolError(ErrorCode.NOT_FINITE, f"{name} holds NaN or inf", message.seq)
+        index = int(np.flatnonzero(~np.isfinite(array))[0])
+        raise ProtocolError(
+            ErrorCode.NOT_FINITE,
+            f"{name}[{index}] is {array[index]}; every entry must be a finite float32",
+            message.seq,
+        )
     return array
 
 
 def read_reward(message: Message) -> float:
-    """The header's ``reward`` as a finite float."""
+    """The header's ``reward``: finite as a float32 (|reward| <= FLOAT32_MAX)."""
     reward = float(message.fields["reward"])
-    if not math.isfinite(reward):
-        raise ProtocolError(ErrorCode.NOT_FINITE, f"reward is {reward}", message.seq)
+    if not (math.isfinite(reward) and abs(reward) <= FLOAT32_MAX):
+        raise ProtocolError(
+            ErrorCode.NOT_FINITE,
+            f"reward is {reward!r}; it must be finite as a float32 (|reward| <= {FLOAT32_MAX:.8g})",
+            message.seq,
+        )
     return reward
 
 

@@ -31,6 +31,10 @@ DEFAULT_SOCKET_MAX_BYTES: Final = 1 << 20
 connection of a peer that sends more, before the server sees the message, so no reply is
 possible. It stops a stranger from making the server allocate without bound."""
 
+FLOAT32_MAX: Final = 3.4028234663852886e38
+"""Largest finite float32: a number of larger magnitude is infinite once stored as float32,
+so the server refuses it (NOT_FINITE) even where msgpack carried it as a float64."""
+
 SEQ_MAX: Final = (1 << 64) - 1
 """Sequence numbers are unsigned 64-bit integers."""
 
@@ -117,6 +121,8 @@ class ErrorCode(IntEnum):
     """An adaptation, swap or reset is already running; retry when STATUS shows none busy."""
     INTERNAL = 11
     """The server failed unexpectedly while handling the request; it keeps serving."""
+    EPISODE_TOO_LONG = 12
+    """A STEP would make the episode being recorded longer than the WELCOME's ``horizon``."""
 
 
 class ProtocolError(Exception):

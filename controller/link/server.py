@@ -5,7 +5,11 @@ One serving thread owns the socket and answers every request in arrival order: H
 and RESET go to a worker thread, so step requests keep being answered by the current policy
 while the controller builds the next one off the serving path (controller/runtime.py). A reply
 to a waiting ADAPT/SWAP/RESET is sent when the worker finishes; a pipe wakes the serving
-thread's poll. Every malformed request gets an ERROR reply and the server carries on.
+thread's poll. Every malformed request gets an ERROR reply and the server carries on; an ERROR
+reply on a connection whose session is recording an episode drops that episode.
+
+Each session acts with its own lane (controller/link/lanes.py): a new robot starts from the
+current initialization, never from another robot's adapted policy.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zmq
@@ -46,12 +50,15 @@ from controller.link.protocol import (
     ProtocolError,
 )
 from controller.link.security import CurveKeys, check_bind, secure_server_socket
-from controller.link.sessions import RecordingController, Session, SessionTable, WatchdogEvent
+from controller.link.sessions import Session, SessionTable, WatchdogEvent, shown
 from controller.link.transport import send_frames
 from controller.link.worker import Job, Worker
 
 if TYPE_CHECKING:
+    from controller.artifact import Artifact
     from controller.config import ControllerConfig
+    from controller.link.lanes import Lanes
+    from controller.runtime import Controller
 
 log = logging.getLogger(__name__)
 
@@ -86,28 +93,9 @@ class LinkConfig(BaseModel):
     )
 
 
-class ServingController(RecordingController, Protocol):
-    """What the server needs from ``controller.runtime.Controller``."""
-
-    @property
-    def artifact(self) -> Any: ...
-
-    @property
-    def config(self) -> Any: ...
-
-    def adapt(self) -> Any: ...
-
-    def swap(self, path: str) -> Any: ...
-
-    def reset(self) -> None: ...
-
-    def status(self) -> dict[str, Any]: ...
-
-
-def welcome_layout(controller: ServingController) -> dict[str, Any]:
+def welcome_layout(artifact: Artifact, config: ControllerConfig) -> dict[str, Any]:
     """The artifact's layout as sent in WELCOME (bounds as the controller clips to)."""
-    artifact = controller.artifact
-    low, high = controller.config.action_bounds(artifact.metadata)
+    low, high = config.action_bounds(artifact.metadata)
     layout = artifact.layout
     return {
         "observation_size": layout.observation_size,
@@ -117,15 +105,29 @@ def welcome_layout(controller: ServingController) -> dict[str, Any]:
         "action_low": np.asarray(low, np.float64).tolist(),
         "action_high": np.asarray(high, np.float64).tolist(),
         "family": artifact.metadata.family,
+        "horizon": artifact.metadata.adaptation.horizon,
     }
 
 
+def policy_note(origin: str, steps: int, ready: int) -> str:
+    """WELCOME's ``policy_note``: which policy serves this session and why, in words."""
+    policy = "the initialization" if steps == 0 else f"its policy adapted {steps} step(s)"
+    if origin == "initialization":
+        return "new session: the current initialization serves"
+    if origin == "resumed":
+        return f"session resumed: {policy} serves, {ready} recorded episode(s) ready"
+    return (
+        f"session restored from the journal after a server restart: {policy} serves, "
+        f"{ready} recorded episode(s) ready"
+    )
+
+
 class LinkServer:
-    """Serves ``controller`` on ``bind`` (see module docstring); binds in the constructor."""
+    """Serves ``lanes`` on ``bind`` (see module docstring); binds in the constructor."""
 
     def __init__(
         self,
-        controller: ServingController,
+        lanes: Lanes,
         bind: str = "tcp://127.0.0.1:5555",
         *,
         curve_keys: CurveKeys | None = None,
@@ -134,10 +136,11 @@ class LinkServer:
     ) -> None:
         check_bind(bind, curve_keys, insecure)
         self.config = config or LinkConfig()
-        self._controller = controller
-        self._layout = welcome_layout(controller)
+        self.lanes = lanes
+        self._layout = welcome_layout(lanes.artifact, lanes.config)
         self._observation_size = int(self._layout["observation_size"])
-        self._sessions = SessionTable(controller, self.config.max_sessions)
+        horizon = int(self._layout["horizon"])
+        self._sessions = SessionTable(lanes, self.config.max_sessions, horizon)
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -155,12 +158,23 @@ class LinkServer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._worker = Worker()
-        self._policy = str(controller.status()["policy_id"])
         self._errors: Counter[str] = Counter()
         self._requests = 0
         self._watchdog_events: deque[WatchdogEvent] = deque(maxlen=32)
         self._watchdog_count = 0
-        self._reports: dict[str, Any] = {}
+        self._reports: dict[str, dict[str, Any]] = {}
+        """Job key (a session token, or "*" for swaps) -> kind -> the last report."""
+
+    def session_lane(self, token: str) -> Controller | None:
+        """The controller of session ``token`` (None if unknown), for embedding and tests."""
+        return self._sessions.lane(token)
+
+    def journal_note(self) -> str:
+        """Where sessions are journaled and how many a robot could resume, in words."""
+        if self.lanes.root is None:
+            return "no journal (--no-journal): a restart loses recorded episodes and adaptations"
+        stored = self.lanes.stored()
+        return f"journal {self.lanes.root} ({stored} stored session(s) can resume)"
 
     # ---- lifetime ---------------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -176,20 +190,28 @@ class LinkServer:
         scan_every = min(self.config.watchdog_timeout_s / 4, 0.1)
         self._socket.rcvtimeo = tick_ms = max(1, int(scan_every * 1000))
         next_scan = time.monotonic() + scan_every
-        log.info("serving %s on %s", self._layout["family"], self.endpoint)
+        log.info("serving %s on %s; %s", self._layout["family"], self.endpoint, self.journal_note())
         while not self._stop.is_set():
-            if self._worker.busy is None:
+            if not self._worker.busy:
                 with contextlib.suppress(zmq.Again):  # the timeout: time to scan
-                    self._handle(self._socket.recv_multipart())
+                    self._handle(*self._receive(0))
             else:
                 ready = dict(poller.poll(timeout=tick_ms))
                 if self._socket in ready:
-                    self._handle(self._socket.recv_multipart(zmq.NOBLOCK))
+                    self._handle(*self._receive(zmq.NOBLOCK))
                 if self._worker.wake_fd in ready:
                     self._finish_jobs()
             if time.monotonic() >= next_scan:
                 next_scan = time.monotonic() + scan_every
                 self._scan()
+
+    def _receive(self, flags: int) -> tuple[list[bytes], str | None]:
+        """The next message's frames and, with CURVE, the sender's public key (Z85)."""
+        if not self.secure:
+            return self._socket.recv_multipart(flags), None
+        frames = self._socket.recv_multipart(flags, copy=False)
+        key = frames[-1].get("User-Id") if frames else None
+        return [frame.bytes for frame in frames], None if key is None else str(key)
 
     def start(self) -> LinkServer:
         """Serve in a background thread (the socket moves to it); returns self."""
@@ -202,11 +224,14 @@ class LinkServer:
         self._stop.set()
 
     def stop(self) -> None:
-        """Stop serving, wait for the threads (up to 5 s each) and release the socket."""
+        """Stop serving, wait for the threads (up to 5 s each), close every session's lane
+        (their journals stay) and release the socket."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
         self._worker.close()
+        self._sessions.close_all()
+        self.lanes.release()
         self._release_socket()
 
     def __enter__(self) -> LinkServer:
@@ -224,34 +249,46 @@ class LinkServer:
             self._context.term()
 
     # ---- requests ---------------------------------------------------------------------------
-    def _handle(self, frames: list[bytes]) -> None:
+    def _handle(self, frames: list[bytes], peer_key: str | None = None) -> None:
         """Answer one request (or defer its answer to the worker); never raises."""
         # A REQ peer's envelope is [identity, b""]; a DEALER may leave out the delimiter.
         split = 2 if len(frames) >= 2 and frames[1] == b"" else 1
         envelope, body = frames[:split], frames[split:]
         self._requests += 1
         try:
-            reply = self._dispatch(body, envelope)
+            reply = self._dispatch(body, envelope, peer_key)
         except ProtocolError as error:
-            self._errors[error.code.name] += 1
-            reply = error_header(error.code, error.message, error.seq), ()
+            reply = self._error_reply(envelope, error.code, error.message, error.seq)
         except Exception as error:
             log.exception("request failed")
-            self._errors[ErrorCode.INTERNAL.name] += 1
             failure = f"{type(error).__name__}: {error}"
-            reply = error_header(ErrorCode.INTERNAL, failure, None), ()
+            reply = self._error_reply(envelope, ErrorCode.INTERNAL, failure, None)
         if reply is not None:
             send_frames(self._socket, envelope + encode(*reply))
 
-    def _dispatch(self, body: list[bytes], envelope: list[bytes]) -> Reply | None:
+    def _error_reply(
+        self, envelope: list[bytes], code: ErrorCode, message: str, seq: int | None
+    ) -> Reply:
+        """An ERROR reply; the episode being recorded on this connection, if any, is dropped
+        (the robot applies its safe action: the episode is no longer on-policy)."""
+        self._errors[code.name] += 1
+        session = self._sessions.on_connection(envelope[0])
+        if session is not None:
+            self._sessions.drop_episode(session, f"an ERROR reply ({code.name}) on its connection")
+        return error_header(code, message, seq), ()
+
+    def _dispatch(
+        self, body: list[bytes], envelope: list[bytes], peer_key: str | None
+    ) -> Reply | None:
         message = decode_request(body, self.config.max_message_bytes)
         if message.type is MessageType.HELLO:
-            return self._on_hello(message)
-        session = self._sessions.get(message.fields["session"])
+            return self._on_hello(message, envelope[0], peer_key)
+        session = self._sessions.get(message.fields["session"], envelope[0])
         if session is None:
             raise ProtocolError(
                 ErrorCode.UNKNOWN_SESSION,
-                "unknown session (the server restarted or the session was closed): send HELLO",
+                "unknown session on this connection (the server restarted, the session was "
+                "closed, or it is bound to another connection): send HELLO with resume",
                 message.seq,
             )
         if message.seq <= session.last_seq:
@@ -261,48 +298,40 @@ class LinkServer:
                 message.seq,
             )
         self._sessions.touch(session, message.seq)
-        try:
-            return self._on_request(message, session, envelope)
-        except Exception:
-            if message.type in (MessageType.STEP, MessageType.EPISODE_END):
-                # The robot falls back to its safe action: the episode is no longer on-policy.
-                self._sessions.drop_episode(session, f"an ERROR reply to a {message.type}")
-            raise
+        return self._on_request(message, session, envelope)
 
     def _on_request(
         self, message: Message, session: Session, envelope: list[bytes]
     ) -> Reply | None:
-        fields, seq = message.fields, message.seq
+        fields, seq, lane = message.fields, message.seq, session.lane
         if message.type is MessageType.STEP:
             return self._on_step(message, session)
         if message.type is MessageType.EPISODE_END:
             receipt = self._sessions.end_episode(
-                session,
-                read_reward(message),
-                fields["terminated"],
+                session, read_reward(message), fields["terminated"],
                 fields.get("interrupted", False),
-            )
-            ready = self._controller.status()["episodes_ready"]
+            )  # fmt: skip
+            ready = lane.status()["episodes_ready"]
             return {"type": MessageType.EPISODE, "seq": seq, **receipt,
                     "episodes_ready": ready}, ()  # fmt: skip
         if message.type is MessageType.ADAPT:
-            return self._submit(message, self._controller.adapt, envelope)
+            return self._submit(message, session.id, lane.adapt, envelope)
         if message.type is MessageType.SWAP:
             path = str(fields["path"])
-            return self._submit(message, lambda: self._controller.swap(path), envelope)
+
+            def swap() -> Any:
+                return self.lanes.swap(path, [s.lane for s in self._sessions])
+
+            return self._submit(message, "*", swap, envelope)
         if message.type is MessageType.RESET:
-            return self._submit(message, self._controller.reset, envelope)
+            return self._submit(message, session.id, lane.reset, envelope)
         if message.type is MessageType.STATUS:
-            status = {**self._controller.status(), "link": self.link_status()}
-            return {
-                "type": MessageType.STATUS_REPLY,
-                "seq": seq,
-                "status": to_wire(status),
-            }, ()
-        self._sessions.close(session, "said bye")  # BYE, the only request type left
+            status = {**lane.status(), "link": self.link_status(session.id)}
+            return {"type": MessageType.STATUS_REPLY, "seq": seq, "status": to_wire(status)}, ()
+        self._sessions.close(session, "said bye", ended=True)  # BYE, the only type left
         return {"type": MessageType.OK, "seq": seq}, ()
 
-    def _on_hello(self, message: Message) -> Reply:
+    def _on_hello(self, message: Message, connection: bytes, peer_key: str | None) -> Reply:
         fields = message.fields
         if fields["version"] != PROTOCOL_VERSION:
             raise ProtocolError(
@@ -311,14 +340,19 @@ class LinkServer:
                 f"the client asked for {fields['version']}",
                 message.seq,
             )
-        session, resumed = self._sessions.open(
-            str(fields.get("client", "")), message.seq, fields.get("resume")
+        session, _ = self._sessions.open(
+            str(fields.get("client", "")), message.seq, fields.get("resume"), connection, peer_key
         )
-        status = self._controller.status()
+        status = session.lane.status()
+        steps, ready = int(status["adaptation_steps"]), int(status["episodes_ready"])
         header = {
             "type": MessageType.WELCOME, "seq": message.seq, "version": PROTOCOL_VERSION,
-            "session": session.id, "resumed": resumed, "stream": session.stream, **self._layout,
-            "policy": status["policy_id"], "episodes_per_step": status["episodes_per_step"],
+            "session": session.id, "resumed": session.origin != "initialization",
+            "stream": session.stream, **self._layout,
+            "policy": status["policy_id"], "policy_origin": session.origin,
+            "adaptation_steps": steps, "episodes_ready": ready,
+            "policy_note": policy_note(session.origin, steps, ready),
+            "episodes_per_step": status["episodes_per_step"],
             "max_message_bytes": self.config.max_message_bytes,
             "watchdog_timeout_s": self.config.watchdog_timeout_s,
         }  # fmt: skip
@@ -327,39 +361,41 @@ class LinkServer:
     def _on_step(self, message: Message, session: Session) -> Reply:
         observation = read_array(message, 0, self._observation_size, "observation")
         reward = read_reward(message)
-        fields = message.fields
+        fields, lane = message.fields, session.lane
         self._sessions.before_act(
             session, reward, fields["done"], fields.get("start", False),
-            fields.get("interrupted", False),
+            fields.get("interrupted", False), message.seq,
         )  # fmt: skip
-        command = self._controller.act(
-            observation, fields.get("deterministic", False), stream=session.stream
-        )
-        self._sessions.after_act(session, observation, command)
+        command = lane.act(observation, fields.get("deterministic", False))
+        served = lane.served()
+        self._sessions.after_act(session, observation, command, served)
+        busy = self._worker.busy
         header = {"type": MessageType.ACTION, "seq": message.seq, "dtype": WIRE_DTYPE,
-                  "policy": self._policy, "adapting": self._worker.busy is not None}  # fmt: skip
+                  "policy": lane.policy_id, "adapting": session.id in busy or "*" in busy,
+                  "safe": served == "safe"}  # fmt: skip
         return header, (command,)
 
     # ---- adapt, swap and reset in the worker ----------------------------------------------
     def _submit(
-        self, message: Message, run: Callable[[], Any], envelope: list[bytes]
+        self, message: Message, key: str, run: Callable[[], Any], envelope: list[bytes]
     ) -> Reply | None:
-        busy = self._worker.busy
+        busy = self._worker.busy.get(key) or self._worker.busy.get("*")
         if busy is not None:
             raise ProtocolError(
                 ErrorCode.BUSY, f"a {busy} is running; retry when STATUS shows it done", message.seq
             )
         wait = message.fields.get("wait", True)
-        self._worker.submit(Job(message.type.value, run, envelope if wait else None, message.seq))
+        job = Job(message.type.value, key, run, envelope if wait else None, message.seq)
+        self._worker.submit(job)
         if wait:
             return None  # answered by _finish_jobs
         return {"type": STARTED_REPLY[message.type].value, "seq": message.seq}, ()
 
     def _finish_jobs(self) -> None:
         for job, result, error in self._worker.finished():
-            self._policy = str(self._controller.status()["policy_id"])
             report = to_wire(result)
-            self._reports[job.kind] = report if error is None else {"error": str(error)}
+            kept = report if error is None else {"error": str(error)}
+            self._reports.setdefault(job.key, {})[job.kind] = kept
             if job.reply_to is None:
                 continue
             if error is not None:
@@ -375,12 +411,14 @@ class LinkServer:
         self._watchdog_events.extend(events)
         self._watchdog_count += len(events)
 
-    def link_status(self) -> dict[str, Any]:
-        """The link's part of STATUS: sessions, watchdog events, error counts, last reports."""
+    def link_status(self, token: str | None = None) -> dict[str, Any]:
+        """The link's part of STATUS: sessions (token prefixes only), watchdog events, error
+        counts, and the last ADAPT/RESET report of session ``token`` and the last SWAP's."""
         now = time.monotonic()
         sessions = [
-            {"session": s.id[:8], "stream": s.stream, "client": s.client, "silent": s.silent,
+            {"session": shown(s.id), "stream": s.stream, "client": s.client, "silent": s.silent,
              "silent_s": round(now - s.last_seen, 3), "steps": s.steps,
+             "policy_origin": s.origin, "adaptation_steps": s.lane.generation,
              "recording_steps": s.episode_steps if s.recording else None,
              "episodes_recorded": s.episodes_recorded, "episodes_dropped": s.episodes_dropped}
             for s in self._sessions
@@ -388,13 +426,14 @@ class LinkServer:
         return {
             "endpoint": self.endpoint,
             "secure": self.secure,
+            "journal": None if self.lanes.root is None else str(self.lanes.root),
             "requests": self._requests,
-            "busy": self._worker.busy,
+            "busy": dict(self._worker.busy) or None,
             "sessions": sessions,
             "watchdog_count": self._watchdog_count,
             "watchdog_events": [e._asdict() for e in self._watchdog_events],
             "errors": dict(self._errors),
-            "last_reports": dict(self._reports),
+            "last_reports": {**self._reports.get("*", {}), **self._reports.get(token or "", {})},
         }
 
 
@@ -408,30 +447,35 @@ def serve(
     link_config: LinkConfig | None = None,
     ready: Callable[[LinkServer], None] | None = None,
 ) -> None:
-    """Load the artifact into a Controller and serve it until SIGINT/SIGTERM.
+    """Load the artifact and serve it, one lane per robot session, until SIGINT/SIGTERM.
 
-    ``config`` is the controller's (journal, safe action, ...); ``ready`` is called once the
-    socket is bound (e.g. to print the endpoint).
+    ``config`` is the controller's (journal, safe action, ...): every lane runs with it, its
+    journal in the lane's own directory under ``journal_dir`` (by default derived from the
+    artifact). ``ready`` is called once the socket is bound (e.g. to print the endpoint).
     """
-    from controller.runtime import Controller  # torch and onnxruntime: only when serving
+    from controller.link.lanes import Lanes  # torch and onnxruntime: only when serving
 
     check_bind(bind, curve_keys, insecure)  # before the (slower) artifact load
-    with Controller.load(artifact_path, config) as controller:
+    lanes = Lanes.load(artifact_path, config)
+    try:
         server = LinkServer(
-            controller, bind, curve_keys=curve_keys, insecure=insecure, config=link_config
+            lanes, bind, curve_keys=curve_keys, insecure=insecure, config=link_config
         )
-        previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for number in (signal.SIGINT, signal.SIGTERM):
-                previous[number] = signal.signal(number, lambda *_: server.request_stop())
-        try:
-            if ready is not None:
-                ready(server)
-            server.serve_forever()
-        finally:
-            server.stop()
-            for number, handler in previous.items():
-                signal.signal(number, handler)
+    except BaseException:
+        lanes.release()
+        raise
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for number in (signal.SIGINT, signal.SIGTERM):
+            previous[number] = signal.signal(number, lambda *_: server.request_stop())
+    try:
+        if ready is not None:
+            ready(server)
+        server.serve_forever()
+    finally:
+        server.stop()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def free_tcp_endpoint() -> str:

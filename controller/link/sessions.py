@@ -1,15 +1,3 @@
-"""The server's per-robot state: sessions, the episode each one is recording, and the watchdog.
-
-A session is one robot (one client) between its HELLO and its BYE; it survives reconnects
-(HELLO with ``resume``). Each session owns a controller *stream*: the controller keeps the
-exploration sample behind each command per stream, and ``record`` must follow ``act`` on the
-same stream (``Controller.record`` docstring), so two robots never share one.
-
-Recording follows docs/protocol.md, "Episodes": a STEP's reward and done complete the previous
-STEP's transition; an episode that cannot be trusted to be on-policy (the robot applied a safe
-action, the server lost track, the robot went silent) is dropped, never recorded in part.
-"""
-
 from __future__ import annotations
 
 import logging
@@ -17,30 +5,25 @@ import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from controller.link.protocol import ErrorCode, ProtocolError
+
+if TYPE_CHECKING:
+    from controller.link.lanes import Lanes
+    from controller.runtime import Controller
+
 log = logging.getLogger(__name__)
 
+TOKEN_SHOWN = 8
+"""Hex digits of a session token shown in logs and STATUS (the rest is a secret)."""
 
-class RecordingController(Protocol):
-    """What sessions need from a controller (``controller.runtime.Controller`` has it)."""
 
-    def act(
-        self, observation: np.ndarray, deterministic: bool = False, stream: int = 0
-    ) -> np.ndarray: ...
-
-    def record(
-        self,
-        observation: np.ndarray,
-        action: np.ndarray,
-        reward: float,
-        done: bool,
-        stream: int = 0,
-    ) -> None: ...
-
-    def end_episode(self, stream: int = 0, truncated: bool = True) -> Any: ...
+def shown(token: str) -> str:
+    """The part of a token that logs and STATUS may show."""
+    return token[:TOKEN_SHOWN]
 
 
 @dataclass
@@ -48,8 +31,17 @@ class Session:
     """One robot's link state."""
 
     id: str
+    lane: Controller
+    """This session's own controller (policy, episodes, journal)."""
     stream: int
+    """Number of the session's lane (informational)."""
     client: str
+    connection: bytes
+    """Routing id of the connection the token is bound to (b"": none)."""
+    peer_key: str | None
+    """The robot's CURVE public key (Z85) when the server runs CURVE."""
+    origin: str
+    """How the session's policy started (Lane.origin)."""
     last_seq: int
     last_seen: float
     """time.monotonic() of the last request."""
@@ -60,6 +52,8 @@ class Session:
     reward arrives with the next request."""
     episode_steps: int = 0
     """Transitions recorded so far in the episode being recorded."""
+    drop_reason: str | None = None
+    """Why the last episode was dropped (told in the EPISODE reply); None: not dropped."""
     steps: int = 0
     episodes_recorded: int = 0
     episodes_dropped: int = 0
@@ -71,6 +65,7 @@ class WatchdogEvent(NamedTuple):
     """A robot that stopped sending."""
 
     session: str
+    """The first 8 hex digits of its token."""
     stream: int
     client: str
     silent_s: float
@@ -81,12 +76,15 @@ class WatchdogEvent(NamedTuple):
 
 
 class SessionTable:
-    """All sessions of a server, keyed by id; called from the server's one serving thread."""
+    """All sessions of a server, keyed by token; called from the server's one serving thread."""
 
-    def __init__(self, controller: RecordingController, max_sessions: int) -> None:
-        self._controller = controller
+    def __init__(self, lanes: Lanes, max_sessions: int, horizon: int) -> None:
+        self.lanes = lanes
         self._max_sessions = max_sessions
+        self._horizon = horizon
         self._sessions: dict[str, Session] = {}
+        self._connections: dict[bytes, Session] = {}
+        self._streams = 0
 
     def __iter__(self) -> Iterator[Session]:
         return iter(list(self._sessions.values()))
@@ -94,26 +92,62 @@ class SessionTable:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def get(self, session_id: str) -> Session | None:
-        return self._sessions.get(session_id)
+    def get(self, token: str, connection: bytes) -> Session | None:
+        """The session of ``token`` if ``connection`` holds it (a token is bound to its
+        connection: the same token from another one is as unknown as a made-up one)."""
+        session = self._sessions.get(token)
+        return session if session is not None and session.connection == connection else None
 
-    def open(self, client: str, seq: int, resume: str | None) -> tuple[Session, bool]:
-        """(the session, resumed?): ``resume`` names a known session to continue, else a new
-        one takes the lowest free stream (evicting the longest-silent session when full)."""
+    def lane(self, token: str) -> Controller | None:
+        """The controller of session ``token``, whatever its connection."""
+        session = self._sessions.get(token)
+        return None if session is None else session.lane
+
+    def on_connection(self, connection: bytes) -> Session | None:
+        """The session bound to ``connection``, if any."""
+        return self._connections.get(connection)
+
+    def open(
+        self, client: str, seq: int, resume: str | None, connection: bytes, peer_key: str | None
+    ) -> tuple[Session, bool]:
+        """(the session, resumed?): ``resume`` names this robot's earlier session to continue
+        (in memory, or restored from the journal after a restart); else a new session with a
+        new lane that starts from the current initialization."""
         now = time.monotonic()
         known = self._sessions.get(resume) if resume is not None else None
-        if known is not None:
+        if known is not None and known.peer_key == peer_key:
             known.last_seq, known.last_seen, known.client = seq, now, client
+            known.origin = "resumed"
+            self._bind(known, connection)
             self._wake(known)
             return known, True
         if len(self._sessions) >= self._max_sessions:
             self.close(min(self._sessions.values(), key=lambda s: s.last_seen), "evicted")
-        used = {s.stream for s in self._sessions.values()}
-        stream = next(i for i in range(len(used) + 1) if i not in used)
-        session = Session(secrets.token_hex(16), stream, client, seq, now)
-        self._sessions[session.id] = session
-        log.info("robot %r connected: session %s, stream %d", client, session.id[:8], stream)
-        return session, False
+        token = resume if resume is not None and known is None else None
+        lane = self.lanes.open(token, peer_key, restore=True) if token is not None else None
+        if lane is None or lane.origin != "restored":
+            token = secrets.token_hex(16)
+            lane = self.lanes.open(token, peer_key, restore=False)
+        assert token is not None
+        self._streams += 1
+        session = Session(token, lane.controller, self._streams - 1, client, connection,
+                          peer_key, lane.origin, seq, now)  # fmt: skip
+        self._sessions[token] = session
+        self._bind(session, connection)
+        log.info(
+            "robot %r: session %s (%s), lane %d", client, shown(token), lane.origin, session.stream
+        )
+        return session, lane.origin == "restored"
+
+    def _bind(self, session: Session, connection: bytes) -> None:
+        previous = self._connections.pop(session.connection, None)
+        if previous is not None and previous is not session:
+            self._connections[session.connection] = previous
+        other = self._connections.get(connection)
+        if other is not None and other is not session:
+            other.connection = b""  # that session's token now needs a HELLO resume
+        session.connection = connection
+        self._connections[connection] = session
 
     def touch(self, session: Session, seq: int) -> None:
         """A request of ``session`` with sequence number ``seq`` was accepted."""
@@ -121,16 +155,26 @@ class SessionTable:
         if session.silent:
             self._wake(session)
 
-    def close(self, session: Session, why: str) -> None:
+    def close(self, session: Session, why: str, ended: bool = False) -> None:
+        """End ``session`` in memory (its journal stays; ``ended``: BYE, no resume)."""
         self.drop_episode(session, why)
         self._sessions.pop(session.id, None)
-        log.info("robot %r (session %s) left: %s", session.client, session.id[:8], why)
+        if self._connections.get(session.connection) is session:
+            del self._connections[session.connection]
+        self.lanes.close(session.lane, session.id, ended)
+        log.info("robot %r (session %s) left: %s", session.client, shown(session.id), why)
+
+    def close_all(self) -> None:
+        for session in self:
+            self.close(session, "the server stopped")
 
     # ---- episodes -------------------------------------------------------------------------
     def before_act(
-        self, session: Session, reward: float, done: bool, start: bool, interrupted: bool
-    ) -> None:
-        """Complete the previous transition of a STEP, or drop/close the episode it belongs to."""
+        self, session: Session, reward: float, done: bool, start: bool, interrupted: bool,
+        seq: int,
+    ) -> None:  # fmt: skip
+        """Complete the previous transition of a STEP, or drop/close the episode it belongs to.
+        Raises EPISODE_TOO_LONG when this STEP's action would exceed the horizon."""
         if interrupted:
             self.drop_episode(session, "the robot applied actions the server did not send")
         if start:
@@ -138,16 +182,29 @@ class SessionTable:
         elif done:
             self._finish(session, reward, terminated=True)
         elif session.pending is not None:
+            if session.episode_steps + 1 >= self._horizon:
+                raise ProtocolError(
+                    ErrorCode.EPISODE_TOO_LONG,
+                    f"this STEP would be action {session.episode_steps + 2} of the episode; "
+                    f"episodes last at most horizon={self._horizon} actions (WELCOME "
+                    "'horizon'): send EPISODE_END after the last one",
+                    seq,
+                )
             observation, command = session.pending
-            self._controller.record(observation, command, reward, False, session.stream)
+            session.lane.record(observation, command, reward, False)
             session.episode_steps += 1
         if start or done:
-            session.recording = True
+            session.recording, session.drop_reason = True, None
 
-    def after_act(self, session: Session, observation: np.ndarray, command: np.ndarray) -> None:
-        """Hold (observation, command) until the next request brings its reward."""
+    def after_act(
+        self, session: Session, observation: np.ndarray, command: np.ndarray, served: str
+    ) -> None:
+        """Hold (observation, command) until the next request brings its reward; an episode
+        that got the safe action is dropped (the action did not come from the policy)."""
         session.steps += 1
-        if session.recording:
+        if served == "safe":
+            self.drop_episode(session, "the server answered a STEP with the safe action")
+        elif session.recording:
             session.pending = (observation, command)
 
     def end_episode(
@@ -156,24 +213,28 @@ class SessionTable:
         """EPISODE_END: record the last transition and finish the episode; a receipt."""
         if interrupted:
             self.drop_episode(session, "the robot applied actions the server did not send")
+        if not session.recording:
+            reason = session.drop_reason or (
+                "no episode was being recorded (recording starts at a STEP with start or done)"
+            )
+            session.drop_reason = None
+            return {"recorded": False, "steps": 0, "reason": reason}
         steps = session.episode_steps + 1
         recorded = self._finish(session, reward, terminated)
-        return {"recorded": recorded, "steps": steps if recorded else 0}
+        dropped = None if recorded else session.lane.drop_reason(0)
+        return {"recorded": recorded, "steps": steps if recorded else 0, "reason": dropped}
 
     def drop_episode(self, session: Session, why: str) -> int:
         """Forget the episode being recorded (none of it may feed an adaptation); its length."""
         if not session.recording:
             return 0
-        steps = session.episode_steps
-        if session.pending is not None:
-            # A non-finite reward marks the controller's episode in progress as damaged, which
-            # drops it at its end (Controller.end_episode: "dropped (non-finite values ...)").
-            observation, command = session.pending
-            self._controller.record(observation, command, float("nan"), True, session.stream)
-            steps += 1
+        steps = session.episode_steps + (session.pending is not None)
+        session.lane.mark_episode(0, why)
+        session.lane.end_episode(0)
         session.recording, session.pending, session.episode_steps = False, None, 0
+        session.drop_reason = why
         session.episodes_dropped += 1
-        log.warning("dropped the %d-step episode of stream %d: %s", steps, session.stream, why)
+        log.warning("dropped the %d-step episode of lane %d: %s", steps, session.stream, why)
         return steps
 
     def _finish(self, session: Session, reward: float, terminated: bool) -> bool:
@@ -182,8 +243,11 @@ class SessionTable:
         session.recording, session.pending, session.episode_steps = False, None, 0
         if pending is None:
             return False
-        self._controller.record(pending[0], pending[1], reward, False, session.stream)
-        episode = self._controller.end_episode(session.stream, truncated=not terminated)
+        session.lane.record(pending[0], pending[1], reward, False)
+        episode = session.lane.end_episode(0, truncated=not terminated)
+        if episode is None:
+            session.episodes_dropped += 1
+            session.drop_reason = session.lane.drop_reason(0)
         session.episodes_recorded += episode is not None
         return episode is not None
 
@@ -200,10 +264,10 @@ class SessionTable:
             session.silent = True
             dropped = self.drop_episode(session, f"robot silent for {silent_s:.2f} s")
             event = WatchdogEvent(
-                session.id, session.stream, session.client, silent_s, dropped, time.time()
+                shown(session.id), session.stream, session.client, silent_s, dropped, time.time()
             )
             log.warning(
-                "watchdog: robot %r (stream %d) silent for %.2f s; dropped %d steps in progress",
+                "watchdog: robot %r (lane %d) silent for %.2f s; dropped %d steps in progress",
                 session.client, session.stream, silent_s, dropped,
             )  # fmt: skip
             events.append(event)
@@ -212,4 +276,4 @@ class SessionTable:
     def _wake(self, session: Session) -> None:
         if session.silent:
             session.silent = False
-            log.info("robot %r (stream %d) is back", session.client, session.stream)
+            log.info("robot %r (lane %d) is back", session.client, session.stream)

@@ -24,6 +24,8 @@ class Job(NamedTuple):
 
     kind: str
     """adapt | swap | reset (the request's message type)."""
+    key: str
+    """What the job works on: a session's token (adapt, reset), or ``*`` (swap: all)."""
     run: Callable[[], Any]
     reply_to: list[bytes] | None
     """Envelope of a waiting request, answered when the job ends; None: nobody waits."""
@@ -39,10 +41,11 @@ class Finished(NamedTuple):
 
 
 class Worker:
-    """A single background thread running :class:`Job`s; ``busy`` names the one running."""
+    """A single background thread running :class:`Job`s in order; ``busy`` maps the key of
+    each job queued or running to its kind."""
 
     def __init__(self) -> None:
-        self.busy: str | None = None
+        self.busy: dict[str, str] = {}
         self._jobs: queue.Queue[Job | None] = queue.Queue()
         self._done: queue.Queue[Finished] = queue.Queue()
         self._read_fd, self._write_fd = os.pipe()
@@ -56,8 +59,8 @@ class Worker:
         return self._read_fd
 
     def submit(self, job: Job) -> None:
-        """Queue ``job``; the caller checks ``busy`` first (one job at a time)."""
-        self.busy = job.kind
+        """Queue ``job``; the caller checks ``busy`` first (one job per key at a time)."""
+        self.busy[job.key] = job.kind
         self._jobs.put(job)
 
     def finished(self) -> list[Finished]:
@@ -66,8 +69,9 @@ class Worker:
             os.read(self._read_fd, 4096)
         ended = []
         while not self._done.empty():
-            ended.append(self._done.get())
-            self.busy = None
+            finished = self._done.get()
+            ended.append(finished)
+            self.busy.pop(finished.job.key, None)
         return ended
 
     def close(self, timeout_s: float = 5.0) -> None:

@@ -1,0 +1,172 @@
+"""One controller per robot session: its own policy, recorded episodes and journal.
+
+A robot that says HELLO gets a *lane*: a :class:`controller.runtime.Controller` of its own that
+starts from the server's current initialization, records only that robot's episodes and adapts
+only on them, so no robot ever acts with a policy adapted on another robot's task. The lanes of
+one server share the artifact (loaded and verified once) and the onnxruntime session of its
+architecture.
+
+Durability: each lane journals to ``ROOT/sessions/ID/`` where ID is a hash of the session token
+(the token itself is a secret and is never written). A restarted server with the same ROOT
+(by default derived from the artifact, ``controller.journal.default_journal_dir``) restores a
+lane when its robot resumes with the token: the adapted policy and the recorded episodes come
+back. With CURVE the lane is also bound to the robot's public key (stored hashed as well).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+from pathlib import Path
+from typing import IO, NamedTuple
+
+from controller.artifact import Artifact, load_artifact
+from controller.config import ControllerConfig
+from controller.journal import JOURNAL_FILE, JournalError, default_journal_dir
+from controller.runtime import Controller, SessionCache, SwapReport
+
+log = logging.getLogger(__name__)
+
+LANES_DIR = "sessions"
+OWNER_FILE = "owner"
+"""In a lane directory: the hash of the CURVE public key that opened it ("" without CURVE)."""
+ENDED_FILE = "ended"
+"""In a lane directory: present once the session said BYE (it cannot be resumed)."""
+LOCK_FILE = "server.lock"
+
+
+def token_hash(secret: str) -> str:
+    """The name a token (or a public key) is stored under: 32 hex digits of its SHA-256."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:32]
+
+
+class Lane(NamedTuple):
+    """A session's controller and how it started."""
+
+    controller: Controller
+    origin: str
+    """``initialization`` (new: the current initialization serves), ``resumed`` (this
+    session's state, still in memory) or ``restored`` (this session's state, from the journal
+    after a restart)."""
+
+
+class Lanes:
+    """The lanes of one server (called from its serving thread and its worker thread)."""
+
+    def __init__(self, artifact: Artifact, config: ControllerConfig) -> None:
+        self.artifact = artifact
+        self.config = config
+        """The controller config every lane runs with (its journal fields aside)."""
+        self._sessions: SessionCache = {}
+        self._count = 0
+        self._lock_file: IO[bytes] | None = None
+        self.root: Path | None = None
+        if config.journal:
+            self.root = config.journal_dir or default_journal_dir(
+                artifact.metadata.family, artifact.digest
+            )
+            self._lock_file = _lock(self.root)
+
+    @classmethod
+    def load(cls, path: str | Path, config: ControllerConfig | None = None) -> Lanes:
+        return cls(load_artifact(path), config or ControllerConfig())
+
+    def stored(self) -> int:
+        """Lanes in the journal root that a robot could resume (not ended)."""
+        if self.root is None or not (self.root / LANES_DIR).is_dir():
+            return 0
+        lanes = (self.root / LANES_DIR).iterdir()
+        return sum((d / JOURNAL_FILE).exists() and not (d / ENDED_FILE).exists() for d in lanes)
+
+    def open(self, token: str, peer_key: str | None, restore: bool) -> Lane:
+        """The lane of session ``token``: restored from the journal when ``restore`` and a
+        lane of this token (and, with CURVE, this key) is stored there; else a new one."""
+        directory = self._directory(token)
+        owner = "" if peer_key is None else token_hash(peer_key)
+        if restore and directory is not None and self._resumable(directory, owner):
+            return Lane(self._controller(directory), "restored")
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / OWNER_FILE).write_text(owner)
+        return Lane(self._controller(directory), "initialization")
+
+    def close(self, lane: Controller, token: str, ended: bool) -> None:
+        """Release a lane's journal; ``ended`` (BYE): it can no longer be resumed."""
+        lane.close()
+        directory = self._directory(token)
+        if ended and directory is not None and directory.is_dir():
+            (directory / ENDED_FILE).touch()
+
+    def swap(self, path: str | Path, lanes: list[Controller]) -> SwapReport:
+        """Make the artifact at ``path`` the initialization of every lane and of new ones.
+
+        Loaded and verified once; each lane then serves it (its adaptations dropped) from its
+        next episode. Refused as a whole when the artifact is unusable or incompatible.
+        """
+        try:
+            candidate = load_artifact(path)
+        except (ValueError, RuntimeError) as error:
+            digest = self.artifact.digest
+            return SwapReport(False, str(error), digest, digest, 0.0)
+        probe = Controller(
+            self.artifact, self._lane_config(None), sessions=self._sessions
+        )  # checks compatibility without touching a serving lane
+        report = probe.swap_to(candidate)
+        probe.close()
+        if not report.accepted:
+            return report
+        for lane in lanes:
+            lane.swap_to(candidate)
+        self.artifact = candidate
+        return report
+
+    def release(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _directory(self, token: str) -> Path | None:
+        return None if self.root is None else self.root / LANES_DIR / token_hash(token)
+
+    @staticmethod
+    def _resumable(directory: Path, owner: str) -> bool:
+        if not (directory / JOURNAL_FILE).exists() or (directory / ENDED_FILE).exists():
+            return False
+        try:
+            return (directory / OWNER_FILE).read_text() == owner
+        except OSError:
+            return False
+
+    def _lane_config(self, directory: Path | None) -> ControllerConfig:
+        seed = self.config.seed
+        update = {
+            "journal": directory is not None,
+            "journal_dir": directory,
+            "resume": True,
+            "seed": None if seed is None else seed + self._count,
+        }
+        return self.config.model_copy(update=update)
+
+    def _controller(self, directory: Path | None) -> Controller:
+        self._count += 1
+        config = self._lane_config(directory)
+        return Controller(self.artifact, config, sessions=self._sessions)
+
+
+def _lock(root: Path) -> IO[bytes]:
+    """An exclusive lock on ``root`` for this server's lifetime (two servers never share)."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(root / LOCK_FILE, "a+b")  # noqa: SIM115 -- held for the lifetime
+    except OSError as error:
+        raise JournalError(f"cannot use the journal directory {root}: {error}") from error
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise JournalError(
+            f"the journal directory {root} is in use by another server; give this one its own "
+            "(--journal-dir DIR) or run it without a journal (--no-journal)"
+        ) from None
+    return handle
