@@ -10,14 +10,14 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,ray]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,ray,video]'
 	touch $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(VENV)/bin/adaptctl run artifacts/cheetah_velocity --target-velocity 1.37 --out runs/demo
+	$(VENV)/bin/adaptctl run artifacts/cheetah_velocity --target-velocity 1.37 --out runs/demo --video
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -10,46 +10,23 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-_EXPORTS = {
-    "Controller": "controller.runtime",
-    "AdaptReport": "controller.runtime",
-    "AdaptTimings": "controller.runtime",
-    "SwapReport": "controller.runtime",
-    "ControllerConfig": "controller.config",
-    "ConfigError": "controller.config",
-    "Artifact": "controller.artifact",
-    "ArtifactAdaptation": "controller.artifact",
-    "ArtifactError": "controller.artifact",
-    "ArtifactMetadata": "controller.artifact",
-    "IOLayout": "controller.artifact",
-    "check_compatible": "controller.artifact",
-    "load_artifact": "controller.artifact",
-    "save_artifact": "controller.artifact",
-    "JournalError": "controller.journal",
-    "RecordedEpisode": "controller.journal",
-}
+# Each public name, once, under the module that defines it; ``__all__`` and the lazy lookup
+# derive from this table. The block below repeats the imports for type checkers only
+# (tests/test_package_exports.py checks that the two agree).
+_EXPORTS_BY_MODULE: dict[str, tuple[str, ...]] = {
+    "controller.runtime": ("Controller", "AdaptReport", "AdaptTimings", "SwapReport"),
+    "controller.config": ("ControllerConfig", "ConfigError"),
+    "controller.artifact": (
+        "Artifact", "ArtifactAdaptation", "ArtifactError", "ArtifactMetadata", "IOLayout",
+        "check_compatible", "load_artifact", "save_artifact",
+    ),
+    "controller.journal": ("JournalError", "RecordedEpisode"),
+}  # fmt: skip
+_EXPORTS = {name: module for module, names in _EXPORTS_BY_MODULE.items() for name in names}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "AdaptReport",
-    "AdaptTimings",
-    "Artifact",
-    "ArtifactAdaptation",
-    "ArtifactError",
-    "ArtifactMetadata",
-    "ConfigError",
-    "Controller",
-    "ControllerConfig",
-    "IOLayout",
-    "JournalError",
-    "RecordedEpisode",
-    "SwapReport",
-    "check_compatible",
-    "load_artifact",
-    "save_artifact",
-]
-
-if TYPE_CHECKING:
-    from controller.artifact import (
+if TYPE_CHECKING:  # the table's names for type checkers (F401: re-exported, not used here)
+    from controller.artifact import (  # noqa: F401
         Artifact,
         ArtifactAdaptation,
         ArtifactError,
@@ -59,9 +36,9 @@ if TYPE_CHECKING:
         load_artifact,
         save_artifact,
     )
-    from controller.config import ConfigError, ControllerConfig
-    from controller.journal import JournalError, RecordedEpisode
-    from controller.runtime import AdaptReport, AdaptTimings, Controller, SwapReport
+    from controller.config import ConfigError, ControllerConfig  # noqa: F401
+    from controller.journal import JournalError, RecordedEpisode  # noqa: F401
+    from controller.runtime import AdaptReport, AdaptTimings, Controller, SwapReport  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

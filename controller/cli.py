@@ -67,19 +67,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     task = task_from_args(args)
     if config.seed is None:
         config = config.model_copy(update={"seed": args.seed})
-    with Controller.load(args.artifact, config) as controller:
-        result = simloop.run(controller, task, steps=args.steps, seed=args.seed,
-                             num_threads=args.threads)  # fmt: skip
+    recorder = simloop.EpisodeRecorder() if args.video else None
+    try:
+        with Controller.load(args.artifact, config) as controller:
+            result = simloop.run(controller, task, steps=args.steps, seed=args.seed,
+                                 num_threads=args.threads, recorder=recorder)  # fmt: skip
+    finally:
+        if recorder is not None:
+            recorder.close()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     document = result.to_json()
     (out / "result.json").write_text(json.dumps(document, indent=1) + "\n")
     simloop.plot(result, task, out / "adaptation.png")
+    written = [out / "result.json", out / "adaptation.png"]
+    if recorder is not None:
+        written.append(simloop.write_video(recorder, result, task, out / "adaptation.mp4"))
     if args.json:
         print(json.dumps(document, indent=1))
     else:
         print(simloop.format_table(result))
-        print(f"wrote {out / 'result.json'} and {out / 'adaptation.png'}")
+        print(f"wrote {', '.join(str(p) for p in written)}")
+        if recorder is not None:
+            print(f"video (before | after adaptation, side by side): {written[-1]}")
     return 0
 
 
@@ -93,6 +103,9 @@ def add_subcommands(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=2, help="MuJoCo batch threads")
     p.add_argument("--out", default="runs/run", help="where result.json and the plot go")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--video", action="store_true",
+                   help="also write adaptation.mp4: an episode before and after adaptation, "
+                   "side by side (needs the video extra)")  # fmt: skip
     add_config_arguments(p)
     p.set_defaults(func=cmd_run)
     from controller.link import cli as link_cli

@@ -16,7 +16,10 @@ from typing import Any
 import numpy as np
 
 from controller.runtime import AdaptReport, Controller
+from controller.video import Film, write_side_by_side
 from sim.families import Family, get_family
+from sim.render import DEFAULT_SIZE, FrameRenderer, frame_seconds, renderer_for
+from sim.simulator import Simulator, StepResult
 from sim.tasks import Task, VelocityTask, task_from_dict, task_to_dict
 
 
@@ -58,21 +61,67 @@ class RunResult:
         return out
 
 
+class EpisodeRecorder:
+    """Films the first episode (simulation 0) of every phase, drawn from the simulator's state.
+
+    ``films[i]`` is phase i's; each frame's caption gives the step, the time and the forward
+    velocity (or the distance to the goal). The frame rate is the simulation's real time.
+    """
+
+    def __init__(self, size: tuple[int, int] = DEFAULT_SIZE) -> None:
+        self.size = size
+        self.films: list[Film] = []
+        self.fps = 0.0
+        self._renderer: FrameRenderer | None = None
+        self._horizon = 0
+
+    def start(self, sim: Simulator, title: str, horizon: int) -> None:
+        if self._renderer is None:
+            self._renderer = renderer_for(sim, self.size)
+        self._renderer.new_episode()
+        self.fps = 1.0 / frame_seconds(sim)
+        self._horizon = horizon
+        self.films.append(Film(title))
+        self.films[-1].add(self._renderer.frame(sim, 0), f"step 0/{horizon}")
+
+    def shoot(self, sim: Simulator, result: StepResult) -> None:
+        """Film simulation 0 after a step it took."""
+        assert self._renderer is not None, "start() a film first"
+        film = self.films[-1]
+        step = len(film.frames)
+        caption = f"step {step}/{self._horizon}, {step / self.fps:.2f} s"
+        if "x_velocity" in result.infos:
+            caption += f", v = {float(result.infos['x_velocity'][0]):.2f} m/s"
+        if "distance_to_goal" in result.infos:
+            caption += f", distance to goal {float(result.infos['distance_to_goal'][0]):.3f}"
+        film.add(self._renderer.frame(sim, 0), caption)
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+
 def run_phase(
     controller: Controller, family: Family, task: Task, episodes: int, seed: int, name: str,
-    num_threads: int = 2,
+    num_threads: int = 2, recorder: EpisodeRecorder | None = None,
 ) -> Phase:  # fmt: skip
     """K episodes of ``task`` in K simulations, acting and recording through the controller."""
     sim = family.make_simulator(episodes, num_threads)
     observation = sim.reset([task] * episodes, np.random.default_rng(seed))
+    horizon = controller.artifact.metadata.adaptation.horizon
+    if recorder is not None:
+        recorder.start(sim, name, horizon)
     alive = np.ones(episodes, dtype=bool)
     returns = np.zeros(episodes)
     velocity_sum, velocity_count = 0.0, 0
     trace: dict[str, list[float]] = {}
     policy_id = controller.status()["policy_id"]
-    for _ in range(controller.artifact.metadata.adaptation.horizon):
+    for _ in range(horizon):
         action = controller.act(observation)  # streams 0..K-1, exploring as on the robot
         result = sim.step(action, None if alive.all() else alive)
+        if recorder is not None and alive[0]:
+            recorder.shoot(sim, result)
         reward = np.sum(list(result.reward_terms.values()), axis=0)
         for i in np.flatnonzero(alive).tolist():
             done = bool(result.terminated[i])
@@ -100,9 +149,13 @@ def run_phase(
 
 
 def run(
-    controller: Controller, task: Task, steps: int = 1, seed: int = 0, num_threads: int = 2
-) -> RunResult:
-    """Initialization episodes, ``steps`` adaptation steps, then evaluation episodes."""
+    controller: Controller, task: Task, steps: int = 1, seed: int = 0, num_threads: int = 2,
+    recorder: EpisodeRecorder | None = None,
+) -> RunResult:  # fmt: skip
+    """Initialization episodes, ``steps`` adaptation steps, then evaluation episodes.
+
+    With a ``recorder``, the first episode of every phase is filmed (``recorder.films``).
+    """
     family = get_family(controller.artifact.metadata.family)
     task = family.validate(task)
     k = controller.episodes_per_step
@@ -112,7 +165,9 @@ def run(
         taken = int(controller.status()["adaptation_steps"])  # accepted steps so far
         name = "initialization" if taken == 0 else f"after {taken} step{'s' * (taken > 1)}"
         name += " (again)" if step > 0 and not adaptations[-1]["accepted"] else ""
-        phases.append(run_phase(controller, family, task, k, seed + step, name, num_threads))
+        phases.append(
+            run_phase(controller, family, task, k, seed + step, name, num_threads, recorder)
+        )
         if step < steps:
             report: AdaptReport = controller.adapt()
             adaptations.append(_report_dict(report))
@@ -182,3 +237,15 @@ def plot(result: RunResult, task: Task, path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def write_video(recorder: EpisodeRecorder, result: RunResult, task: Task, path: str | Path) -> Path:
+    """The first and the last phase's filmed episodes side by side, as one MP4 at real time."""
+    films = recorder.films
+    if len(films) < 2:
+        raise ValueError("a before/after video needs at least two filmed phases")
+    taken = sum(bool(a["accepted"]) for a in result.adaptations)
+    films[0].title = "before adaptation (initialization)"
+    films[-1].title = f"after adaptation ({taken} step{'s' * (taken != 1)} taken)"
+    header = f"{result.family}: {task.describe()}"
+    return write_side_by_side(path, [films[0], films[-1]], header, recorder.fps)

@@ -1,9 +1,34 @@
-"""Task families and batched MuJoCo simulation for adaptctl (numpy and mujoco only, no torch)."""
+"""Task families and batched MuJoCo simulation for adaptctl (numpy and mujoco only, no torch).
 
-from sim.episodes import Episodes
-from sim.families import FAMILY_NAMES, Family, get_family
-from sim.sampler import BatchSampler
-from sim.tasks import DirectionTask, GoalTask, InvalidTaskError, Task, VelocityTask
+Names are resolved lazily (PEP 562): ``sim.tasks`` (numpy only) can be imported where MuJoCo is
+not installed, e.g. by the controller's runtime on a robot.
+
+MuJoCo picks its OpenGL backend from ``MUJOCO_GL`` when it is first imported; unset, it is set to
+``egl`` here on Linux, so that frames render off-screen on headless machines (``sim.render``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+if sys.platform.startswith("linux") and "MUJOCO_GL" not in os.environ:
+    os.environ["MUJOCO_GL"] = "egl"
+
+_EXPORTS = {
+    "Episodes": "sim.episodes",
+    "FAMILY_NAMES": "sim.families",
+    "Family": "sim.families",
+    "get_family": "sim.families",
+    "BatchSampler": "sim.sampler",
+    "DirectionTask": "sim.tasks",
+    "GoalTask": "sim.tasks",
+    "InvalidTaskError": "sim.tasks",
+    "Task": "sim.tasks",
+    "VelocityTask": "sim.tasks",
+}
 
 __all__ = [
     "FAMILY_NAMES",
@@ -17,3 +42,16 @@ __all__ = [
     "VelocityTask",
     "get_family",
 ]
+
+if TYPE_CHECKING:
+    from sim.episodes import Episodes
+    from sim.families import FAMILY_NAMES, Family, get_family
+    from sim.sampler import BatchSampler
+    from sim.tasks import DirectionTask, GoalTask, InvalidTaskError, Task, VelocityTask
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sim' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -26,6 +26,7 @@ import numpy as np
 from gymnasium import spaces
 
 from sim.families import Family, get_family
+from sim.render import DEFAULT_SIZE, FrameRenderer, frame_seconds, renderer_for
 from sim.tasks import (
     BodySpace,
     BodyTask,
@@ -101,12 +102,26 @@ class TaskFamilyEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     the remaining entries are diagnostics (e.g. ``x_velocity``).
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 (gymnasium's class attribute)
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 20}  # noqa: RUF012 (gymnasium's class attribute)
 
-    def __init__(self, family: str, task: TaskLike) -> None:
+    def __init__(
+        self,
+        family: str,
+        task: TaskLike,
+        render_mode: str | None = None,
+        width: int = DEFAULT_SIZE[1],
+        height: int = DEFAULT_SIZE[0],
+    ) -> None:
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.family = get_family(family)
         self._task = coerce_task(self.family, task)
         self._simulator = self.family.make_simulator(1, 1)
+        self.render_mode = render_mode
+        self._frame_size = (height, width)
+        self._renderer: FrameRenderer | None = None
+        # Frames per second of real time: one frame per control step.
+        self.metadata = {**self.metadata, "render_fps": round(1.0 / frame_seconds(self._simulator))}
         self.observation_space = spaces.Box(
             -np.inf, np.inf, shape=(self.family.observation_size,), dtype=np.float32
         )
@@ -129,6 +144,8 @@ class TaskFamilyEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         super().reset(seed=seed)
         # The reset noise is drawn from the env's own generator, which ``seed`` reseeds.
         observations = self._simulator.reset([self._task], self.np_random)
+        if self._renderer is not None:
+            self._renderer.new_episode()
         return observations[0], {}
 
     def step(
@@ -141,6 +158,19 @@ class TaskFamilyEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         info.update({name: float(value[0]) for name, value in result.infos.items()})
         reward = float(sum(terms.values()))
         return result.observations[0], reward, bool(result.terminated[0]), False, info
+
+    def render(self) -> np.ndarray | None:
+        """The current state as an RGB image [H, W, 3] uint8 (``render_mode="rgb_array"``)."""
+        if self.render_mode is None:
+            return None
+        if self._renderer is None:
+            self._renderer = renderer_for(self._simulator, self._frame_size)
+        return self._renderer.frame(self._simulator, 0)
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
 
 
 def register_envs() -> None:

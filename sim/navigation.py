@@ -39,6 +39,10 @@ class NavigationSimulator:
     def num_sims(self) -> int:
         return self._num_sims
 
+    def positions_and_goals(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of the points' positions [N, 2] and their goals [N, 2], float64 (for drawing)."""
+        return self._position.copy(), self._goal.copy()
+
     def reset(self, tasks: Sequence[Task], rng: np.random.Generator) -> np.ndarray:
         if len(tasks) != self._num_sims:
             raise ValueError(
