@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from controller.config import ConfigError, ControllerConfig
-from sim.tasks import DirectionTask, GoalTask, Task, VelocityTask
+from sim.tasks import BodySpace, BodyTask, DirectionTask, GoalTask, Task, VelocityTask
+
+if TYPE_CHECKING:
+    from sim.families import Family
 
 
 def controller_config(args: argparse.Namespace) -> ControllerConfig:
@@ -57,12 +61,51 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-velocity", type=float, help="velocity families: v* (m/s)")
     parser.add_argument("--direction", type=int, choices=(-1, 1), help="direction families")
     parser.add_argument("--goal", type=float, nargs=2, metavar=("X", "Y"), help="2D navigation")
+    parser.add_argument("--motor", action="append", metavar="NAME=GAIN",
+                        help="damage families: scale motor NAME's strength by GAIN in [0, 1] "
+                        "(0: dead); repeatable")  # fmt: skip
+    parser.add_argument("--payload", type=float, metavar="KG",
+                        help="damage families: mass added to the torso (kg)")  # fmt: skip
+    parser.add_argument("--friction", type=float, metavar="X",
+                        help="damage families: scale of every contact's friction")  # fmt: skip
+
+
+def body_given(args: argparse.Namespace) -> bool:
+    """A damage family's body was given (--motor, --payload, --friction or --damage-at)."""
+    flags = (args.motor, args.payload, args.friction, getattr(args, "damage_at", None))
+    return any(flag is not None for flag in flags)
+
+
+def body_from_args(args: argparse.Namespace, family: Family) -> BodyTask:
+    """The body of ``--motor NAME=GAIN`` (repeatable), ``--payload KG``, ``--friction X``."""
+    space = family.task_space
+    if not isinstance(space, BodySpace):
+        raise ConfigError(
+            f"--motor, --payload, --friction and --damage-at need an artifact of a damage family "
+            f"(cheetah_damage, ant_damage); this one is of {family.name}"
+        )
+    motors: dict[str, float] = {}
+    for pair in args.motor or []:
+        name, sep, value = pair.partition("=")
+        try:
+            motors[name] = float(value) if sep else math.nan
+        except ValueError:
+            motors[name] = math.nan
+        if not math.isfinite(motors[name]):
+            raise ConfigError(f"--motor takes NAME=GAIN with GAIN in [0, 1], got {pair!r}")
+    payload = 0.0 if args.payload is None else float(args.payload)
+    friction = 1.0 if args.friction is None else float(args.friction)
+    return space.make(motors, payload, friction)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from controller import simloop
     from controller.runtime import Controller
 
+    if body_given(args):  # the damaged robot (controller/recovery.py)
+        from controller import recovery
+
+        return recovery.cmd_run(args)
     config = controller_config(args)
     task = task_from_args(args)
     if config.seed is None:
@@ -103,6 +146,12 @@ def add_subcommands(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=2, help="MuJoCo batch threads")
     p.add_argument("--out", default="runs/run", help="where result.json and the plot go")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--damage-at", type=int, metavar="EPISODE",
+                   help="damage families: deploy one robot episode after episode, healthy until "
+                   "EPISODE, then with the body given; the controller's monitor must notice the "
+                   "drop and re-adapt (writes recovery.png)")  # fmt: skip
+    p.add_argument("--episodes", type=int,
+                   help="with --damage-at: episodes in all (default EPISODE + 3 K)")  # fmt: skip
     p.add_argument("--video", action="store_true",
                    help="also write adaptation.mp4: an episode before and after adaptation, "
                    "side by side (needs the video extra)")  # fmt: skip

@@ -18,7 +18,8 @@ from controller.adaptation import AdaptationSettings
 from meta_train.objective import MetaSettings
 
 Mode = Literal["maml", "pretrained", "oracle"]
-TaskDraw = Literal["paper", "seeded"]  # the authors' test tasks, or drawn from task_seed
+# the authors' test tasks, drawn from task_seed, or drawn from task_seed outside the training range
+TaskDraw = Literal["paper", "seeded", "out_of_distribution"]
 
 
 class ConfigError(ValueError):
@@ -78,7 +79,9 @@ class EvalConfig(_Frozen):
         default="paper",
         description="'paper': the test tasks of the authors' test scripts, on which the paper's "
         "numbers were measured (np.random.seed(1) or (2), then uniform draws; "
-        "meta_train.paper.PAPER_TEST_DRAWS); 'seeded': num_tasks drawn from task_seed.",
+        "meta_train.paper.PAPER_TEST_DRAWS); 'seeded': num_tasks drawn from task_seed; "
+        "'out_of_distribution': num_tasks drawn from task_seed outside the training range "
+        "(damage families: two weakened motors, or a payload beyond the training range).",
     )
     task_seed: int = Field(
         default=1_000_003,

@@ -21,7 +21,7 @@ from controller.policy import Params, PolicySpec, SamplingPolicy, stack_params
 from meta_train.paper import paper_test_tasks
 from sim.episodes import Episodes
 from sim.families import Family
-from sim.tasks import Task, VelocityTask
+from sim.tasks import BodySpace, Task, VelocityTask
 
 if TYPE_CHECKING:
     from meta_train.config import EvalConfig
@@ -38,6 +38,15 @@ def evaluation_tasks(family: Family, config: EvalConfig) -> list[Task]:
     ``num_tasks`` drawn from ``task_seed`` (``tasks: seeded``)."""
     if config.tasks == "paper":
         return paper_test_tasks(family, config.num_tasks)
+    if config.tasks == "out_of_distribution":
+        space = family.task_space
+        if not isinstance(space, BodySpace):
+            raise ValueError(
+                f"family {family.name!r} has no held-out draw outside its training range "
+                "(the damage families have one); set evaluation.tasks: seeded"
+            )
+        rng = np.random.default_rng(config.task_seed)
+        return space.sample_out_of_distribution(rng, config.num_tasks)
     return test_tasks(family, config.num_tasks, config.task_seed)
 
 

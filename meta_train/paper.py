@@ -42,6 +42,10 @@ COMPARATOR_STEP_SIZES: dict[str, dict[str, float]] = {
     "ant_velocity": {"pretrained": 0.2, "random": 1.0},
     "ant_direction": {"pretrained": 0.2, "random": 1.0},
     "navigation2d": {"pretrained": 0.5, "random": 0.5},
+    # Not in the paper: the damage families (sim/damage.py) reward running forward as the
+    # direction families' forward tasks do, so they fine-tune with the direction families' steps.
+    "cheetah_damage": {"pretrained": 0.2, "random": 1.0},
+    "ant_damage": {"pretrained": 0.2, "random": 1.0},
 }
 
 

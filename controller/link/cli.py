@@ -24,6 +24,8 @@ from pydantic import BaseModel
 from controller.cli import (
     add_config_arguments,
     add_task_arguments,
+    body_from_args,
+    body_given,
     controller_config,
     task_from_args,
 )
@@ -158,13 +160,17 @@ def sim_robot_main(args: argparse.Namespace) -> int:
     server_key = None if args.server_key is None else load_public_key(args.server_key)
     client_keys = None if args.client_key is None else load_key_pair(args.client_key)
     try:
-        task = task_from_args(args)
+        task = None if body_given(args) else task_from_args(args)
         family = args.family
         if family is None:  # ask the server which family its artifact was trained on
             with RobotClient(
                 args.connect, args.deadline_ms, server_key, client_keys=client_keys
             ) as probe:
                 family = probe.family
+        if task is None:  # a damage family's body: its motor names come from the family
+            from sim.families import get_family
+
+            task = body_from_args(args, get_family(family))
         result = run_sim_robot(
             args.connect, family, task, args.episodes, adapted_episodes=args.adapted_episodes,
             adapt_steps=args.steps, horizon=args.horizon, deadline_ms=args.deadline_ms,

@@ -1,0 +1,262 @@
+"""The damaged robot in the sim loop: ``adaptctl run ARTIFACT --motor NAME=GAIN --payload KG
+--friction X [--damage-at EPISODE]``.
+
+Without ``--damage-at`` the body is the task of the ordinary sim loop (controller/simloop.py):
+K episodes, one adaptation step, K more. With it, one robot is deployed episode after episode:
+healthy until episode ``damage_at``, then with the given body. The Controller's monitor
+(controller/monitor.py) has to notice the drop in the returns by itself, collect K episodes and
+adapt from the initialization; this module only runs the robot (``act``/``record``, as a real
+robot's loop does) and reports the returns before the damage, after it, and after adaptation.
+
+A sim-side module like simloop.py: it imports ``sim`` (and so MuJoCo); the controller's core
+does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from controller.cli import body_from_args
+from controller.config import ConfigError
+from controller.monitor import MonitorSettings
+from controller.runtime import Controller
+from sim.families import get_family
+from sim.tasks import BodySpace, BodyTask, task_to_dict
+
+
+@dataclass
+class DeployedEpisode:
+    """One episode of the deployment."""
+
+    index: int
+    damaged: bool
+    adaptation_steps: int
+    """Accepted steps from the initialization of the policy that ran it (0: the initialization)."""
+    episode_return: float
+    length: int
+    end_s: float
+    """Wall seconds from the start of the deployment to the end of this episode."""
+
+
+@dataclass
+class Deployment:
+    family: str
+    healthy: dict[str, Any]
+    damaged: dict[str, Any]
+    damage_at: int
+    episodes_per_step: int
+    control_dt: float
+    """Seconds of robot time per control step."""
+    episodes: list[DeployedEpisode]
+    events: list[dict[str, Any]]
+    """The monitor's events ("drop", "adapted", "rejected"), each with the deployment episode
+    ("index") at whose end it happened."""
+
+    def summary(self) -> dict[str, Any]:
+        """Mean returns before the damage, after it, after adaptation; damage-to-recovery time."""
+        adapted = next((e for e in self.events if e["kind"] == "adapted"), None)
+        drop = next((e for e in self.events if e["kind"] == "drop"), None)
+        end = len(self.episodes) if adapted is None else adapted["index"] + 1
+        before = [e for e in self.episodes if not e.damaged]
+        damaged = [e for e in self.episodes if e.damaged and e.index < end]
+        after = [e for e in self.episodes if e.index >= end]
+        out: dict[str, Any] = {
+            "return_healthy": _mean(before), "return_damaged": _mean(damaged),
+            "return_adapted": _mean(after),
+            "drop_noticed_after_episodes": None if drop is None else drop["index"] - self.damage_at + 1,
+            "recovery_episodes": None, "recovery_robot_s": None, "recovery_wall_s": None,
+            "recovered_fraction": None,
+        }  # fmt: skip
+        if adapted is not None:
+            out["recovery_episodes"] = len(damaged)
+            out["recovery_robot_s"] = sum(e.length for e in damaged) * self.control_dt
+            start = self.episodes[self.damage_at - 1].end_s if self.damage_at > 0 else 0.0
+            out["recovery_wall_s"] = adapted["wall_s"] - start
+            gap = out["return_healthy"] - out["return_damaged"] if before and damaged else None
+            if gap and gap > 0 and after:
+                out["recovered_fraction"] = (out["return_adapted"] - out["return_damaged"]) / gap
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "summary": self.summary()}
+
+
+def _mean(episodes: list[DeployedEpisode]) -> float | None:
+    return float(np.mean([e.episode_return for e in episodes])) if episodes else None
+
+
+def deploy(
+    controller: Controller, body: BodyTask, damage_at: int, episodes: int, seed: int = 0
+) -> Deployment:
+    """Run ``episodes`` episodes one after another on one robot, damaged from ``damage_at``."""
+    family = get_family(controller.artifact.metadata.family)
+    space = family.task_space
+    assert isinstance(space, BodySpace)
+    healthy, body = space.make(), family.validate(body)
+    if controller.recovery is None:
+        raise ConfigError("a deployment with damage needs the controller's monitor (monitor:)")
+    if not 0 <= damage_at < episodes:
+        raise ConfigError(f"--damage-at must lie in [0, {episodes}), got {damage_at}")
+    sim = family.make_simulator(1, 1)
+    rng = np.random.default_rng(seed)
+    horizon = controller.artifact.metadata.adaptation.horizon
+    rows: list[DeployedEpisode] = []
+    events: list[dict[str, Any]] = []
+    start = time.monotonic()
+    for index in range(episodes):
+        steps = int(controller.status()["adaptation_steps"])
+        seen = len(controller.recovery.events)
+        total, length = _episode(controller, sim, healthy if index < damage_at else body, rng,
+                                 horizon)  # fmt: skip
+        rows.append(DeployedEpisode(index, index >= damage_at, steps, total, length,
+                                    time.monotonic() - start))  # fmt: skip
+        for event in controller.recovery.events[seen:]:
+            wall = event["time"] - start
+            events.append({**{k: v for k, v in event.items() if k != "time"}, "index": index,
+                           "wall_s": wall})  # fmt: skip
+    dt = float(getattr(sim, "dt", 0.0))
+    return Deployment(family.name, task_to_dict(healthy), task_to_dict(body), damage_at,
+                      controller.episodes_per_step, dt, rows, events)  # fmt: skip
+
+
+def _episode(
+    controller: Controller, sim: Any, body: BodyTask, rng: np.random.Generator, horizon: int
+) -> tuple[float, int]:
+    """One episode through act/record; the Controller's monitor sees it when it ends."""
+    observation = sim.reset([body], rng)[0]
+    total = 0.0
+    for step in range(horizon):
+        action = controller.act(observation)
+        result = sim.step(action[None, :])
+        reward = float(sum(float(term[0]) for term in result.reward_terms.values()))
+        total += reward
+        terminated = bool(result.terminated[0])
+        controller.record(observation, action, reward, done=terminated)  # done: episode ends
+        if terminated:
+            return total, step + 1
+        observation = result.observations[0]
+    controller.end_episode(truncated=True)
+    return total, horizon
+
+
+def format_deployment(result: Deployment) -> str:
+    s = result.summary()
+    lines = [f"{result.family}: healthy for {result.damage_at} episodes, then "
+             f"{_describe(result.damaged)}; K = {result.episodes_per_step}",
+             f"{'phase':<34}{'episodes':>9}{'return (mean)':>16}"]  # fmt: skip
+    end = next((e["index"] + 1 for e in result.events if e["kind"] == "adapted"), None)
+    counts = {
+        "healthy (before the damage)": result.damage_at,
+        "damaged, initialization": (end or len(result.episodes)) - result.damage_at,
+        "damaged, adapted": len(result.episodes) - end if end else 0,
+    }
+    for (name, count), value in zip(counts.items(), (s["return_healthy"], s["return_damaged"],
+                                                    s["return_adapted"]), strict=True):  # fmt: skip
+        lines.append(f"{name:<34}{count:>9}{'-' if value is None else f'{value:.1f}':>16}")
+    for event in result.events:
+        lines.append(f"episode {event['index']}: {event['kind']}"
+                     + (f" ({event['reason']})" if "reason" in event else ""))  # fmt: skip
+    if s["recovery_episodes"] is None:
+        lines.append("the adapted policy never served: no drop noticed, or adaptation refused")
+    else:
+        lines.append(
+            f"damage to adapted policy serving: {s['recovery_episodes']} episodes, "
+            f"{s['recovery_robot_s']:.1f} s of robot time ({s['recovery_wall_s']:.2f} s wall "
+            f"here); drop noticed after {s['drop_noticed_after_episodes']} episodes"
+        )
+    if s["recovered_fraction"] is not None:
+        lines.append(f"adaptation regained {100 * s['recovered_fraction']:.0f} % of the return "
+                     "the damage cost")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _describe(body: dict[str, Any]) -> str:
+    return f"gains {body['motor_gains']}, payload {body['payload_kg']:g} kg, friction x{body['friction_scale']:g}"
+
+
+def plot_deployment(result: Deployment, path: str | Path) -> None:
+    """Return per episode: healthy, damaged, adapted; the damage, the drop noticed, adaptation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.0, 3.8))
+    index = np.array([e.index for e in result.episodes])
+    returns = np.array([e.episode_return for e in result.episodes])
+    adapted = np.array([e.adaptation_steps > 0 for e in result.episodes])
+    damaged = np.array([e.damaged for e in result.episodes])
+    phases = (("healthy", ~damaged, "tab:blue"), ("damaged", damaged & ~adapted, "tab:red"),
+              ("damaged, adapted", damaged & adapted, "tab:green"))  # fmt: skip
+    for label, mask, color in phases:
+        ax.plot(index[mask], returns[mask], "o", markersize=3.5, color=color, label=label)
+    ax.axvline(result.damage_at - 0.5, color="black", linewidth=1.0, label="damage")
+    styles = {
+        "drop": ("tab:orange", "--", "drop noticed"),
+        "adapted": ("tab:green", ":", "adapted"),
+    }
+    for event in result.events:
+        if event["kind"] in styles:
+            color, style, label = styles[event["kind"]]
+            ax.axvline(event["index"] + 0.5, color=color, linestyle=style, label=label)
+    s = result.summary()
+    title = f"{result.family}: {_describe(result.damaged)}"
+    if s["recovery_episodes"] is not None:
+        title += (f"\nadapted policy serving {s['recovery_episodes']} episodes "
+                  f"({s['recovery_robot_s']:.0f} s of robot time) after the damage")  # fmt: skip
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("episode")
+    ax.set_ylabel("return")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``adaptctl run`` with a body: the ordinary sim loop, or a deployment with --damage-at."""
+    from controller import simloop
+    from controller.cli import controller_config
+
+    config = controller_config(args)
+    if config.seed is None:
+        config = config.model_copy(update={"seed": args.seed})
+    if args.damage_at is not None and config.monitor is None:
+        config = config.model_copy(update={"monitor": MonitorSettings()})
+    out = Path(args.out)
+    with Controller.load(args.artifact, config) as controller:
+        family = get_family(controller.artifact.metadata.family)
+        body = body_from_args(args, family)
+        outside = family.task_space.outside_training(body)  # type: ignore[union-attr]
+        if outside:
+            print(f"note: this body is outside the training range: {'; '.join(outside)}")
+        if args.damage_at is None:
+            result = simloop.run(controller, body, steps=args.steps, seed=args.seed,
+                                 num_threads=args.threads)  # fmt: skip
+        else:
+            k = controller.episodes_per_step
+            count = args.episodes or args.damage_at + 3 * k
+            deployment = deploy(controller, body, args.damage_at, count, seed=args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.damage_at is None:
+        document = result.to_json()
+        simloop.plot(result, body, out / "adaptation.png")
+        text, figure = simloop.format_table(result), out / "adaptation.png"
+    else:
+        document = deployment.to_json()
+        figure = out / "recovery.png"
+        plot_deployment(deployment, figure)
+        text = format_deployment(deployment)
+    (out / "result.json").write_text(json.dumps(document, indent=1) + "\n")
+    print(json.dumps(document, indent=1) if args.json else text)
+    if not args.json:
+        print(f"wrote {out / 'result.json'} and {figure}")
+    return 0

@@ -1,0 +1,114 @@
+"""The damaged robot end to end: a 1-iteration cheetah_damage artifact, ``adaptctl run`` with a
+body, and a deployment that is damaged mid-way, noticed by the Controller's monitor and re-adapted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from controller import Controller, ControllerConfig
+from controller.monitor import MonitorSettings
+from controller.recovery import deploy, format_deployment
+from meta_train.cli import main
+from meta_train.config import TrainConfig
+from meta_train.evaluate import evaluation_tasks
+from sim.families import get_family
+from sim.tasks import BodySpace
+
+ROOT = Path(__file__).resolve().parents[1]
+K, HORIZON = 2, 20
+# A monitor that flags any episode below the reference median: a drop is noticed within a few
+# episodes of the damage whatever the (untrained) policy's returns do.
+TOUCHY = "monitor={window: 6, threshold_sd: 0.001, consecutive: 1}"
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "run"
+    code = main(["train", str(ROOT / "configs" / "cheetah_damage.yaml"), "--out", str(out),
+                 "--quiet", "--set", "iterations=1", "--set", "meta_batch_size=2",
+                 "--set", f"episodes_per_task={K}", "--set", f"horizon={HORIZON}",
+                 "--set", "policy.hidden_sizes=[16, 16]"])  # fmt: skip
+    assert code == 0
+    return out / "artifact"
+
+
+def test_run_with_damage_at_notices_the_drop_and_adapts(
+    artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    code = main(["run", str(artifact), "--motor", "bthigh=0", "--payload", "2.5",
+                 "--damage-at", "6", "--episodes", "16", "--out", str(out), "--json",
+                 "--set", "max_kl=1e6", "--set", TOUCHY])  # fmt: skip
+    assert code == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["damaged"]["motor_gains"][0] == 0.0 and document["damaged"]["payload_kg"] == 2.5
+    kinds = [event["kind"] for event in document["events"]]
+    assert kinds[:2] == ["drop", "adapted"]
+    summary = document["summary"]
+    assert 1 <= summary["recovery_episodes"] <= 2 * K + 1  # K episodes, plus those to notice
+    assert summary["recovery_robot_s"] == pytest.approx(
+        summary["recovery_episodes"] * HORIZON * 0.05
+    )
+    episodes = document["episodes"]
+    assert [e["damaged"] for e in episodes] == [i >= 6 for i in range(16)]
+    assert all(e["adaptation_steps"] == 0 for e in episodes[:7])
+    assert episodes[-1]["adaptation_steps"] >= 1  # the adapted policy serves at the end
+    assert (out / "recovery.png").stat().st_size > 0 and (out / "result.json").exists()
+
+
+def test_run_with_a_body_runs_the_sim_loop(artifact: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    code = main(["run", str(artifact), "--motor", "fshin=0.5", "--friction", "0.5",
+                 "--out", str(tmp_path), "--set", "max_kl=1e6"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "initialization" in printed and "after 1 step" in printed
+    assert (tmp_path / "adaptation.png").exists()
+    code = main(["run", str(artifact), "--payload", "5", "--out", str(tmp_path)])
+    assert code == 0
+    assert "outside the training range" in capsys.readouterr().out  # 5 kg > half the torso
+
+
+def test_bad_bodies_are_refused_by_name(
+    artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", str(artifact), "--motor", "knee=0", "--out", str(tmp_path)]) == 2
+    assert "unknown motor 'knee'" in capsys.readouterr().err
+    assert main(["run", str(artifact), "--motor", "bthigh", "--out", str(tmp_path)]) == 2
+    assert "NAME=GAIN" in capsys.readouterr().err
+    velocity = tmp_path / "velocity"
+    from meta_train.export import fresh_artifact
+
+    fresh_artifact(velocity, "cheetah_velocity", hidden_sizes=(8,))
+    assert main(["run", str(velocity), "--payload", "1", "--out", str(tmp_path)]) == 2
+    assert "damage family" in capsys.readouterr().err
+
+
+def test_deploy_without_a_drop_keeps_the_initialization(artifact: Path) -> None:
+    settings = MonitorSettings(window=4, threshold_sd=50.0, consecutive=3)
+    config = ControllerConfig(seed=0, monitor=settings, max_kl=1e6)
+    space = get_family("cheetah_damage").task_space
+    assert isinstance(space, BodySpace)
+    with Controller.load(artifact, config) as controller:
+        result = deploy(controller, space.make(payload_kg=1.0), damage_at=3, episodes=8)
+    assert result.events == [] and result.summary()["recovery_episodes"] is None
+    assert "never served" in format_deployment(result)
+    assert np.isfinite([e.episode_return for e in result.episodes]).all()
+
+
+def test_evaluation_draws_held_out_bodies_inside_and_outside_the_training_range() -> None:
+    config = TrainConfig.from_yaml(ROOT / "configs" / "cheetah_damage.yaml")
+    family = get_family(config.family)
+    space = family.task_space
+    assert isinstance(space, BodySpace)
+    held_out = evaluation_tasks(family, config.evaluation)
+    assert len(held_out) == 40 and not any(space.outside_training(t) for t in held_out)
+    ood = config.evaluation.model_copy(update={"tasks": "out_of_distribution"})
+    beyond = evaluation_tasks(family, ood)
+    assert len(beyond) == 40 and all(space.outside_training(t) for t in beyond)
+    with pytest.raises(ValueError, match="seeded"):
+        evaluation_tasks(get_family("cheetah_velocity"), ood)
