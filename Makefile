@@ -10,7 +10,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,ray,video]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,ray,video,tensorboard]'
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -39,8 +39,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = TrainConfig.from_yaml(args.config, _overrides(args.set))
     out = Path(args.out or Path("runs") / f"{Path(args.config).stem}-{config.mode}-s{config.seed}")
     print(f"training {config.mode} on {config.family}: {config.iterations} iterations -> {out}")
-    state = train(config, out, resume=args.resume, progress=not args.quiet,
-                  max_iterations=args.max_iterations)  # fmt: skip
+    board = None
+    if args.tensorboard:
+        from meta_train.tensorboard_log import TensorBoardLog
+
+        board = TensorBoardLog(args.tensorboard)
+        print(f"TensorBoard scalars -> {board.log_dir} (tensorboard --logdir {board.log_dir})")
+    try:
+        state = train(config, out, resume=args.resume, progress=not args.quiet,
+                      max_iterations=args.max_iterations,
+                      on_record=None if board is None else board.write)  # fmt: skip
+    finally:
+        if board is not None:
+            board.close()
     print(f"done at iteration {state.iteration}; best average return {state.best_return:.2f} "
           f"(iteration {state.best_iteration}); artifact: {out / 'artifact'}")  # fmt: skip
     return 0
@@ -127,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-iterations", type=int, help="stop after this many iterations now")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="also write each iteration's log record as TensorBoard scalars in DIR "
+                   "(needs the tensorboard extra)")  # fmt: skip
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="the paper's test protocol on held-out tasks")

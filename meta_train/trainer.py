@@ -15,7 +15,7 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -211,11 +211,12 @@ def run_iteration(
 
 def train(
     config: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
-    max_iterations: int | None = None,
+    max_iterations: int | None = None, on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainState:  # fmt: skip
     """Run (or continue, with ``resume``) the training in ``run_dir``; returns the final state.
 
     ``max_iterations`` stops after that many iterations of this call (the run can be resumed).
+    ``on_record`` receives each iteration's log record after it is written (e.g. TensorBoard).
     """
     run_dir = Path(run_dir)
     family = get_family(config.family)
@@ -245,6 +246,8 @@ def train(
         # meanwhile (a git checkout of a committed run directory) must not swallow its records.
         with open(run_dir / LOG_FILE, "a") as log:
             log.write(json.dumps(record) + "\n")
+        if on_record is not None:
+            on_record(record)
         bar.set_postfix(before=f"{record['return_before']:.1f}",
                         after=f"{record['return_after']:.1f}",
                         best=f"{state.best_return:.1f}", s=f"{record['total_s']:.1f}")  # fmt: skip
