@@ -112,3 +112,27 @@ def test_evaluation_draws_held_out_bodies_inside_and_outside_the_training_range(
     assert len(beyond) == 40 and all(space.outside_training(t) for t in beyond)
     with pytest.raises(ValueError, match="seeded"):
         evaluation_tasks(get_family("cheetah_velocity"), ood)
+
+
+@pytest.mark.timeout(240)
+def test_sim_robot_takes_the_body_flags(artifact: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from link_support import REPO, server_process
+
+    from controller.link.server import free_tcp_endpoint
+
+    endpoint = free_tcp_endpoint()
+    with server_process(artifact, endpoint, tmp_path / "journal", "--set", "max_kl=1e6"):
+        robot = subprocess.run(
+            [sys.executable, "-m", "controller.link", "sim-robot", "--connect", endpoint,
+             "--motor", "bthigh=0", "--payload", "1.5", "--friction", "0.5", "--episodes",
+             str(K), "--adapted-episodes", "1", "--json"],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert robot.returncode == 0, robot.stderr
+    result = json.loads(robot.stdout)
+    assert result["task"] == {"kind": "body", "motor_gains": [0.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+                              "payload_kg": 1.5, "friction_scale": 0.5}  # fmt: skip
+    assert len(result["result"]["before"]) == K and len(result["result"]["after"]) == 1
