@@ -99,7 +99,7 @@ def deploy(
     family = get_family(controller.artifact.metadata.family)
     space = family.task_space
     assert isinstance(space, BodySpace)
-    healthy, body = space.make(), family.validate(body)
+    healthy, body = space.make(), space.validate(body)
     if controller.recovery is None:
         raise ConfigError("a deployment with damage needs the controller's monitor (monitor:)")
     if not 0 <= damage_at < episodes:
