@@ -8,20 +8,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-import yaml
+# Imports of the commands are inside them: this module is the ``adaptctl`` entry point of every
+# install, and an install with fewer extras must still get a clear message (see ``main``).
 
-from controller.artifact import ArtifactError, load_artifact
-from controller.policy import init_params
-from meta_train import evaluate as ev
-from meta_train import paper, report
-from meta_train.config import ConfigError, TrainConfig
-from meta_train.trainer import CONFIG_FILE, RunDirError, make_sampler, policy_spec, train
-from sim.families import get_family
+COMMAND_EXTRAS = {
+    "train": "train", "eval": "train", "curves": "train", "run": "train,video",
+    "serve": "runtime", "sim-robot": "runtime,sim",
+}  # fmt: skip
+"""The extras each command needs (pyproject.toml, [project.optional-dependencies])."""
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
     """``key.sub=value`` pairs onto the config model (values parsed as YAML scalars)."""
+    import yaml
+
+    from meta_train.config import ConfigError
+
     result = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -32,6 +34,9 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from meta_train.config import ConfigError, TrainConfig
+    from meta_train.trainer import CONFIG_FILE, train
+
     if args.config is None:  # resume a run with the settings it was started with
         if not (args.resume and args.out):
             raise ConfigError("give a config file, or --resume --out RUN_DIR to continue a run")
@@ -58,6 +63,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from controller.artifact import load_artifact
+    from controller.policy import init_params
+    from meta_train import evaluate as ev
+    from meta_train import paper, report
+    from meta_train.config import ConfigError, TrainConfig
+    from meta_train.trainer import make_sampler, policy_spec
+    from sim.families import get_family
+
     config = TrainConfig.from_yaml(args.config, _overrides(args.set))
     family = get_family(config.family)
     torch.set_num_threads(config.torch_threads)
@@ -163,18 +178,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     try:
         from controller import cli as controller_cli
-    except ImportError:  # pragma: no cover - the controller's commands are optional here
-        controller_cli = None  # type: ignore[assignment]
-    if controller_cli is not None:
+    except ModuleNotFoundError as error:  # an install without the runtime extra
+        _add_unavailable(sub, ("run", "serve", "sim-robot"), error)
+    else:
         controller_cli.add_subcommands(sub)
     return parser
+
+
+def _add_unavailable(sub: Any, commands: tuple[str, ...], error: ModuleNotFoundError) -> None:
+    """Commands whose modules cannot be imported here: each says which extra it needs."""
+
+    def fail(args: argparse.Namespace) -> int:
+        raise error
+
+    for command in commands:
+        p = sub.add_parser(command, help=f"(needs: pip install 'adaptctl[{COMMAND_EXTRAS[command]}]')",
+                           add_help=False)  # fmt: skip
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=fail)
+
+
+def _missing_extra(command: str, error: ModuleNotFoundError) -> str:
+    extras = COMMAND_EXTRAS.get(command, "train")
+    return (f"'adaptctl {command}' needs the package {error.name!r}, which is not installed; "
+            f"install the extras it needs: pip install 'adaptctl[{extras}]'")  # fmt: skip
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the input's fault (printed without a traceback), of modules loaded."""
+    errors: list[type[BaseException]] = [ValueError, FileNotFoundError]
+    for module, name in (("meta_train.trainer", "RunDirError"), ("controller.video", "VideoError"),
+                         ("sim.render", "RenderError"),
+                         ("meta_train.tensorboard_log", "TensorBoardUnavailable")):  # fmt: skip
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ConfigError, RunDirError, ArtifactError, ValueError, FileNotFoundError) as error:
+    except ModuleNotFoundError as error:
+        if error.name is None or error.name.split(".")[0] in ("meta_train", "controller", "sim"):
+            raise
+        print(f"adaptctl: error: {_missing_extra(args.command, error)}", file=sys.stderr)
+        return 2
+    except _user_errors() as error:
         print(f"adaptctl: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -3,8 +3,9 @@
 Names are resolved lazily (PEP 562): ``sim.tasks`` (numpy only) can be imported where MuJoCo is
 not installed, e.g. by the controller's runtime on a robot.
 
-MuJoCo picks its OpenGL backend from ``MUJOCO_GL`` when it is first imported; unset, it is set to
-``egl`` here on Linux, so that frames render off-screen on headless machines (``sim.render``).
+MuJoCo picks its OpenGL backend from ``MUJOCO_GL`` when it is first imported; on Linux without a
+display (no ``DISPLAY`` or ``WAYLAND_DISPLAY``) it is set to ``egl`` here when unset, so that
+frames render off-screen on servers and CI (``sim.render``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-if sys.platform.startswith("linux") and "MUJOCO_GL" not in os.environ:
+_HEADLESS = not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+if sys.platform.startswith("linux") and _HEADLESS and "MUJOCO_GL" not in os.environ:
     os.environ["MUJOCO_GL"] = "egl"
 
 _EXPORTS = {

@@ -1,10 +1,11 @@
 """Each task family as a ``gymnasium`` environment, for use with other RL tools.
 
-Importing this module registers five ids (horizons as ``max_episode_steps``, so gymnasium's
-``TimeLimit`` truncates episodes where the sampler does)::
+Importing this module registers the ids of :mod:`sim.gym_ids` (horizons as
+``max_episode_steps``, so gymnasium's ``TimeLimit`` truncates episodes where the sampler does);
+after a regular install, importing gymnasium already has (``adaptctl_gymnasium.py``)::
 
     import gymnasium
-    import sim.gym_envs  # registers the ids below
+    import sim.gym_envs  # registers the ids (needed in an editable install only)
     from sim.tasks import VelocityTask
 
     env = gymnasium.make("adaptctl/HalfCheetahVel-v0", task=VelocityTask(1.0))
@@ -13,7 +14,8 @@ Importing this module registers five ids (horizons as ``max_episode_steps``, so 
 ``gymnasium.make("sim.gym_envs:adaptctl/AntDir-v0", task=-1)`` imports this module itself.
 An environment wraps a one-simulation :class:`~sim.simulator.Simulator` of its family, so its
 physics, observations and reward terms are exactly those of :class:`~sim.sampler.BatchSampler`;
-``reset(seed=...)`` seeds the reset noise and ``info`` carries the reward terms.
+``reset(seed=...)`` seeds the reset noise and ``info`` carries the reward terms. With
+``render_mode="rgb_array"``, ``render()`` draws the simulation's state (:mod:`sim.render`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from sim import gym_ids
 from sim.families import Family, get_family
 from sim.render import DEFAULT_SIZE, FrameRenderer, frame_seconds, renderer_for
 from sim.tasks import (
@@ -44,15 +47,7 @@ TaskLike = Task | float | int | tuple[float, float] | list[float] | Mapping[str,
 damage families a mapping of :meth:`sim.tasks.BodySpace.make`'s arguments, e.g.
 ``{"motors": {"bthigh": 0.0}, "payload_kg": 1.0, "friction_scale": 0.5}``."""
 
-ENV_IDS: dict[str, str] = {
-    "adaptctl/Navigation2D-v0": "navigation2d",
-    "adaptctl/HalfCheetahVel-v0": "cheetah_velocity",
-    "adaptctl/HalfCheetahDir-v0": "cheetah_direction",
-    "adaptctl/AntVel-v0": "ant_velocity",
-    "adaptctl/AntDir-v0": "ant_direction",
-    "adaptctl/HalfCheetahDamage-v0": "cheetah_damage",
-    "adaptctl/AntDamage-v0": "ant_damage",
-}
+ENV_IDS: dict[str, str] = {env_id: family for env_id, (family, _) in gym_ids.ENV_IDS.items()}
 """Registered gymnasium id -> family name (see sim.families.FAMILY_NAMES)."""
 
 
@@ -180,8 +175,8 @@ def register_envs() -> None:
             continue
         gymnasium.register(
             id=env_id,
-            entry_point="sim.gym_envs:TaskFamilyEnv",
-            max_episode_steps=get_family(family_name).horizon,
+            entry_point=gym_ids.ENTRY_POINT,
+            max_episode_steps=gym_ids.ENV_IDS[env_id][1],
             kwargs={"family": family_name},
         )
 
