@@ -75,11 +75,14 @@ def _navigation() -> Family:
 
 
 def _locomotion(
-    name: str, description: str, robot: locomotion.Robot, objective: locomotion.Objective
-) -> Family:
+    name: str, description: str, robot: locomotion.Robot, objective: locomotion.Objective,
+    max_velocity: float | None = None,
+) -> Family:  # fmt: skip
     space: TaskSpace
     if objective == "direction":
         space = DirectionSpace()
+    elif max_velocity is not None:
+        space = VelocitySpace(0.0, max_velocity)
     else:
         space = VelocitySpace(0.0, 2.0 if robot is locomotion.HALF_CHEETAH else 3.0)
     low, high = locomotion.action_bounds(robot)
@@ -129,6 +132,9 @@ _BUILDERS: dict[str, Callable[[], Family]] = {
     ),
     "ant_direction": lambda: _locomotion(
         "ant_direction", "Ant, run forward or backward", locomotion.ANT, "direction"
+    ),
+    "hopper_velocity": lambda: _locomotion(
+        "hopper_velocity", "Hopper, hop at v* ~ U[0, 1.5]", locomotion.HOPPER, "velocity", 1.5
     ),
     "cheetah_damage": lambda: _damage(
         "cheetah_damage",

@@ -94,6 +94,9 @@ class Robot:
     """Constant added to the velocity objective (authors' ant: -|v - v*| + 1.0)."""
     healthy_z: tuple[float, float] | None = None
     """Torso height range outside which the episode terminates; None: never terminates."""
+    healthy_qpos: tuple[tuple[int, float, float], ...] = ()
+    """More (qpos index, low, high) ranges outside which the episode terminates, e.g. a planar
+    robot's height (index 1) and pitch (index 2)."""
     physics: Physics = GYMNASIUM_V5
 
     @property
@@ -102,6 +105,18 @@ class Robot:
 
 
 HALF_CHEETAH = Robot("half_cheetah", "half_cheetah.xml", skipped_qpos=1, ctrl_cost_weight=0.05)
+# gymnasium's hopper.xml as Hopper-v5 steps it (frame skip 4 on its 0.002 s timestep: one control
+# step is 0.008 s; reset noise 0.005) with its healthy range (height > 0.7, |pitch| < 0.2) and
+# control cost weight 0.001; the reward is the velocity objective plus a survive bonus of 1.
+HOPPER = Robot(
+    "hopper",
+    "hopper.xml",
+    skipped_qpos=1,
+    ctrl_cost_weight=0.001,
+    survive_bonus=1.0,
+    healthy_qpos=((1, 0.7, np.inf), (2, -0.2, 0.2)),
+    physics=Physics(frame_skip=4, qpos_noise_scale=0.005, qvel_noise_scale=0.005),
+)
 ANT = Robot(
     "ant",
     "ant.xml",
@@ -329,12 +344,15 @@ class LocomotionSimulator:
         return self._target * x_velocity
 
     def _terminated(self) -> np.ndarray:
-        if self.robot.healthy_z is None:
+        ranges = list(self.robot.healthy_qpos)
+        if self.robot.healthy_z is not None:
+            ranges.append((2, *self.robot.healthy_z))  # a free joint's z
+        if not ranges:
             return np.zeros(self.num_sims, dtype=bool)
-        low, high = self.robot.healthy_z
-        z = self._qpos[:, 2]
-        finite = np.isfinite(self._qpos).all(axis=1) & np.isfinite(self._qvel).all(axis=1)
-        return ~(finite & (z >= low) & (z <= high))
+        healthy = np.isfinite(self._qpos).all(axis=1) & np.isfinite(self._qvel).all(axis=1)
+        for index, low, high in ranges:
+            healthy &= (self._qpos[:, index] >= low) & (self._qpos[:, index] <= high)
+        return ~healthy
 
     def _observe(self) -> np.ndarray:
         parts = [self._qpos[:, self.robot.skipped_qpos :], self._qvel]
