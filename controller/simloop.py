@@ -244,8 +244,8 @@ def write_video(recorder: EpisodeRecorder, result: RunResult, task: Task, path: 
     films = recorder.films
     if len(films) < 2:
         raise ValueError("a before/after video needs at least two filmed phases")
-    taken = sum(bool(a["accepted"]) for a in result.adaptations)
-    films[0].title = "before adaptation (initialization)"
-    films[-1].title = f"after adaptation ({taken} step{'s' * (taken != 1)} taken)"
-    header = f"{result.family}: {task.describe()}"
+    # The phases' own names ("initialization", "after 1 step"): a controller that resumed an
+    # adapted policy from its journal starts from that policy, and the titles say so.
+    films[0].title, films[-1].title = result.phases[0].name, result.phases[-1].name
+    header = f"{result.family}: {task.describe()}  |  left: before adaptation, right: after"
     return write_side_by_side(path, [films[0], films[-1]], header, recorder.fps)
