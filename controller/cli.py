@@ -18,7 +18,45 @@ from controller.config import ConfigError, ControllerConfig
 from sim.tasks import BodySpace, BodyTask, DirectionTask, GoalTask, Task, VelocityTask
 
 if TYPE_CHECKING:
+    from controller.artifact import ArtifactMetadata
     from sim.families import Family
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (refused with the value named otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
+    return value
+
+
+def check_artifact_use(
+    metadata: ArtifactMetadata, family: Family, *, oracle: bool = False, flag: str = "artifact"
+) -> None:
+    """ConfigError naming the mismatch when an artifact cannot serve ``family`` as asked:
+    trained on another family, or an oracle (it also observes the task) where a policy that
+    adapts is needed, or the other way round."""
+    if metadata.family != family.name:
+        raise ConfigError(
+            f"{flag}: the artifact was trained on {metadata.family}, not {family.name}; give an "
+            f"artifact of {family.name} (or the config of {metadata.family})"
+        )
+    extra = list(metadata.layout.observation_names[family.observation_size :])
+    if oracle and not extra:
+        raise ConfigError(
+            f"{flag}: not an oracle artifact (it observes the {family.observation_size} values "
+            "of the family only, no task features)"
+        )
+    if not oracle and (extra or metadata.layout.observation_size != family.observation_size):
+        raise ConfigError(
+            f"{flag}: an oracle artifact (it observes {metadata.layout.observation_size} values, "
+            f"the family's {family.observation_size} and the task features {extra}); it never "
+            "adapts: evaluate it with 'adaptctl eval --oracle', and give 'run' a MAML or "
+            "pretrained artifact"
+        )
 
 
 def controller_config(args: argparse.Namespace) -> ControllerConfig:
@@ -106,13 +144,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         from controller import recovery
 
         return recovery.cmd_run(args)
+    from controller.artifact import load_artifact
+    from sim.families import get_family
+
     config = controller_config(args)
     task = task_from_args(args)
     if config.seed is None:
         config = config.model_copy(update={"seed": args.seed})
+    if "journal" not in config.model_fields_set and config.journal_dir is None:
+        # A simulated run starts from the initialization every time: nothing to resume.
+        config = config.model_copy(update={"journal": False})
+    artifact = load_artifact(args.artifact)
+    check_artifact_use(artifact.metadata, get_family(artifact.metadata.family))
     recorder = simloop.EpisodeRecorder() if args.video else None
     try:
-        with Controller.load(args.artifact, config) as controller:
+        with Controller(artifact, config) as controller:
             result = simloop.run(controller, task, steps=args.steps, seed=args.seed,
                                  num_threads=args.threads, recorder=recorder)  # fmt: skip
     finally:
@@ -141,7 +187,7 @@ def add_subcommands(sub: Any) -> None:
     p = sub.add_parser("run", help="the sim loop: K episodes, adapt on-device, run adapted")
     p.add_argument("artifact", help="artifact directory, e.g. artifacts/cheetah_velocity")
     add_task_arguments(p)
-    p.add_argument("--steps", type=int, default=1, help="adaptation steps (default 1)")
+    p.add_argument("--steps", type=non_negative_int, default=1, help="adaptation steps (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of reset noise and exploration")
     p.add_argument("--threads", type=int, default=2, help="MuJoCo batch threads")
     p.add_argument("--out", default="runs/run", help="where result.json and the plot go")

@@ -74,6 +74,12 @@ class ControllerConfig(BaseModel):
         "adaptation. Off: the policy gradient needs exploration samples, so such episodes "
         "are dropped at their end.",
     )
+    verify_swaps_in_child: bool = Field(
+        default=True,
+        description="swap() loads and verifies the artifact in a child process (started at "
+        "the first swap), so that this Python work does not hold up act() in the serving "
+        "thread; False: in the calling thread, no extra process.",
+    )
     intra_op_threads: int = Field(
         default=1,
         ge=1,

@@ -48,6 +48,7 @@ from controller.journal import (
 from controller.monitor import Recovery
 from controller.policy import Params, PolicySpec, gaussian_kl
 from controller.serving import ServingPolicy, ServingSession, architecture
+from controller.verifier import Verified, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,21 @@ class AdaptReport:
     """The policy serving after this call."""
 
 
+class _Installed(NamedTuple):
+    """An artifact ready to be the initialization: its serving policy and clip bounds."""
+
+    artifact: Artifact
+    initial: ServingPolicy
+    low: np.ndarray
+    high: np.ndarray
+    safe: np.ndarray
+    """The safe action (zeros clipped to the bounds)."""
+
+
+INSTALLED_KEPT = 4
+"""Installed artifacts kept by a controller, so that swapping back to one binds nothing."""
+
+
 @dataclass(frozen=True)
 class SwapReport:
     """What one call of :meth:`Controller.swap` did."""
@@ -133,6 +149,8 @@ class Controller:
         self._counters["episodes_recovered"] = 0
         self._threadpools = ThreadpoolController()  # the loaded BLAS/OpenMP libraries, once
         self._sessions: SessionCache = {} if sessions is None else sessions
+        self._installed: dict[str, _Installed] = {}
+        self._verifier = Verifier()
         self._install(artifact)
         self._serving = self._initial
         self.recovery = None if self.config.monitor is None else Recovery(self.config.monitor)
@@ -158,8 +176,17 @@ class Controller:
         # The artifact's policy.onnx is not run: load_artifact verified it is policy_to_onnx of
         # these params, and the shared serving graph has the same operators.
         initial = ServingPolicy(self._session(artifact.spec), artifact.params, 0)
-        self._artifact, self._initial, self._low, self._high = artifact, initial, low, high
-        self._safe_zeros = np.clip(np.zeros_like(low), low, high)
+        safe_zeros = np.clip(np.zeros_like(low), low, high)
+        self._use(_Installed(artifact, initial, low, high, safe_zeros))
+
+    def _use(self, installed: _Installed) -> None:
+        """Make an installed artifact the initialization; kept for swapping back to it."""
+        self._artifact, self._initial = installed.artifact, installed.initial
+        self._low, self._high, self._safe_zeros = installed.low, installed.high, installed.safe
+        self._installed.pop(installed.artifact.digest, None)
+        self._installed[installed.artifact.digest] = installed
+        while len(self._installed) > INSTALLED_KEPT:
+            del self._installed[next(iter(self._installed))]
 
     def _new_recorder(self, next_episode_id: int) -> Recorder:
         horizon = self._artifact.metadata.adaptation.horizon
@@ -525,11 +552,23 @@ class Controller:
         """
         start = time.perf_counter()
         try:
-            candidate = load_artifact(path)
+            if self.config.verify_swaps_in_child:
+                verified = self._verifier.verify(path, frozenset(self._installed))
+            else:
+                loaded = load_artifact(path)
+                verified = Verified(loaded.digest, loaded)
         except (ValueError, RuntimeError) as error:  # ArtifactError is a ValueError
             with self._update_lock:
                 return self._swap_refused(str(error), start)
-        return self.swap_to(candidate, start)
+        if verified.artifact is not None:
+            return self.swap_to(verified.artifact, start)
+        with self._update_lock:  # an artifact installed before: its serving policy is ready
+            installed = self._installed.get(verified.digest)
+            if installed is None:  # dropped from the cache meanwhile
+                return self.swap_to(load_artifact(path), start)
+            previous = self._artifact
+            self._use(installed)
+            return self._swapped(previous, start)
 
     def swap_to(self, candidate: Artifact, start: float | None = None) -> SwapReport:
         """:meth:`swap` to an artifact already loaded and verified (``load_artifact``)."""
@@ -543,15 +582,20 @@ class Controller:
                 # ArtifactError, ConfigError (ValueErrors) or onnxruntime's failures (RuntimeErrors):
                 # _install assigns nothing until the candidate's policy is bound and tested.
                 return self._swap_refused(str(error), start)
-            self._serving = self._initial
-            self._recorder.keep_only(self._initial.policy_id)
-            self._counters["swaps"] += 1
-            if self._journal is not None:
-                record = {"kind": "swap", "artifact": candidate.digest, "path": str(candidate.path)}
-                self._journal.append({**record, "policy": self._initial.policy_id})
-            seconds = time.perf_counter() - start
-            reason = f"serving {candidate.path} ({candidate.metadata.family})"
-            return SwapReport(True, reason, previous.digest, candidate.digest, seconds)
+            return self._swapped(previous, start)
+
+    def _swapped(self, previous: Artifact, start: float) -> SwapReport:
+        """Serve the initialization just installed; journal and report the swap."""
+        candidate = self._artifact
+        self._serving = self._initial
+        self._recorder.keep_only(self._initial.policy_id)
+        self._counters["swaps"] += 1
+        if self._journal is not None:
+            record = {"kind": "swap", "artifact": candidate.digest, "path": str(candidate.path)}
+            self._journal.append({**record, "policy": self._initial.policy_id})
+        reason = f"serving {candidate.path} ({candidate.metadata.family})"
+        seconds = time.perf_counter() - start
+        return SwapReport(True, reason, previous.digest, candidate.digest, seconds)
 
     def _swap_refused(self, reason: str, start: float) -> SwapReport:
         self._counters["swaps_refused"] += 1
@@ -580,7 +624,9 @@ class Controller:
         }
 
     def close(self) -> None:
-        """Release the journal (its lock); the controller must not record afterwards."""
+        """Release the journal (its lock) and the swap verifier's process; the controller must
+        not record afterwards."""
+        self._verifier.close()
         if self._journal is not None:
             self._journal.close()
 

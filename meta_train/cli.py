@@ -43,6 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.config = str(Path(args.out) / CONFIG_FILE)
     config = TrainConfig.from_yaml(args.config, _overrides(args.set))
     out = Path(args.out or Path("runs") / f"{Path(args.config).stem}-{config.mode}-s{config.seed}")
+    args.out = str(out)  # for the hint on Ctrl-C (main)
     print(f"training {config.mode} on {config.family}: {config.iterations} iterations -> {out}")
     board = None
     if args.tensorboard:
@@ -66,6 +67,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from controller.artifact import load_artifact
+    from controller.cli import check_artifact_use
     from controller.policy import init_params
     from meta_train import evaluate as ev
     from meta_train import paper, report
@@ -89,6 +91,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if path is None:
             continue
         artifact = load_artifact(path)
+        check_artifact_use(artifact.metadata, family, oracle=name == "oracle", flag=f"--{name}")
         provenance[name] = {"artifact": str(path), "digest": artifact.digest,
                             "training": {k: artifact.metadata.training.get(k) for k in
                                          ("iterations_done", "best_iteration", "best_return")}}  # fmt: skip
@@ -228,8 +231,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"adaptctl: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("adaptctl: interrupted (a training run resumes with --resume)", file=sys.stderr)
+        print(f"adaptctl: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """After Ctrl-C: how to continue, only for a training run with a checkpoint to resume."""
+    if args.command != "train":
+        return ""
+    if args.out is None:
+        return " before the run directory was chosen: nothing to resume"
+    from meta_train.trainer import CHECKPOINT_DIR
+
+    if not (Path(args.out) / CHECKPOINT_DIR).is_dir():
+        return f" before the first checkpoint in {args.out}: nothing to resume; start it again"
+    return f" (the run resumes from its last checkpoint with: adaptctl train --resume --out {args.out})"
 
 
 if __name__ == "__main__":

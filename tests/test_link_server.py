@@ -250,11 +250,12 @@ def test_swap_refuses_a_corrupt_artifact_and_takes_a_compatible_one(
 ) -> None:
     corrupt = family_artifact(tmp_path / "corrupt", seed=1)
     (corrupt / "params.safetensors").write_bytes(b"garbage")
-    refused, _ = peer.call({"type": "swap", "session": peer.session, "path": str(corrupt)})
+    swap = {"type": "swap", "session": peer.session}  # the first starts the verifier process
+    refused, _ = peer.call({**swap, "path": str(corrupt)}, timeout_ms=60_000)
     assert refused["type"] == "swapped" and not refused["report"]["accepted"]
     assert peer.step(observation(), start=True)[0]["type"] == "action"  # still serving
     other = family_artifact(tmp_path / "other", seed=2)
-    swapped, _ = peer.call({"type": "swap", "session": peer.session, "path": str(other)})
+    swapped, _ = peer.call({**swap, "path": str(other)}, timeout_ms=60_000)
     assert swapped["report"]["accepted"], swapped
     assert peer.step(observation())[0]["policy"] == controller.status()["policy_id"]
 

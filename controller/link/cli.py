@@ -95,6 +95,19 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Allow a network bind without CURVE (anyone who can reach the port can command).",
     )
+    parser.add_argument(
+        "--journal-dir",
+        type=Path,
+        help="Where each session's recorded episodes and adapted policy are journaled (default: "
+        "a directory derived from the artifact under $ADAPTCTL_STATE_DIR, else "
+        "$XDG_STATE_HOME/adaptctl, else ~/.local/state/adaptctl). A server restarted with the "
+        "same arguments restores each session its robot resumes.",
+    )
+    parser.add_argument(
+        "--no-journal",
+        action="store_true",
+        help="Keep episodes and adaptations in memory only: a crash or restart loses them.",
+    )
     add_config_arguments(parser)
     add_model_arguments(parser, LinkConfig)
 
@@ -108,6 +121,10 @@ def serve_main(args: argparse.Namespace) -> int:
         config = controller_config(args)
     except ValueError as error:  # ConfigError, or a --set value of the wrong type
         raise SystemExit(f"adaptctl serve: {error}") from None
+    if args.journal_dir is not None:
+        config = config.model_copy(update={"journal_dir": args.journal_dir})
+    if args.no_journal:
+        config = config.model_copy(update={"journal": False})
     keys = None
     if args.curve_secret_key is not None:
         keys = CurveKeys(
@@ -117,7 +134,7 @@ def serve_main(args: argparse.Namespace) -> int:
         raise SystemExit("--curve-authorized needs --curve-secret-key")
 
     def ready(server: LinkServer) -> None:
-        print(f"serving {args.artifact} on {server.endpoint}", flush=True)
+        print(f"serving {args.artifact} on {server.endpoint}; {server.journal_note()}", flush=True)
 
     link_config = LinkConfig(**model_overrides(args, LinkConfig))
     try:

@@ -57,7 +57,9 @@ class LinkFault(NamedTuple):
 
     kind: str
     """timeout | server_error | bad_reply | non_finite_observation | layout_changed |
-    reconnected (not a fault: the link is back; ``message`` says after how long)."""
+    new_session (after a reconnect the server no longer had this session: its adaptations and
+    recorded episodes are gone, the initialization serves) | reconnected (not a fault: the
+    link is back; ``message`` says after how long)."""
     message: str
     code: ErrorCode | None
     """The ERROR reply's code for ``server_error``, else None."""
@@ -131,7 +133,10 @@ class RobotClient:
     secret): this robot's own pair, None: a fresh one (enough for servers that accept any key
     holder). ``timeout_ms`` bounds every other request but a waiting adapt/swap/reset
     (``adapt_timeout_ms``). The constructor says HELLO and raises :class:`LinkError` if the
-    server does not answer within ``timeout_ms``.
+    server does not answer within ``timeout_ms``; ``resume``: the token of this robot's earlier
+    session to continue (its adapted policy and episodes), else a new session starts from the
+    server's current initialization. ``welcome`` holds the WELCOME (``policy_note`` says which
+    policy serves and why). The token (``session``) is a secret: do not log it.
     """
 
     def __init__(
@@ -146,6 +151,7 @@ class RobotClient:
         reconnect_interval_ms: int = 100,
         on_fault: Callable[[LinkFault], None] | None = None,
         name: str = "robot",
+        resume: str | None = None,
     ) -> None:
         if deadline_ms <= 0:
             raise ValueError(f"deadline_ms must be positive, got {deadline_ms}")
@@ -171,12 +177,13 @@ class RobotClient:
         self.policy_id, self.adapting = "", False
         socket = self._new_socket()
         try:
-            welcome = self._hello(socket, self.timeout_ms, resume=None)
+            welcome = self._hello(socket, self.timeout_ms, resume=resume)
         except LinkError:
             socket.close(linger=0)
             self._context.term()
             raise
         self.layout = layout_from_welcome(welcome)
+        self.welcome: dict[str, Any] = welcome
         self.session: str = welcome["session"]
         self.family = str(welcome.get("family", ""))
         self.safe_action = np.zeros(self.layout.action_size, dtype=np.float32)
@@ -389,9 +396,12 @@ class RobotClient:
                 continue
             with self._lock:
                 self.session, self._socket = welcome["session"], socket
+                self.welcome = welcome
                 self._reconnects += 1
             back = LinkError(f"link back after {time.monotonic() - began:.3f} s", "reconnected")
             self._report(back)
+            if not welcome.get("resumed"):
+                self._report(LinkError(str(welcome.get("policy_note")), "new_session"))
             return
 
     def _new_socket(self) -> zmq.Socket[bytes]:
@@ -403,6 +413,12 @@ class RobotClient:
             socket.curve_publickey, socket.curve_secretkey = self._client_keys
         socket.connect(self.endpoint)
         return socket
+
+    @property
+    def horizon(self) -> int | None:
+        """Most actions per recorded episode (WELCOME ``horizon``; None from an older server)."""
+        horizon = self.welcome.get("horizon")
+        return None if horizon is None else int(horizon)
 
     def _hello(self, socket: zmq.Socket[bytes], timeout_ms: int, resume: str | None) -> dict:
         header: dict[str, Any] = {"type": MessageType.HELLO, "seq": next(self._seq),

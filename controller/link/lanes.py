@@ -25,6 +25,7 @@ from controller.artifact import Artifact, load_artifact
 from controller.config import ControllerConfig
 from controller.journal import JOURNAL_FILE, JournalError, default_journal_dir
 from controller.runtime import Controller, SessionCache, SwapReport
+from controller.verifier import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class Lanes:
         self.config = config
         """The controller config every lane runs with (its journal fields aside)."""
         self._sessions: SessionCache = {}
+        self._verifier = Verifier()
         self._count = 0
         self._lock_file: IO[bytes] | None = None
         self.root: Path | None = None
@@ -104,14 +106,14 @@ class Lanes:
         Loaded and verified once; each lane then serves it (its adaptations dropped) from its
         next episode. Refused as a whole when the artifact is unusable or incompatible.
         """
-        try:
-            candidate = load_artifact(path)
+        try:  # verified in a child process: the serving thread keeps the interpreter
+            candidate = self._verifier.verify(path).artifact
         except (ValueError, RuntimeError) as error:
             digest = self.artifact.digest
             return SwapReport(False, str(error), digest, digest, 0.0)
-        probe = Controller(
-            self.artifact, self._lane_config(None), sessions=self._sessions
-        )  # checks compatibility without touching a serving lane
+        assert candidate is not None  # nothing was known to the verifier
+        # A lane of no session checks compatibility without touching a serving one.
+        probe = Controller(self.artifact, self._lane_config(None), sessions=self._sessions)
         report = probe.swap_to(candidate)
         probe.close()
         if not report.accepted:
@@ -121,7 +123,14 @@ class Lanes:
         self.artifact = candidate
         return report
 
+    def start_verifier(self) -> None:
+        """Start the child process that verifies SWAP artifacts now, not at the first SWAP
+        (its imports take seconds)."""
+        self._verifier.start()
+
     def release(self) -> None:
+        """Stop the verifier and release the journal directory's lock."""
+        self._verifier.close()
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None

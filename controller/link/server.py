@@ -457,6 +457,7 @@ def serve(
 
     check_bind(bind, curve_keys, insecure)  # before the (slower) artifact load
     lanes = Lanes.load(artifact_path, config)
+    lanes.start_verifier()
     try:
         server = LinkServer(
             lanes, bind, curve_keys=curve_keys, insecure=insecure, config=link_config

@@ -12,12 +12,14 @@ the client module it uses may not.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from controller.link.client import LinkFault, RobotClient
+from controller.link.client import LinkError, LinkFault, RobotClient
+from controller.link.protocol import ErrorCode
 from sim.families import Family, get_family
 from sim.simulator import Simulator
 from sim.tasks import Task, VelocityTask, task_to_dict
@@ -53,6 +55,8 @@ class SimRobotResult(NamedTuple):
     """The episodes played with the adapted policy."""
     link: dict[str, Any]
     """The client's counters at the end (ClientStats as a dict)."""
+    policy_note: str = ""
+    """The WELCOME's word on which policy served this robot first, and why."""
 
     def summary(self) -> dict[str, Any]:
         """Mean return (and mean |v - v*|) of the first K episodes and of the adapted ones."""
@@ -72,6 +76,7 @@ class SimRobotResult(NamedTuple):
             "velocity_error_after": mean([e.velocity_error for e in self.after]),
             "adaptations_accepted": sum(bool(r.get("accepted")) for r in self.adapt_reports),
             "safe_actions": self.link["safe_actions"],
+            "policy_at_start": self.policy_note,
         }
 
 
@@ -132,12 +137,12 @@ def run_sim_robot(
     """K = ``episodes`` episodes, one adaptation, repeated ``adapt_steps`` times, then
     ``adapted_episodes`` (default K) episodes with the adapted policy; all over the link.
 
-    ``horizon`` defaults to the family's (200 for locomotion). ``on_episode(phase, stats)`` is
+    ``horizon`` defaults to the server's (WELCOME ``horizon``, the artifact's); a longer one is
+    refused, since the server records no episode longer. ``on_episode(phase, stats)`` is
     called after each episode with phase "before" or "after".
     """
     family = get_family(family) if isinstance(family, str) else family
     task = family.validate(task)
-    horizon = family.horizon if horizon is None else horizon
     rng = np.random.default_rng(seed)
     before: list[EpisodeStats] = []
     after: list[EpisodeStats] = []
@@ -147,13 +152,15 @@ def run_sim_robot(
         name=f"sim-robot:{family.name}",
     ) as client:  # fmt: skip
         _check_layout(client, family)
+        horizon = _horizon(client, family, horizon)
+        log.info("server: %s", client.welcome.get("policy_note"))
         simulator = family.make_simulator(1, 1)
         for _ in range(adapt_steps):
             for _ in range(episodes):
                 before.append(run_episode(client, simulator, task, rng, horizon))
                 if on_episode is not None:
                     on_episode("before", before[-1])
-            report = client.adapt() or {}
+            report = adapt_when_free(client)
             log.info("adaptation: %s", report.get("reason"))
             reports.append(report)
         for _ in range(episodes if adapted_episodes is None else adapted_episodes):
@@ -164,7 +171,32 @@ def run_sim_robot(
             if on_episode is not None:
                 on_episode("after", stats)
         link = client.stats()._asdict()
-    return SimRobotResult(family.name, task_to_dict(task), before, reports, after, link)
+    note = str(client.welcome.get("policy_note", ""))
+    return SimRobotResult(family.name, task_to_dict(task), before, reports, after, link, note)
+
+
+def adapt_when_free(client: RobotClient, timeout_s: float = 60.0) -> dict[str, Any]:
+    """ADAPT, retried while the server answers BUSY (a swap of every lane is running)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return client.adapt() or {}
+        except LinkError as error:
+            if error.code is not ErrorCode.BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _horizon(client: RobotClient, family: Family, wanted: int | None) -> int:
+    served = client.horizon
+    if wanted is None:
+        return family.horizon if served is None else served
+    if served is not None and wanted > served:
+        raise ValueError(
+            f"--horizon {wanted} exceeds the server's horizon {served} (the artifact's): the "
+            "server records no longer episode"
+        )
+    return wanted
 
 
 def _check_layout(client: RobotClient, family: Family) -> None:
