@@ -165,6 +165,14 @@ def add_sim_robot_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server-key", type=Path, help="Server's public certificate (CURVE).")
     parser.add_argument("--client-key", type=Path, help="This robot's NAME.key_secret (CURVE).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the simulation's resets.")
+    parser.add_argument(
+        "--rate-hz", type=float, help="Pace the control loop at this rate (default: flat out)."
+    )
+    parser.add_argument(
+        "--duration-s",
+        type=float,
+        help="Repeat 'K episodes, adapt' for this long instead of --steps times (a soak).",
+    )
     parser.add_argument("--json", action="store_true", help="Print the result as JSON.")
 
 
@@ -192,6 +200,7 @@ def sim_robot_main(args: argparse.Namespace) -> int:
             args.connect, family, task, args.episodes, adapted_episodes=args.adapted_episodes,
             adapt_steps=args.steps, horizon=args.horizon, deadline_ms=args.deadline_ms,
             server_public_key=server_key, client_keys=client_keys, seed=args.seed,
+            rate_hz=args.rate_hz, duration_s=args.duration_s,
         )  # fmt: skip
     except (ValueError, LinkError) as error:  # a task outside the family's range, no server
         raise SystemExit(f"adaptctl sim-robot: {error}") from None

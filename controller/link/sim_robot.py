@@ -40,6 +40,8 @@ class EpisodeStats(NamedTuple):
     """The server recorded the episode (usable for adaptation)."""
     safe_actions: int
     """Steps of the episode that got the safe action (link faults)."""
+    late: int = 0
+    """Steps whose action came later than one control period (paced runs only)."""
 
 
 class SimRobotResult(NamedTuple):
@@ -57,6 +59,9 @@ class SimRobotResult(NamedTuple):
     """The client's counters at the end (ClientStats as a dict)."""
     policy_note: str = ""
     """The WELCOME's word on which policy served this robot first, and why."""
+    reconnects: tuple[dict[str, Any], ...] = ()
+    """What each WELCOME after a reconnect said (policy_origin, adaptation_steps,
+    episodes_ready): a restarted server's restored session, or a new one."""
 
     def summary(self) -> dict[str, Any]:
         """Mean return (and mean |v - v*|) of the first K episodes and of the adapted ones."""
@@ -88,14 +93,22 @@ def run_episode(
     horizon: int,
     *,
     deterministic: bool = False,
+    period_s: float | None = None,
 ) -> EpisodeStats:
     """Play one episode of ``task`` on a one-simulation ``simulator``: observation -> link ->
-    action -> simulation step, until the horizon or a terminal state."""
+    action -> simulation step, until the horizon or a terminal state. ``period_s``: pace the
+    loop at one step per period, as a robot's control loop runs, counting late actions."""
     observation = simulator.reset([task], rng)[0]
     safe_before = client.stats().safe_actions
-    reward, total, errors, terminated, length = 0.0, 0.0, [], False, 0
+    reward, total, errors, terminated, length, late = 0.0, 0.0, [], False, 0, 0
+    tick = time.perf_counter()
     for _ in range(horizon):
+        asked = time.perf_counter()
         action = client.act(observation, reward, deterministic=deterministic)
+        if period_s is not None:
+            late += time.perf_counter() - asked > period_s
+            tick += period_s
+            time.sleep(max(0.0, tick - time.perf_counter()))
         result = simulator.step(action[None, :])
         reward = float(sum(float(term[0]) for term in result.reward_terms.values()))
         total += reward
@@ -114,6 +127,7 @@ def run_episode(
         policy_id=client.policy_id,
         recorded=bool(receipt and receipt.get("recorded")),
         safe_actions=client.stats().safe_actions - safe_before,
+        late=late,
     )
 
 
@@ -131,6 +145,8 @@ def run_sim_robot(
     client_keys: tuple[bytes, bytes] | None = None,
     seed: int = 0,
     deterministic_after: bool = False,
+    rate_hz: float | None = None,
+    duration_s: float | None = None,
     on_fault: Callable[[LinkFault], None] | None = None,
     on_episode: Callable[[str, EpisodeStats], None] | None = None,
 ) -> SimRobotResult:
@@ -138,15 +154,14 @@ def run_sim_robot(
     ``adapted_episodes`` (default K) episodes with the adapted policy; all over the link.
 
     ``horizon`` defaults to the server's (WELCOME ``horizon``, the artifact's); a longer one is
-    refused, since the server records no episode longer. ``on_episode(phase, stats)`` is
+    refused, since the server records no episode longer. ``rate_hz`` paces the control loop.
+    ``duration_s``: instead of ``adapt_steps``, repeat "K episodes, adapt" until that much
+    time has passed (a soak), riding out server restarts. ``on_episode(phase, stats)`` is
     called after each episode with phase "before" or "after".
     """
     family = get_family(family) if isinstance(family, str) else family
     task = family.validate(task)
-    rng = np.random.default_rng(seed)
-    before: list[EpisodeStats] = []
-    after: list[EpisodeStats] = []
-    reports: list[dict[str, Any]] = []
+    run = _Run(np.random.default_rng(seed), None if rate_hz is None else 1.0 / rate_hz)
     with RobotClient(
         endpoint, deadline_ms, server_public_key, client_keys=client_keys, on_fault=on_fault,
         name=f"sim-robot:{family.name}",
@@ -154,25 +169,57 @@ def run_sim_robot(
         _check_layout(client, family)
         horizon = _horizon(client, family, horizon)
         log.info("server: %s", client.welcome.get("policy_note"))
+        note = str(client.welcome.get("policy_note", ""))
         simulator = family.make_simulator(1, 1)
-        for _ in range(adapt_steps):
+        end = None if duration_s is None else time.monotonic() + duration_s
+        cycle = 0
+        while cycle < adapt_steps if end is None else time.monotonic() < end:
+            cycle += 1
             for _ in range(episodes):
-                before.append(run_episode(client, simulator, task, rng, horizon))
-                if on_episode is not None:
-                    on_episode("before", before[-1])
-            report = adapt_when_free(client)
-            log.info("adaptation: %s", report.get("reason"))
-            reports.append(report)
+                run.episode(client, simulator, task, horizon, "before", on_episode)
+            run.adapt(client, tolerant=end is not None)
         for _ in range(episodes if adapted_episodes is None else adapted_episodes):
-            stats = run_episode(
-                client, simulator, task, rng, horizon, deterministic=deterministic_after
-            )
-            after.append(stats)
-            if on_episode is not None:
-                on_episode("after", stats)
+            run.episode(client, simulator, task, horizon, "after", on_episode,
+                        deterministic=deterministic_after)  # fmt: skip
         link = client.stats()._asdict()
-    note = str(client.welcome.get("policy_note", ""))
-    return SimRobotResult(family.name, task_to_dict(task), before, reports, after, link, note)
+    return SimRobotResult(family.name, task_to_dict(task), run.before, run.reports, run.after,
+                          link, note, tuple(run.reconnects))  # fmt: skip
+
+
+class _Run:
+    """The episodes, reports and reconnects of one sim-robot run."""
+
+    def __init__(self, rng: np.random.Generator, period_s: float | None) -> None:
+        self.rng, self.period_s = rng, period_s
+        self.before: list[EpisodeStats] = []
+        self.after: list[EpisodeStats] = []
+        self.reports: list[dict[str, Any]] = []
+        self.reconnects: list[dict[str, Any]] = []
+
+    def episode(
+        self, client: RobotClient, simulator: Simulator, task: Task, horizon: int, phase: str,
+        on_episode: Callable[[str, EpisodeStats], None] | None, deterministic: bool = False,
+    ) -> None:  # fmt: skip
+        stats = run_episode(client, simulator, task, self.rng, horizon,
+                            deterministic=deterministic, period_s=self.period_s)  # fmt: skip
+        (self.before if phase == "before" else self.after).append(stats)
+        if client.stats().reconnects > len(self.reconnects):
+            welcome = client.welcome
+            keys = ("policy_origin", "adaptation_steps", "episodes_ready")
+            self.reconnects.append({k: welcome.get(k) for k in keys})
+        if on_episode is not None:
+            on_episode(phase, stats)
+
+    def adapt(self, client: RobotClient, tolerant: bool) -> None:
+        """ADAPT; with ``tolerant``, a link failure (a server restarting) is a refused step."""
+        try:
+            report = adapt_when_free(client)
+        except LinkError as error:
+            if not tolerant:
+                raise
+            report = {"accepted": False, "reason": f"link: {error}"}
+        log.info("adaptation: %s", report.get("reason"))
+        self.reports.append(report)
 
 
 def adapt_when_free(client: RobotClient, timeout_s: float = 60.0) -> dict[str, Any]:
