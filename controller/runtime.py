@@ -38,15 +38,14 @@ from controller.config import ControllerConfig
 from controller.journal import (
     Journal,
     RecordedEpisode,
-    Recorder,
     adaptation_record,
     default_journal_dir,
     episode_record,
-    pad_episodes,
     replay,
 )
 from controller.monitor import Recovery
 from controller.policy import Params, PolicySpec, gaussian_kl
+from controller.recording import Recorder, pad_episodes
 from controller.serving import ServingPolicy, ServingSession, architecture
 from controller.verifier import Verified, Verifier
 
