@@ -159,66 +159,67 @@ def in_process_costs(artifact: Path, blocks: int = 40, per_block: int = 1000) ->
 
     Server: a LinkServer (not serving) handles pre-encoded STEP requests of one session,
     episodes of 200 steps, as its serving thread would: decode, checks, ``Controller.act``,
-    recording and the ACTION reply (sent to a peer that does not exist, which ZeroMQ drops).
+    recording and the ACTION reply (sent to a peer that does not exist, which ZeroMQ drops);
+    without a journal, so that an episode's fsync does not enter the STEP's cost.
     Client: ``RobotClient.act`` on a stand-in socket that returns pre-encoded ACTION replies.
     """
-    from controller import Controller, ControllerConfig
+    from controller import ControllerConfig, load_artifact
+    from controller.link.lanes import Lanes
     from controller.link.protocol import PROTOCOL_VERSION, MessageType
     from controller.link.server import LinkServer
 
     observation = np.zeros(get_family(FAMILY).observation_size, np.float32)
     envelope = [b"bench-robot", b""]
     costs = {}
-    with Controller.load(artifact, ControllerConfig(seed=0)) as controller:
-        server = LinkServer(controller, "tcp://127.0.0.1:*")
-        try:
-            hello = {"type": MessageType.HELLO, "seq": 1, "version": PROTOCOL_VERSION}
-            server._handle(envelope + encode(hello))
-            session = next(iter(server._sessions)).id
-            seq = itertools.count(2)
+    lanes = Lanes(load_artifact(artifact), ControllerConfig(seed=0, journal=False))
+    server = LinkServer(lanes, "tcp://127.0.0.1:*")
+    try:
+        hello = {"type": MessageType.HELLO, "seq": 1, "version": PROTOCOL_VERSION}
+        server._handle(envelope + encode(hello))
+        session = next(iter(server._sessions)).id
+        seq = itertools.count(2)
 
-            def server_step() -> None:
-                n = next(seq)
-                header = {"type": MessageType.STEP, "seq": n, "session": session,
-                          "dtype": "<f4", "reward": 0.0, "done": n % 200 == 0}  # fmt: skip
-                frames = encode(header, [observation])
-                server._handle(envelope + frames)
+        def server_step() -> None:
+            n = next(seq)
+            header = {"type": MessageType.STEP, "seq": n, "session": session,
+                      "dtype": "<f4", "reward": 0.0, "done": n % 200 == 0}  # fmt: skip
+            frames = encode(header, [observation])
+            server._handle(envelope + frames)
 
-            def encode_only() -> None:
-                header = {"type": MessageType.STEP, "seq": 2, "session": session,
-                          "dtype": "<f4", "reward": 0.0, "done": False}  # fmt: skip
-                encode(header, [observation])
+        def encode_only() -> None:
+            header = {"type": MessageType.STEP, "seq": 2, "session": session,
+                      "dtype": "<f4", "reward": 0.0, "done": False}  # fmt: skip
+            encode(header, [observation])
 
-            encoding = _block_minimum(encode_only, blocks, per_block)
-            reply = [*envelope, *encode({"type": MessageType.ACTION, "seq": 2}, [observation[:6]])]
-            costs["send_multipart_us"] = _block_minimum(
-                lambda: server._socket.send_multipart(reply), blocks, per_block
-            )
-            costs["send_frames_us"] = _block_minimum(
-                lambda: send_frames(server._socket, reply), blocks, per_block
-            )
-            costs["server_step_us"] = _block_minimum(server_step, blocks, per_block) - encoding
-            server.start()  # for the client's HELLO
-            with RobotClient(server.endpoint, deadline_ms=100) as client:
-                server.stop()
-                start = next(client._seq)
-                action = {"type": MessageType.ACTION, "dtype": "<f4"}
-                zeros = np.zeros(client.layout.action_size, np.float32)
-                replies = [
-                    encode({**action, "seq": start + 1 + i}, [zeros])
-                    for i in range(blocks * per_block)
-                ]
-                real, client._socket = client._socket, _StandInSocket(replies)  # type: ignore[assignment]
-                try:
-                    costs["client_act_us"] = _block_minimum(
-                        lambda: client.act(observation, 0.0), blocks, per_block
-                    )
-                finally:
-                    client._socket = None
-                    if real is not None:
-                        real.close(linger=0)
-        finally:
+        encoding = _block_minimum(encode_only, blocks, per_block)
+        reply = [*envelope, *encode({"type": MessageType.ACTION, "seq": 2}, [observation[:6]])]
+        costs["send_multipart_us"] = _block_minimum(
+            lambda: server._socket.send_multipart(reply), blocks, per_block
+        )
+        costs["send_frames_us"] = _block_minimum(
+            lambda: send_frames(server._socket, reply), blocks, per_block
+        )
+        costs["server_step_us"] = _block_minimum(server_step, blocks, per_block) - encoding
+        server.start()  # for the client's HELLO
+        with RobotClient(server.endpoint, deadline_ms=100) as client:
             server.stop()
+            start = next(client._seq)
+            action = {"type": MessageType.ACTION, "dtype": "<f4"}
+            zeros = np.zeros(client.layout.action_size, np.float32)
+            replies = [
+                encode({**action, "seq": start + 1 + i}, [zeros]) for i in range(blocks * per_block)
+            ]
+            real, client._socket = client._socket, _StandInSocket(replies)  # type: ignore[assignment]
+            try:
+                costs["client_act_us"] = _block_minimum(
+                    lambda: client.act(observation, 0.0), blocks, per_block
+                )
+            finally:
+                client._socket = None
+                if real is not None:
+                    real.close(linger=0)
+    finally:
+        server.stop()
     return costs
 
 
