@@ -30,14 +30,17 @@ OBS = np.zeros(17, dtype=np.float32)
 
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """server.key(_secret), robot.key(_secret) authorized, stranger.key(_secret) not."""
+    """server.key(_secret), robot.key(_secret) and other.key(_secret) authorized,
+    stranger.key(_secret) not."""
     root = tmp_path_factory.mktemp("keys")
     make_curve_keys(root, "server")
     make_curve_keys(root, "stranger")
+    make_curve_keys(root, "other")
     _, robot_secret = make_curve_keys(root, "robot")
     authorized = root / "authorized"
     authorized.mkdir()
-    (authorized / "robot.key").write_bytes((root / "robot.key").read_bytes())
+    for name in ("robot", "other"):
+        (authorized / f"{name}.key").write_bytes((root / f"{name}.key").read_bytes())
     assert robot_secret.name == "robot.key_secret"
     return root
 
@@ -68,6 +71,22 @@ def test_an_authorized_robot_gets_actions(server: LinkServer, keys: Path) -> Non
     with RobotClient(loopback(server), 2000, server_key, client_keys=robot) as client:
         assert np.any(client.act(OBS) != 0.0)
         assert client.status()["link"]["secure"] is True
+
+
+def test_a_session_resumes_only_with_the_key_that_opened_it(server: LinkServer, keys: Path) -> None:
+    server_key = load_public_key(keys / "server.key")
+    robot = load_key_pair(keys / "robot.key_secret")
+    other = load_key_pair(keys / "other.key_secret")
+    with RobotClient(loopback(server), 2000, server_key, client_keys=robot) as first:
+        token = first.session
+        with RobotClient(
+            loopback(server), 2000, server_key, client_keys=other, resume=token
+        ) as impostor:  # an authorized robot, but not the one that opened the session
+            assert not impostor.welcome["resumed"] and impostor.session != token
+        with RobotClient(
+            loopback(server), 2000, server_key, client_keys=robot, resume=token
+        ) as again:  # the same robot on a new connection
+            assert again.welcome["resumed"] and again.session == token
 
 
 @pytest.mark.parametrize("who", ["stranger", "wrong server key", "no curve"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,13 @@ def test_status_watchdog_and_logs_show_only_a_token_prefix(
             break
         watcher.socket.poll(50)
     assert events and events[0]["session"] == silent.session[:8]
+    lane = server.session_lane(watcher.session)
+    assert lane is not None
+    adapt = lane.adapt
+    lane.adapt = lambda: (time.sleep(0.5), adapt())[1]  # type: ignore[method-assign]
+    watcher.call({"type": "adapt", "session": watcher.session, "wait": False})
+    reply, _ = watcher.call({"type": "status", "session": watcher.session})
+    assert reply["status"]["link"]["busy"] == {watcher.session[:8]: "adapt"}
     wire = msgpack.packb(reply)
     text = caplog.text + str(reply)
     for token in (silent.session, watcher.session):

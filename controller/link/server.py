@@ -428,7 +428,8 @@ class LinkServer:
             "secure": self.secure,
             "journal": None if self.lanes.root is None else str(self.lanes.root),
             "requests": self._requests,
-            "busy": dict(self._worker.busy) or None,
+            "busy": {("all" if k == "*" else shown(k)): v for k, v in self._worker.busy.items()}
+            or None,
             "sessions": sessions,
             "watchdog_count": self._watchdog_count,
             "watchdog_events": [e._asdict() for e in self._watchdog_events],
