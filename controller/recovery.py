@@ -215,9 +215,10 @@ def plot_deployment(result: Deployment, path: str | Path) -> None:
     ax.set_xlabel("episode")
     ax.set_ylabel("return")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -229,6 +230,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = controller_config(args)
     if config.seed is None:
         config = config.model_copy(update={"seed": args.seed})
+    if "journal" not in config.model_fields_set and config.journal_dir is None:
+        # A simulated robot starts from the initialization every time: nothing to resume.
+        config = config.model_copy(update={"journal": False})
     if args.damage_at is not None and config.monitor is None:
         config = config.model_copy(update={"monitor": MonitorSettings()})
     out = Path(args.out)

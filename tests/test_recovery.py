@@ -58,6 +58,12 @@ def test_run_with_damage_at_notices_the_drop_and_adapts(
     assert all(e["adaptation_steps"] == 0 for e in episodes[:7])
     assert episodes[-1]["adaptation_steps"] >= 1  # the adapted policy serves at the end
     assert (out / "recovery.png").stat().st_size > 0 and (out / "result.json").exists()
+    main(["run", str(artifact), "--motor", "bthigh=0", "--payload", "2.5", "--damage-at", "6",
+          "--episodes", "16", "--out", str(out), "--json", "--set", "max_kl=1e6",
+          "--set", TOUCHY])  # fmt: skip
+    again = json.loads(capsys.readouterr().out)  # not resumed from a journal of the first run
+    for key in ("episode_return", "adaptation_steps"):
+        assert [e[key] for e in again["episodes"]] == [e[key] for e in episodes]
 
 
 def test_run_with_a_body_runs_the_sim_loop(artifact: Path, tmp_path: Path,
