@@ -187,6 +187,7 @@ def plot_deployment(result: Deployment, path: str | Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7.0, 3.8))
     index = np.array([e.index for e in result.episodes])
@@ -215,7 +216,7 @@ def plot_deployment(result: Deployment, path: str | Path) -> None:
     ax.set_xlabel("episode")
     ax.set_ylabel("return")
     ax.grid(alpha=0.3)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
