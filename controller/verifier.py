@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import threading
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -20,6 +21,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from controller.artifact import Artifact, load_artifact
+
+VERIFIER_NICENESS = 10
+"""Added to the verifier process's niceness (lower priority than the serving process)."""
 
 
 class Verified(NamedTuple):
@@ -30,7 +34,13 @@ class Verified(NamedTuple):
 
 
 def _serve(connection: Connection) -> None:
-    """The child: verify each (path, known digests) received; answer Verified or the error."""
+    """The child: verify each (path, known digests) received; answer Verified or the error.
+
+    It runs at a lower scheduling priority than the serving process, so that on a machine
+    without a spare core its work yields to the acting thread.
+    """
+    with contextlib.suppress(OSError):
+        os.nice(VERIFIER_NICENESS)
     while (request := connection.recv()) is not None:
         path, known = request
         try:

@@ -162,10 +162,20 @@ def run_sim_robot(
     family = get_family(family) if isinstance(family, str) else family
     task = family.validate(task)
     run = _Run(np.random.default_rng(seed), None if rate_hz is None else 1.0 / rate_hz)
+    clients: list[RobotClient] = []
+
+    def fault(seen: LinkFault) -> None:
+        if seen.kind == "reconnected" and clients:  # the new WELCOME is in place by now
+            keys = ("policy_origin", "adaptation_steps", "episodes_ready")
+            run.reconnects.append({k: clients[0].welcome.get(k) for k in keys})
+        if on_fault is not None:
+            on_fault(seen)
+
     with RobotClient(
-        endpoint, deadline_ms, server_public_key, client_keys=client_keys, on_fault=on_fault,
+        endpoint, deadline_ms, server_public_key, client_keys=client_keys, on_fault=fault,
         name=f"sim-robot:{family.name}",
     ) as client:  # fmt: skip
+        clients.append(client)
         _check_layout(client, family)
         horizon = _horizon(client, family, horizon)
         log.info("server: %s", client.welcome.get("policy_note"))
@@ -203,10 +213,6 @@ class _Run:
         stats = run_episode(client, simulator, task, self.rng, horizon,
                             deterministic=deterministic, period_s=self.period_s)  # fmt: skip
         (self.before if phase == "before" else self.after).append(stats)
-        if client.stats().reconnects > len(self.reconnects):
-            welcome = client.welcome
-            keys = ("policy_origin", "adaptation_steps", "episodes_ready")
-            self.reconnects.append({k: welcome.get(k) for k in keys})
         if on_episode is not None:
             on_episode(phase, stats)
 
