@@ -1,7 +1,7 @@
 """The adaptation step: from K on-policy episodes of one task to adapted policy parameters.
 
-Everything follows /work/shared/MAML_RL.md (Finn et al. 2017, sec. 5.3, and the authors' code,
-which builds on rllab): discounted returns, the linear feature baseline, GAE advantages centred
+Everything follows the MAML paper (Finn, Abbeel, Levine 2017, sec. 5.3) and the authors' code
+(cbfinn/maml_rl, which builds on rll/rllab): discounted returns, the linear feature baseline, GAE advantages centred
 and normalised per task, the REINFORCE loss, and ONE vanilla policy-gradient step
 ``theta' = theta - alpha * grad L(theta)``. :func:`adapt` is the single implementation of that
 step: meta-training's inner loop calls it with ``create_graph=True`` (second-order MAML) and the
@@ -61,6 +61,7 @@ class TaskBatch(NamedTuple):
     """One task's episodes, ready for the policy-gradient loss (torch, float32 by default).
 
     E = episodes, H = horizon; padding after an early termination has ``valid == 0``.
+    :func:`pack_steps` turns it into [N, ...] rows of valid steps, which every loss accepts.
     """
 
     observations: torch.Tensor
@@ -183,6 +184,23 @@ def task_batch(episodes: Episodes, task_index: int, settings: AdaptationSettings
         episodes.rewards[task_index],
         episodes.valid[task_index],
         settings,
+    )
+
+
+def pack_steps(batch: TaskBatch) -> TaskBatch:
+    """The batch's valid steps only, in episode order, as [N, ...] (N valid steps, valid = 1).
+
+    Every loss here is a sum over valid steps, so a packed batch gives the same values (up to
+    the order of float additions) without arithmetic on padding. Packing a packed batch
+    returns it unchanged.
+    """
+    mask = batch.valid.reshape(-1) > 0
+    steps = mask.numel()
+    return TaskBatch(
+        observations=batch.observations.reshape(steps, -1)[mask],
+        actions=batch.actions.reshape(steps, -1)[mask],
+        advantages=batch.advantages.reshape(-1)[mask],
+        valid=batch.valid.reshape(-1)[mask],
     )
 
 

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import torch
 
-from controller.adaptation import TaskBatch, task_batch
+from controller.adaptation import TaskBatch, pack_steps, task_batch
 from controller.policy import Params, PolicySpec, gaussian_log_prob, mean_action
 from meta_train.curvature import kl_hvp, timed_hvp
 from meta_train.objective import (
@@ -87,17 +87,15 @@ def meta_step(
             f"{valid_episodes.num_tasks}: they must come from the same meta-batch"
         )
     num_tasks = valid_episodes.num_tasks
-    train = [[task_batch(r, i, settings.adaptation) for r in rounds] for i in range(num_tasks)]
-    valid = [task_batch(valid_episodes, i, settings.adaptation) for i in range(num_tasks)]
+    # Valid steps only from here on: no arithmetic on the padding after early terminations.
+    train = [[pack_steps(task_batch(r, i, settings.adaptation)) for r in rounds]
+             for i in range(num_tasks)]  # fmt: skip
+    valid = [pack_steps(task_batch(valid_episodes, i, settings.adaptation))
+             for i in range(num_tasks)]  # fmt: skip
     batch_done = time.perf_counter()
 
     theta = {name: p.detach().requires_grad_(True) for name, p in params.items()}
-    # The exact second-order product reuses the inner steps' graphs (unless on a subsample).
-    keep_graph = settings.hvp == "exact" and settings.hvp_subsample == 1.0
-    keep_graph = keep_graph and not settings.first_order
-    gradient, surrogate_before, chains, old_all = meta_gradient(
-        spec, theta, train, valid, settings, keep_graph
-    )
+    gradient, surrogate_before, chains, old_all = meta_gradient(spec, theta, train, valid, settings)
     gradient_done = time.perf_counter()
 
     evaluate = _evaluator(spec, theta, train, valid, old_all, settings)
@@ -133,13 +131,11 @@ def meta_gradient(
     train: Sequence[InnerBatches],
     valid: Sequence[TaskBatch],
     settings: MetaSettings,
-    keep_graph: bool,
 ) -> tuple[torch.Tensor, float, list[InnerChain], list[OldPolicy]]:
     """Gradient [P] of the mean surrogate at theta, its value, each task's chain theta_1..theta_n
-    and pi_old.
+    (values, no graph) and pi_old.
 
-    ``theta`` must require grad. With ``keep_graph`` the returned chains keep their inner-step
-    graphs (for the Jacobian products of :func:`meta_train.curvature.kl_hvp`).
+    ``theta`` must require grad.
     """
     num_tasks = len(train)
     theta_list = list(theta.values())
@@ -150,11 +146,11 @@ def meta_gradient(
         chain = inner_chain(spec, theta, train_i, settings.inner_step_size, settings.first_order)
         old = old_policy(spec, chain[-1], valid_i)
         surrogate, _ = valid_objectives(spec, chain[-1], valid_i, old)
-        grads = torch.autograd.grad(surrogate / num_tasks, theta_list, retain_graph=keep_graph)
+        grads = torch.autograd.grad(surrogate / num_tasks, theta_list)
         for total, g in zip(gradient, grads, strict=True):
             total += g
         surrogate_total += float(surrogate.detach()) / num_tasks
-        chains.append(chain if keep_graph else [detached(a) for a in chain])
+        chains.append([detached(a) for a in chain])
         old_all.append(old)
     return torch.cat([g.reshape(-1) for g in gradient]), surrogate_total, chains, old_all
 

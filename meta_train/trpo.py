@@ -82,9 +82,15 @@ def unflatten(flat: torch.Tensor, like: Mapping[str, torch.Tensor]) -> dict[str,
 
 def conjugate_gradient(
     hvp: Hvp, b: torch.Tensor, iters: int, residual_tol: float = 1e-10
-) -> torch.Tensor:
-    """Approximately solve H x = b for symmetric positive-definite H (rllab ``krylov.cg``)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Approximately solve H x = b for symmetric positive-definite H (rllab ``krylov.cg``).
+
+    Returns x and H x. H x is accumulated from the products the iterations make anyway
+    (x = sum_k alpha_k p_k, so H x = sum_k alpha_k H p_k): the step size's curvature x^T H x
+    needs no further product (rllab makes one more).
+    """
     x = torch.zeros_like(b)
+    hx = torch.zeros_like(b)
     r, p = b.clone(), b.clone()
     rdotr = torch.dot(r, r)
     for _ in range(iters):
@@ -93,11 +99,12 @@ def conjugate_gradient(
         hp = hvp(p)
         alpha = rdotr / torch.dot(p, hp)
         x += alpha * p
+        hx += alpha * hp
         r -= alpha * hp
         new_rdotr = torch.dot(r, r)
         p = r + (new_rdotr / rdotr) * p
         rdotr = new_rdotr
-    return x
+    return x, hx
 
 
 def exact_hvp(function: Callable[[torch.Tensor], torch.Tensor], point: torch.Tensor) -> Hvp:
@@ -159,8 +166,8 @@ def trpo_step(
     def damped(v: torch.Tensor) -> torch.Tensor:
         return hvp(v) + settings.cg_damping * v
 
-    direction = conjugate_gradient(damped, gradient, settings.cg_iters)
-    curvature = float(torch.dot(direction, damped(direction)))
+    direction, damped_direction = conjugate_gradient(damped, gradient, settings.cg_iters)
+    curvature = float(torch.dot(direction, damped_direction))
     # Largest step along the direction whose quadratic KL model equals max_kl (rllab).
     step_size = math.sqrt(2.0 * settings.max_kl / (curvature + 1e-8)) if curvature >= 0 else 0.0
 

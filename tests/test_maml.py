@@ -90,12 +90,12 @@ def test_second_order_meta_gradient_matches_finite_differences() -> None:
     point = flatten(theta).detach()
     surrogate = _objective(TINY_SETTINGS, theta, train, valid, old, 0)
     numeric = _central_difference_gradient(surrogate, point, h=1e-6)
-    gradient, value, _, _ = meta_gradient(TINY, theta, train, valid, TINY_SETTINGS, False)
+    gradient, value, _, _ = meta_gradient(TINY, theta, train, valid, TINY_SETTINGS)
     torch.testing.assert_close(gradient, numeric, rtol=1e-6, atol=1e-9)
     assert value == pytest.approx(float(surrogate(point.clone().requires_grad_(True)).detach()))
 
     first = TINY_SETTINGS.model_copy(update={"first_order": True})
-    first_gradient, _, _, _ = meta_gradient(TINY, theta, train, valid, first, False)
+    first_gradient, _, _, _ = meta_gradient(TINY, theta, train, valid, first)
     difference = torch.linalg.vector_norm(first_gradient - numeric)
     assert difference > 0.05 * torch.linalg.vector_norm(numeric)  # genuinely second order
     # First order: the gradient w.r.t. theta' at theta', with the inner step held fixed.
@@ -115,7 +115,7 @@ def test_exact_kl_hvp_equals_third_order_double_backprop_and_finite_differences(
 ) -> None:
     settings = TINY_SETTINGS.model_copy(update={"first_order": first_order})
     theta, train, valid, _ = _tiny_problem(settings)
-    _, _, adapted, old_all = meta_gradient(TINY, theta, train, valid, settings, True)
+    _, _, adapted, old_all = meta_gradient(TINY, theta, train, valid, settings)
     gauss_newton = kl_hvp(TINY, theta, train, valid, adapted, old_all, settings)
     # Reference: differentiate the KL twice through the inner step (third derivatives).
     full = exact_hvp(_objective(settings, theta, train, valid, old_all, 1), flatten(theta))
@@ -127,13 +127,6 @@ def test_exact_kl_hvp_equals_third_order_double_backprop_and_finite_differences(
         expected = full(v)
         torch.testing.assert_close(gauss_newton(v), expected, rtol=1e-8, atol=1e-10)
         torch.testing.assert_close(finite(v), expected, rtol=1e-5, atol=1e-7)
-
-
-def test_exact_second_order_hvp_needs_the_inner_graphs() -> None:
-    theta, train, valid, _ = _tiny_problem(TINY_SETTINGS)
-    _, _, adapted, old_all = meta_gradient(TINY, theta, train, valid, TINY_SETTINGS, False)
-    with pytest.raises(ValueError, match="keep_graph=True"):
-        kl_hvp(TINY, theta, train, valid, adapted, old_all, TINY_SETTINGS)
 
 
 # ---- meta-steps on small synthetic episodes (float32, as in training) ----------------------
@@ -267,7 +260,7 @@ def test_two_step_meta_gradient_matches_finite_differences() -> None:
     numeric = _central_difference_gradient(
         _objective(TINY_TWO, theta, rounds, valid, old, 0), point, h=1e-6
     )
-    gradient, _, chains, _ = meta_gradient(TINY, theta, rounds, valid, TINY_TWO, False)
+    gradient, _, chains, _ = meta_gradient(TINY, theta, rounds, valid, TINY_TWO)
     torch.testing.assert_close(gradient, numeric, rtol=1e-6, atol=1e-9)
     alpha = TINY_TWO.inner_step_size
     for (b0, b1), chain in zip(rounds, chains, strict=True):  # theta_1, theta_2: adapt twice
@@ -281,9 +274,9 @@ def test_two_step_meta_gradient_matches_finite_differences() -> None:
 
     one_step = TINY_TWO.model_copy(update={"inner_steps": 1})
     first_batches = [b0 for b0, _ in rounds]
-    assert far(meta_gradient(TINY, theta, first_batches, valid, one_step, False)[0], gradient)
+    assert far(meta_gradient(TINY, theta, first_batches, valid, one_step)[0], gradient)
     first = TINY_TWO.model_copy(update={"first_order": True})
-    first_gradient, _, first_chains, _ = meta_gradient(TINY, theta, rounds, valid, first, False)
+    first_gradient, _, first_chains, _ = meta_gradient(TINY, theta, rounds, valid, first)
     assert far(first_gradient, gradient)  # the second-order terms of both steps count
     # First order: the gradient w.r.t. theta_2 at theta_2, both inner steps held fixed.
     expected = torch.zeros_like(point)
@@ -300,7 +293,7 @@ def test_two_step_kl_hvp_equals_third_order_double_backprop(first_order: bool) -
     """With two steps J = J_1 J_0 is not symmetric: J v and J^T w must both be right."""
     settings = TINY_TWO.model_copy(update={"first_order": first_order})
     theta, rounds, valid, _ = _tiny_two_step_problem(settings)
-    _, _, chains, old_all = meta_gradient(TINY, theta, rounds, valid, settings, True)
+    _, _, chains, old_all = meta_gradient(TINY, theta, rounds, valid, settings)
     gauss_newton = kl_hvp(TINY, theta, rounds, valid, chains, old_all, settings)
     full = exact_hvp(_objective(settings, theta, rounds, valid, old_all, 1), flatten(theta))
     fd_settings = settings.model_copy(update={"hvp": "finite_difference", "fd_relative_eps": 1e-5})
@@ -356,7 +349,7 @@ def test_adapted_params_for_tasks_chains_adapt_over_rounds() -> None:
     batches = [task_batch(rounds[0], i, settings.adaptation) for i in range(3)]
     valid_batches = [task_batch(valid, i, settings.adaptation) for i in range(3)]
     with pytest.raises(ValueError, match="task 0 has 1 train batches"):
-        meta_gradient(SPEC, params, batches, valid_batches, settings, False)
+        meta_gradient(SPEC, params, batches, valid_batches, settings)
 
 
 def test_exploration_term_is_the_e_maml_score_function() -> None:

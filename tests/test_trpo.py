@@ -35,11 +35,14 @@ def test_settings_are_the_papers() -> None:
 def test_conjugate_gradient_solves_a_small_spd_system() -> None:
     matrix = _spd(8, 0)
     b = torch.arange(1.0, 9.0, dtype=torch.float64)
-    x = conjugate_gradient(lambda v: matrix @ v, b, iters=10)
+    x, hx = conjugate_gradient(lambda v: matrix @ v, b, iters=10)
     torch.testing.assert_close(x, torch.linalg.solve(matrix, b), rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(hx, matrix @ x, rtol=1e-10, atol=1e-10)
     # Fewer iterations than dimensions: an approximation, but already a descent direction.
-    partial = conjugate_gradient(lambda v: matrix @ v, b, iters=2)
+    partial, h_partial = conjugate_gradient(lambda v: matrix @ v, b, iters=2)
     assert torch.dot(partial, b) > 0 and not torch.allclose(partial, x)
+    # H x comes from the iterations' own products, for the approximation too
+    torch.testing.assert_close(h_partial, matrix @ partial, rtol=1e-10, atol=1e-10)
 
 
 def test_flatten_unflatten_round_trip() -> None:
