@@ -14,7 +14,7 @@ import pytest
 from link_support import RawPeer, family_artifact
 
 from controller import ControllerConfig, load_artifact
-from controller.link.lanes import Lanes
+from controller.link.lanes import LANES_DIR, Lanes, token_hash
 from controller.link.protocol import DEFAULT_MAX_MESSAGE_BYTES, ErrorCode
 from controller.link.server import LinkConfig, LinkServer
 
@@ -242,6 +242,7 @@ def test_a_restarted_server_restores_the_session_its_robot_resumes(
         assert "restored from the journal" in welcome["policy_note"]
         stranger, welcome = robot(server, resume="0" * 32)  # not a token it ever gave
         assert welcome["policy_origin"] == "initialization" and welcome["policy"] != adapted
+        assert not (tmp_path / "journal" / LANES_DIR / token_hash("0" * 32)).exists()
         for other in (peer, stranger):
             other.close()
     with start_server(artifact, journal=False) as server:

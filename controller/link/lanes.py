@@ -81,16 +81,21 @@ class Lanes:
         lanes = (self.root / LANES_DIR).iterdir()
         return sum((d / JOURNAL_FILE).exists() and not (d / ENDED_FILE).exists() for d in lanes)
 
-    def open(self, token: str, peer_key: str | None, restore: bool) -> Lane:
-        """The lane of session ``token``: restored from the journal when ``restore`` and a
-        lane of this token (and, with CURVE, this key) is stored there; else a new one."""
+    def restore(self, token: str, peer_key: str | None) -> Lane | None:
+        """The lane of session ``token`` from the journal, if one of this token (and, with
+        CURVE, this key) is stored there and was not ended; else None (nothing is created)."""
         directory = self._directory(token)
         owner = "" if peer_key is None else token_hash(peer_key)
-        if restore and directory is not None and self._resumable(directory, owner):
-            return Lane(self._controller(directory), "restored")
+        if directory is None or not self._resumable(directory, owner):
+            return None
+        return Lane(self._controller(directory), "restored")
+
+    def new(self, token: str, peer_key: str | None) -> Lane:
+        """A new lane for session ``token``, starting from the current initialization."""
+        directory = self._directory(token)
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
-            (directory / OWNER_FILE).write_text(owner)
+            (directory / OWNER_FILE).write_text("" if peer_key is None else token_hash(peer_key))
         return Lane(self._controller(directory), "initialization")
 
     def close(self, lane: Controller, token: str, ended: bool) -> None:

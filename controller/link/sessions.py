@@ -123,12 +123,12 @@ class SessionTable:
             return known, True
         if len(self._sessions) >= self._max_sessions:
             self.close(min(self._sessions.values(), key=lambda s: s.last_seen), "evicted")
-        token = resume if resume is not None and known is None else None
-        lane = self.lanes.open(token, peer_key, restore=True) if token is not None else None
-        if lane is None or lane.origin != "restored":
+        lane = None
+        if resume is not None and known is None:  # a session of a server before a restart?
+            lane, token = self.lanes.restore(resume, peer_key), resume
+        if lane is None:
             token = secrets.token_hex(16)
-            lane = self.lanes.open(token, peer_key, restore=False)
-        assert token is not None
+            lane = self.lanes.new(token, peer_key)
         self._streams += 1
         session = Session(token, lane.controller, self._streams - 1, client, connection,
                           peer_key, lane.origin, seq, now)  # fmt: skip
