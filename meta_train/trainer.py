@@ -188,10 +188,14 @@ def run_iteration(
         return_after = float(train.returns().mean())
     end = time.perf_counter()
     trpo = report.trpo
+    after = valid if config.mode == "maml" else train
     record = {
         "iteration": iteration,
         "return_before": float(train.returns().mean()),
         "return_after": return_after,
+        # mean episode length (steps): where episodes terminate early, whether they lengthen
+        "length_before": float(train.lengths.mean()),
+        "length_after": float(after.lengths.mean()),
         "accepted": trpo.accepted,
         "kl": trpo.kl,
         "step_fraction": trpo.step_fraction,
