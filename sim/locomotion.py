@@ -224,8 +224,8 @@ class LocomotionSimulator:
         self._cfrc_ext = self._batch.bind("cfrc_ext") if robot.contact_forces_observed else None
         # Contact forces at the state after the step: one extra mj_forward, with the sensor that
         # makes it compute cfrc_ext. Reading them from inside mj_step would give an intermediate
-        # RK4 stage's forces, so the sensor is switched off during the substeps (it would run
-        # mj_rnePostConstraint in each of them for nothing: measured ~10 % of an Ant step).
+        # RK4 stage's forces, so the sensor is switched off during the physics step (it would run
+        # mj_rnePostConstraint in every RK4 stage for nothing).
         self._disableflags = (
             self._batch.expand("opt.disableflags") if self._cfrc_ext is not None else None
         )
