@@ -1,6 +1,6 @@
 """Closed-loop sampling speed: BatchSampler against raw mujoco.batch and gymnasium's SyncVectorEnv.
 
-For HalfCheetah velocity and Ant velocity, measured in one run (issue 2, "How we will know"):
+For HalfCheetah velocity and Ant velocity, measured in one run:
 
 * **sampler**: ``BatchSampler`` collecting 40 tasks x 20 episodes (800 simulations, 2 threads)
   with the paper's policy in the loop (Gaussian MLP, 2 x 100 ReLU; one parameter set per task,

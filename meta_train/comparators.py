@@ -1,4 +1,4 @@
-"""The paper's comparators, trained by the same loop as MAML (MAML_RL.md, 'Comparators').
+"""The paper's comparators, trained by the same loop as MAML (Finn et al. 2017, sec. 5.3).
 
 * pretrained: one policy trained with TRPO on episodes of the mixture of tasks;
 * oracle: the same, with the task's features appended to the observation;

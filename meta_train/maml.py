@@ -1,8 +1,8 @@
-"""The TRPO meta-step on the MAML meta-objective (Finn et al. 2017, sec. 5.3; MAML_RL.md).
+"""The TRPO meta-step on the MAML meta-objective (Finn et al. 2017, sec. 5.3).
 
 For each task i of a meta-batch: n inner steps theta_{k+1} = adapt(theta_k, train batch k of i)
 from theta_0 = theta (the same :func:`controller.adaptation.adapt` the runtime uses; batch k is
-K fresh on-policy episodes sampled with theta_k, MAML_RL.md 'Algorithm' step 3; n = 1 in the
+K fresh on-policy episodes sampled with theta_k, the paper's Algorithm 3 step 8; n = 1 in the
 paper); then, on the valid episodes (sampled with theta_n), the surrogate loss
 -mean(pi_theta_n(a|s) / pi_old(a|s) * A) and the KL from pi_old, the valid episodes' sampling
 policy. The meta-loss is the mean surrogate over tasks, differentiated through every inner step
@@ -13,11 +13,13 @@ not differentiated, only the path theta -> theta_1 -> ... -> theta_n.
 
 Layout: :mod:`meta_train.objective` holds the per-task pieces (the settings, the inner
 steps, the surrogate and KL of one task, pi_old); :mod:`meta_train.curvature` the Hessian-vector
-products of the pooled KL (the exact J^T F J product or the paper's finite differences); this
-module the meta-gradient, the optional E-MAML exploration term and the TRPO step.
+products of the pooled KL (the exact J^T F J product or the paper's finite differences),
+written out in closed form by :mod:`meta_train.derivatives`; this module the meta-gradient, the
+optional E-MAML exploration term and the TRPO step.
 
-Tasks are processed in a Python loop: per-task tensors (4,000 x 100 floats) stay in cache,
-which made a loop ~4x faster than one batched bmm over 40 tasks on the 2-core reference machine.
+Tasks are processed in a Python loop over their packed valid steps: per-task tensors stay
+small enough for the cache, where one batched bmm over all tasks would stream from memory
+(docs/benchmarks.md, the meta-step profile).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The per-task pieces of the MAML meta-objective (Finn et al. 2017, sec. 5.3; MAML_RL.md).
+"""The per-task pieces of the MAML meta-objective (Finn et al. 2017, sec. 5.3).
 
 For task i of a meta-batch, :func:`inner_chain` takes n inner steps theta_{k+1} = adapt(theta_k,
 train batch k of i) from theta_0 = theta (the runtime's :func:`controller.adaptation.adapt`), and
@@ -51,8 +51,7 @@ class MetaSettings(BaseModel):
     fd_relative_eps: PositiveFloat = Field(
         default=3e-3,
         description="Finite-difference perturbation |e v| / |theta| (see "
-        "meta_train.trpo.finite_difference_hvp for why not rllab's 1e-8). Measured on a 2x100 "
-        "cheetah-sized problem in float32: 3e-3 is within 0.3-2.5 % of the exact product.",
+        "meta_train.trpo.finite_difference_hvp for why not rllab's 1e-8).",
     )
     hvp_subsample: float = Field(
         default=1.0,

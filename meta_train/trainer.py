@@ -2,7 +2,7 @@
 
 Every iteration draws its randomness from ``SeedSequence([seed, iteration])``, so a run resumed
 from a checkpoint produces exactly the iterations an uninterrupted run would. The paper keeps the
-iteration with the best average training return (MAML_RL.md, 'Settings'): here the mean return
+iteration with the best average training return (Finn et al. 2017, appendix A.2): here the mean return
 of the valid (post-adaptation) episodes, i.e. the meta-objective's own return, averaged over the
 last ``selection_window`` iterations (default 1: the iteration's own). A wider window keeps an
 iteration that is good rather than one whose meta-batch happened to draw easy tasks: HalfCheetah
@@ -73,9 +73,8 @@ class EpisodeSampler(Protocol):
 class OneTorchThreadSampler:
     """A local sampler whose policy runs on one torch thread while MuJoCo steps.
 
-    Idle OpenMP workers of a multi-threaded torch spin on the cores MuJoCo's batch threads need:
-    one paper-scale HalfCheetah iteration's sampling took 24 s with 2 torch threads and 8 s with
-    one on this 2-core machine (bench/ray_bench.py, measured under load).
+    Idle OpenMP workers of a multi-threaded torch spin on the cores MuJoCo's batch threads need,
+    slowing sampling several-fold (bench/ray_bench.py measures it).
     """
 
     def __init__(self, sampler: BatchSampler) -> None:
@@ -135,7 +134,7 @@ def sample_adapted_rounds(
     """From train round 0: train rounds 1..n-1 and the valid episodes, and (sampling, inner) s.
 
     Each is sampled with the per-task policies adapted on all rounds before it: the inner
-    update is on-policy, so every step needs fresh episodes (MAML_RL.md, 'Algorithm', step 3).
+    update is on-policy, so every step needs fresh episodes (Finn et al. 2017, Algorithm 3, step 8).
     """
     rounds, sampling_s, inner_s = [train], 0.0, 0.0
     steps = config.meta.inner_steps
@@ -276,8 +275,8 @@ def export(
 
     Unless the run trains the oracle (which never adapts), the artifact's KL bound is
     calibrated on the best parameters' own adaptation steps (meta_train.export): a bound
-    fixed in advance either rejects a meta-trained initialization's normal steps (the shipped
-    HalfCheetah-velocity artifact's measure KL 1.3-4.2, docs/results.md) or lets a broken one
+    fixed in advance either rejects a meta-trained initialization's normal steps (docs/results.md gives the
+    shipped artifacts' step KLs) or lets a broken one
     through.
     """
     training = json.loads(config.model_dump_json())

@@ -1,8 +1,9 @@
 """The five task families of the MAML paper's RL experiments, by name.
 
 A :class:`Family` ties a task distribution to the simulation that runs it, with the sizes and
-layouts a policy or a controller needs. Horizons and task ranges: the MAML paper (Finn et al. 2017, sec. 5.3) and the authors' scripts
-(cbfinn/maml_rl ``maml_examples/``); docs/tasks.md lists them.
+layouts a policy or a controller needs. Horizons and task ranges: the MAML paper (Finn et al.
+2017, sec. 5.3) and the authors' scripts (cbfinn/maml_rl ``maml_examples/``); docs/tasks.md
+lists them.
 """
 
 from __future__ import annotations
