@@ -91,7 +91,7 @@ def test_kill_9_at_a_random_point_loses_no_completed_episode_or_adaptation(
         server.wait(timeout=10)
     with server_process(artifact, endpoint, journal) as restarted:
         deadline = time.monotonic() + 60
-        while not client.stats().connected:
+        while not (client.stats().reconnects and client.stats().connected):
             assert time.monotonic() < deadline and restarted.poll() is None, "no reconnect"
             client.act(np.zeros(17, np.float32))
             time.sleep(0.02)
