@@ -206,6 +206,11 @@ def run_iteration(
         "inner_s": round(inner_s, 4),
         "outer_s": round(end - start - sampling_s - inner_s, 4),
         "total_s": round(end - start, 4),
+        # the outer step's parts: gradient, Hessian-vector products (and their number), line search
+        "gradient_s": round(report.gradient_seconds, 4),
+        "hvp_s": round(report.hvp_seconds, 4),
+        "hvp_calls": report.hvp_calls,
+        "line_search_s": round(report.line_search_seconds, 4),
     }
     if len(rounds) > 1:  # mean return after 0, 1, ..., n-1 inner steps
         record["inner_returns"] = [float(r.returns().mean()) for r in rounds]
