@@ -32,7 +32,7 @@ from sim.families import Family, get_family
 from sim.tasks import VelocityTask
 
 FAMILY = "cheetah_velocity"
-EPISODES, HORIZON = 20, 200  # the paper's K and horizon (MAML_RL.md, "Settings")
+EPISODES, HORIZON = 20, 200  # the paper's K and horizon (Finn et al. 2017, appendix A.2)
 
 
 def fresh_artifact(path: Path, family: Family, seed: int) -> Path:

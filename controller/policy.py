@@ -2,7 +2,7 @@
 
 A policy is a :class:`PolicySpec` (its architecture) plus ``Params``, a ``dict[str, Tensor]``.
 Nothing here holds state or mutates parameters: adaptation and meta-training produce new
-``Params`` (STYLE principles 2 and 3). The architecture is the paper's (Finn et al. 2017,
+``Params``: acting is separate from learning. The architecture is the paper's (Finn et al. 2017,
 sec. 5.3): an MLP for the action mean and a state-independent log standard deviation.
 
 Parameter keys and shapes (A = action size, O = observation size, h_i = hidden sizes)::

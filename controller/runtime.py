@@ -4,7 +4,7 @@ One :class:`Controller` serves one artifact. Acting runs the policy's ONNX graph
 onnxruntime session (one intra-op thread, built once per architecture and shared: the
 parameters are bound to it as inputs) and adds the Gaussian exploration noise; the K episodes
 it records feed THE adaptation step that meta-training uses
-(``controller.adaptation.adapt``, STYLE principle 1). A new policy (adapted, reset or swapped) is
+(``controller.adaptation.adapt``: one implementation, two callers). A new policy (adapted, reset or swapped) is
 built completely off the serving path and published by assigning one reference, so acting never
 waits for, nor sees half of, an update.
 
@@ -353,8 +353,8 @@ class Controller:
         pending = self._pending.get(stream)
         policy = self._serving.policy_id
         stored = np.asarray(action, dtype=np.float32)
-        # The very bytes act() returned (a byte comparison: ~2 µs cheaper than array_equal,
-        # and this runs at control rate); an action with other bytes is stored as given.
+        # The very bytes act() returned (a byte comparison, cheaper than array_equal; this
+        # runs at control rate); an action with other bytes is stored as given.
         if pending is not None and pending[0].tobytes() == stored.tobytes():
             stored, policy = pending[1], pending[2]
             if pending[3] == SAFE:
@@ -465,9 +465,9 @@ class Controller:
     def _threads_limited(self) -> Iterator[None]:
         """Run the adaptation math on ``config.adapt_threads`` threads (torch, BLAS, OpenMP).
 
-        Multi-threaded torch and OpenBLAS took 450-650 ms instead of 33 ms for this step on a
-        loaded 2-core machine (bench/runtime_bench.py): their worker threads spin waiting for
-        cores that other processes hold. The limit holds only while adapting.
+        Multi-threaded torch and OpenBLAS slow this step many-fold on a loaded machine (their
+        worker threads spin waiting for cores that other processes hold; bench/runtime_bench.py
+        measures the step). The limit holds only while adapting.
         """
         previous = torch.get_num_threads()
         torch.set_num_threads(self.config.adapt_threads)

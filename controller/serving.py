@@ -167,8 +167,7 @@ class ServingSession:
 
     The graph (:func:`serving_graph`) takes the parameters as inputs, so an adaptation or a
     swap with the same architecture only binds new arrays to this session instead of building
-    an ``InferenceSession`` (export 0.4 ms instead of 1.5, a swap 0.64 ms instead of 1.27:
-    docs/artifact.md section 6). onnxruntime's ``run`` is thread-safe for concurrent calls with
+    an ``InferenceSession`` (docs/artifact.md section 6 gives the times of both). onnxruntime's ``run`` is thread-safe for concurrent calls with
     different bindings, which is what two policies of one session do.
     """
 
@@ -189,8 +188,7 @@ class ServingPolicy:
 
     The parameters are copied to fresh float32 numpy arrays, bound once; the IOBinding reads
     its observation from ``input`` and writes ``mean`` into ``output`` in place, allocating
-    nothing: 3.7 µs instead of 5.0 µs (p50) for the inference alone with ``session.run`` on
-    this machine, for the 17-100-100-6 MLP. Building one costs no new session (see
+    nothing, which is faster than ``session.run`` (bench/runtime_bench.py). Building one costs no new session (see
     :class:`ServingSession`).
     """
 
@@ -236,8 +234,8 @@ class ServingPolicy:
         """[N, O] float32 C-contiguous -> [N, A] float32 (a new array); the serving thread only.
 
         Through an IOBinding with the parameters bound once and the output buffer kept while
-        N stays the same (the sim loop's case): 7.8 µs p50 for [20, 17] against 11.0 µs for
-        ``batch_mean``, whose ``session.run`` converts seven parameter feeds every call.
+        N stays the same (the sim loop's case): faster than ``batch_mean``, whose
+        ``session.run`` converts seven parameter feeds every call.
         """
         if self._batch_output.shape[0] != observations.shape[0]:
             self._batch_output = np.zeros(

@@ -4,7 +4,7 @@
 into any argparse parser (``adaptctl``, via controller/cli.py); ``python -m controller.link``
 runs them standalone. The controller's config comes as in ``adaptctl run`` (``--config FILE``,
 ``--set field=value``), the task from the same flags; the link's own config flags are generated
-one-to-one from :class:`LinkConfig` (STYLE principle 5): ``--watchdog-timeout-s`` is
+one-to-one from :class:`LinkConfig` (no parallel list of flags): ``--watchdog-timeout-s`` is
 ``LinkConfig.watchdog_timeout_s``, with its description as help.
 """
 

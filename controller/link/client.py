@@ -350,7 +350,7 @@ class RobotClient:
         if not np.isfinite(action).all():
             raise LinkError("the server sent a non-finite action", "bad_reply")
         # Defence in depth: the controller clips already; a robot never trusts the wire.
-        # (minimum/maximum: a fresh float32 array, a few µs cheaper than np.clip.)
+        # (minimum/maximum: a fresh float32 array, cheaper than np.clip.)
         return np.minimum(np.maximum(action, self.layout.action_low), self.layout.action_high)
 
     def _report(self, error: LinkError) -> None:
