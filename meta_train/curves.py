@@ -27,26 +27,42 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def plot_curves(run_dirs: Sequence[str | Path], path: str | Path, window: int = 5) -> None:
-    """One panel per run; thin lines per iteration, thick ones a moving average."""
+    """One panel per run; thin lines per iteration, thick ones a moving average.
+
+    Where a log records episode lengths (``length_before``/``length_after``: families whose
+    episodes end early), a second row plots them.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(run_dirs), figsize=(4.6 * len(run_dirs), 3.4), squeeze=False)
-    for ax, run_dir in zip(axes[0], run_dirs, strict=True):
-        records = read_log(run_dir)
-        x = np.array([r["iteration"] for r in records], dtype=float)
-        for key, color, label in (("return_before", "tab:gray", "before adaptation"),
-                                  ("return_after", "tab:red", "after adaptation")):  # fmt: skip
-            y = np.array([r[key] for r in records], dtype=float)
-            ax.plot(x, y, color=color, alpha=0.25, linewidth=0.8)
-            smooth = _smooth(y, window)
-            ax.plot(x[len(x) - len(smooth) :], smooth, color=color, label=label)
-        ax.set_title(Path(run_dir).name, fontsize=9)
-        ax.set_xlabel("meta-iteration")
-        ax.set_ylabel("average return (training tasks)")
-        ax.grid(alpha=0.3)
+    logs = [read_log(run_dir) for run_dir in run_dirs]
+    with_lengths = any("length_after" in r for records in logs for r in records)
+    rows = 2 if with_lengths else 1
+    fig, axes = plt.subplots(
+        rows, len(run_dirs), figsize=(4.6 * len(run_dirs), 3.4 * rows), squeeze=False
+    )
+    panels = [("return", "average return (training tasks)")]
+    if with_lengths:
+        panels.append(("length", "mean episode length (steps)"))
+    for column, (run_dir, records) in enumerate(zip(run_dirs, logs, strict=True)):
+        for row, (quantity, ylabel) in enumerate(panels):
+            ax = axes[row][column]
+            for key, color, label in ((f"{quantity}_before", "tab:gray", "before adaptation"),
+                                      (f"{quantity}_after", "tab:red", "after adaptation")):  # fmt: skip
+                kept = [r for r in records if key in r]
+                if not kept:
+                    continue
+                x = np.array([r["iteration"] for r in kept], dtype=float)
+                y = np.array([r[key] for r in kept], dtype=float)
+                ax.plot(x, y, color=color, alpha=0.25, linewidth=0.8)
+                smooth = _smooth(y, window)
+                ax.plot(x[len(x) - len(smooth) :], smooth, color=color, label=label)
+            ax.set_title(Path(run_dir).name, fontsize=9)
+            ax.set_xlabel("meta-iteration")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
