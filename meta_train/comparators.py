@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from controller.adaptation import task_batch
+from controller.adaptation import pack_steps, task_batch
 from controller.policy import Params, PolicySpec
-from meta_train.curvature import timed_hvp
+from meta_train.curvature import fisher_hvp, timed_hvp
 from meta_train.maml import MetaStepReport
 from meta_train.objective import MetaSettings, old_policy, valid_objectives
-from meta_train.trpo import exact_hvp, flatten, trpo_step, unflatten
+from meta_train.trpo import flatten, trpo_step, unflatten
 
 if TYPE_CHECKING:
     from sim.episodes import Episodes
@@ -31,7 +31,8 @@ def policy_step(
 ) -> tuple[Params, MetaStepReport]:
     """One TRPO step of a single (non-adapting) policy on the episodes of all tasks."""
     start = time.perf_counter()
-    batches = [task_batch(episodes, i, settings.adaptation) for i in range(episodes.num_tasks)]
+    batches = [pack_steps(task_batch(episodes, i, settings.adaptation))
+               for i in range(episodes.num_tasks)]  # fmt: skip
     olds = [old_policy(spec, params, b) for b in batches]
     num_valid = sum(float(b.valid.sum()) for b in batches)
     theta = flatten(params).detach()
@@ -51,8 +52,8 @@ def policy_step(
     surrogate, _ = objectives(x)
     (gradient,) = torch.autograd.grad(surrogate, x)
     gradient_done = time.perf_counter()
-    hvp, hvp_clock = timed_hvp(exact_hvp(lambda flat: objectives(flat)[1], theta))
-    hvp_clock[0] += time.perf_counter() - gradient_done  # building the gradient graph
+    hvp, hvp_clock = timed_hvp(fisher_hvp(spec, params, batches))
+    hvp_clock.seconds += time.perf_counter() - gradient_done  # the forward passes it keeps
 
     def evaluate(flat: torch.Tensor) -> tuple[float, float]:
         with torch.no_grad():
@@ -67,10 +68,10 @@ def policy_step(
     return new_params, MetaStepReport(
         trpo=report,
         num_tasks=len(batches),
-        hvp_calls=int(hvp_clock[1]),
+        hvp_calls=hvp_clock.calls,
         batch_seconds=batch_done - start,
         gradient_seconds=gradient_done - batch_done,
-        hvp_seconds=hvp_clock[0],
-        line_search_seconds=end - gradient_done - hvp_clock[0],
+        hvp_seconds=hvp_clock.seconds,
+        line_search_seconds=end - gradient_done - hvp_clock.seconds,
         total_seconds=end - start,
     )

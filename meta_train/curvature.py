@@ -167,17 +167,38 @@ def _kl_gradient_fn(
     return kl_gradient
 
 
+def fisher_hvp(
+    spec: PolicySpec, params: Params, batches: Sequence[TaskBatch]
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """v [P] -> Hessian of the pooled mean KL(pi_params || pi) at pi = pi_params, times v: the
+    TRPO step of one policy without adaptation (the comparators'), i.e. J = I above."""
+    packed = [pack_steps(b) for b in batches]
+    num_valid = sum(float(b.valid.sum()) for b in packed)
+    point = detached(params)
+    tasks = [_TaskCurvature([], derivatives.forward(spec, point, b.observations), 0.0)
+             for b in packed]  # fmt: skip
+    return _gauss_newton_hvp(spec, params, tasks, num_valid)
+
+
+@dataclass
+class CallClock:
+    """Wall time spent in, and number of calls of, a timed function."""
+
+    seconds: float = 0.0
+    calls: int = 0
+
+
 def timed_hvp(
     hvp: Callable[[torch.Tensor], torch.Tensor],
-) -> tuple[Callable[[torch.Tensor], torch.Tensor], list]:
-    """Wrap an HVP to accumulate [seconds, calls] in the returned list."""
-    clock: list = [0.0, 0]
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], CallClock]:
+    """The HVP, accumulating its calls' seconds and count in the returned clock."""
+    clock = CallClock()
 
     def timed(v: torch.Tensor) -> torch.Tensor:
         start = time.perf_counter()
         result = hvp(v)
-        clock[0] += time.perf_counter() - start
-        clock[1] += 1
+        clock.seconds += time.perf_counter() - start
+        clock.calls += 1
         return result
 
     return timed, clock

@@ -117,11 +117,11 @@ def meta_step(
     report = MetaStepReport(
         trpo=trpo_report,
         num_tasks=num_tasks,
-        hvp_calls=hvp_clock[1],
+        hvp_calls=hvp_clock.calls,
         batch_seconds=batch_done - start,
         gradient_seconds=gradient_done - batch_done,
-        hvp_seconds=hvp_clock[0],
-        line_search_seconds=end - gradient_done - hvp_clock[0],
+        hvp_seconds=hvp_clock.seconds,
+        line_search_seconds=end - gradient_done - hvp_clock.seconds,
         total_seconds=end - start,
     )
     return new_params, report

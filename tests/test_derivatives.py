@@ -16,7 +16,7 @@ from controller.adaptation import (
 )
 from controller.policy import PolicySpec, gaussian_kl, init_params, mean_action
 from meta_train import derivatives
-from meta_train.curvature import kl_hvp
+from meta_train.curvature import fisher_hvp, kl_hvp
 from meta_train.maml import _evaluator, meta_gradient
 from meta_train.objective import MetaSettings, meta_objective
 from meta_train.trpo import exact_hvp, flatten, trpo_step, unflatten
@@ -137,3 +137,28 @@ def test_meta_hvp_and_accepted_step_equal_autograds() -> None:
     full = (step_ref - start) / report_ref.step_fraction
     full32 = (step_ours32.double() - start) / report32.step_fraction
     assert torch.linalg.vector_norm(full32 - full) < 1e-2 * torch.linalg.vector_norm(full)
+
+
+def test_fisher_hvp_equals_autograds_kl_hessian_of_one_policy() -> None:
+    """The comparators' TRPO product: the pooled KL's Hessian at the sampling policy."""
+    spec = SPEC_RELU
+    params = _params(spec, torch.float64)
+    batches = [_batch(spec, 30 + i, torch.float64, 6, 9) for i in range(3)]
+    packed = [pack_steps(b) for b in batches]
+    num_valid = sum(float(b.valid.sum()) for b in packed)
+    old_means = [mean_action(spec, params, b.observations) for b in packed]
+
+    def pooled_kl(flat: torch.Tensor) -> torch.Tensor:
+        p = unflatten(flat, params)
+        total = flat.new_zeros(())
+        for b, old_mean in zip(packed, old_means, strict=True):
+            new_mean = mean_action(spec, p, b.observations)
+            total = total + gaussian_kl(old_mean, params["log_std"], new_mean, p["log_std"]).sum()
+        return total / num_valid
+
+    reference = exact_hvp(pooled_kl, flatten(params))
+    ours = fisher_hvp(spec, params, batches)
+    for seed in range(3):
+        v = torch.randn(flatten(params).shape, generator=torch.Generator().manual_seed(seed),
+                        dtype=torch.float64)  # fmt: skip
+        torch.testing.assert_close(ours(v), reference(v), rtol=1e-10, atol=1e-12)
