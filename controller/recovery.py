@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from controller.cli import body_from_args
+from controller.cli_args import body_from_args
 from controller.config import ConfigError
 from controller.monitor import MonitorSettings
 from controller.runtime import Controller
@@ -226,7 +226,7 @@ def plot_deployment(result: Deployment, path: str | Path) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """``adaptctl run`` with a body: the ordinary sim loop, or a deployment with --damage-at."""
     from controller import simloop
-    from controller.cli import controller_config
+    from controller.cli_args import controller_config
 
     config = controller_config(args)
     if config.seed is None:

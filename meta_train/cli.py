@@ -67,7 +67,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
     from controller.artifact import load_artifact
-    from controller.cli import check_artifact_use
+    from controller.cli_args import check_artifact_use
     from controller.policy import init_params
     from meta_train import evaluate as ev
     from meta_train import paper, report

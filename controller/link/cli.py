@@ -21,7 +21,7 @@ from typing import Any, Literal
 import zmq
 from pydantic import BaseModel
 
-from controller.cli import (
+from controller.cli_args import (
     add_config_arguments,
     add_task_arguments,
     body_from_args,
