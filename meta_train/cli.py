@@ -126,11 +126,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_curves(args: argparse.Namespace) -> int:
-    from meta_train.curves import direction_split, plot_curves
+    from meta_train.curves import direction_split, plot_curves, window_table
 
     if args.by_direction:
         for run in args.runs:
             print(direction_split(run))
+        return 0
+    if args.table:
+        for run in args.runs:
+            print(f"{run}\n\n{window_table(run, args.table)}\n")
         return 0
     plot_curves(args.runs, args.out)
     print(f"wrote {args.out}")
@@ -177,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by-direction", action="store_true",
                    help="direction families: print the training return of backward and forward "
                    "tasks (fitted to each iteration's task draw) instead of plotting")  # fmt: skip
+    p.add_argument("--table", type=int, metavar="N",
+                   help="print means over windows of N iterations (returns before and after "
+                   "adaptation, gain, episode length, seconds) instead of plotting")  # fmt: skip
     p.set_defaults(func=cmd_curves)
 
     try:

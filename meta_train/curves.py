@@ -19,6 +19,31 @@ def read_log(run_dir: str | Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
+def window_table(run_dir: str | Path, window: int = 10) -> str:
+    """A markdown table of a run's log in windows of ``window`` iterations: mean training
+    return before and after adaptation, their difference (what one step buys), mean episode
+    length after adaptation (where logged) and seconds per iteration."""
+    records = read_log(run_dir)
+    lines = [
+        "| iterations | return before | return after | gain | length after | s / iteration |",
+        "|---|---|---|---|---|---|",
+    ]
+    for first in range(0, len(records), window):
+        chunk = records[first : first + window]
+
+        def mean(key: str, rows: list[dict[str, object]] = chunk) -> float:
+            values = [float(r[key]) for r in rows if key in r]  # type: ignore[arg-type]
+            return float(np.mean(values)) if values else float("nan")
+
+        before, after, length = mean("return_before"), mean("return_after"), mean("length_after")
+        shown = "—" if np.isnan(length) else f"{length:.0f}"
+        lines.append(
+            f"| {chunk[0]['iteration']}-{chunk[-1]['iteration']} | {before:.1f} | {after:.1f} "
+            f"| {after - before:+.1f} | {shown} | {mean('total_s'):.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     if len(values) < window or window < 2:
         return values

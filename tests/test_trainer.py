@@ -351,3 +351,20 @@ def test_comparators_halve_their_step_after_the_first_as_the_authors_scripts() -
     # test_maml_point.py fine-tunes random and pretrained with 0.5 (four steps reported)
     assert comparator_step_sizes("navigation2d", "random", 4) == [0.5, 0.25, 0.25, 0.25]
     assert comparator_step_sizes("cheetah_direction", "random", 1) == [1.0]
+
+
+def test_curves_table_averages_windows_of_the_log(tmp_path: Path) -> None:
+    from meta_train.curves import window_table
+
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [
+        {"iteration": i, "return_before": float(i), "return_after": float(i) + 2.0,
+         "total_s": 1.0, **({"length_after": 100.0 + i} if i >= 2 else {})}
+        for i in range(5)
+    ]  # fmt: skip
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    table = window_table(run, window=2).splitlines()
+    assert table[2] == "| 0-1 | 0.5 | 2.5 | +2.0 | — | 1.0 |"  # no lengths logged there
+    assert table[3] == "| 2-3 | 2.5 | 4.5 | +2.0 | 102 | 1.0 |"
+    assert table[4] == "| 4-4 | 4.0 | 6.0 | +2.0 | 104 | 1.0 |"
