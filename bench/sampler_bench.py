@@ -28,9 +28,9 @@ import gymnasium
 import mujoco
 import mujoco.batch
 import numpy as np
-import torch
 
 import sim.gym_envs  # noqa: F401 (registers the adaptctl/ ids)
+from controller.threads import torch_threads
 from sim import locomotion
 from sim.families import Family, get_family
 from sim.sampler import BatchSampler
@@ -196,15 +196,11 @@ def bench_sampler(
         "rounds": rounds,
     }
     load_before = os.getloadavg()[0]
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the policy runs between batch steps, never alongside them
-    try:
+    with torch_threads(1):  # the policy runs between batch steps, never alongside them
         results: dict[str, Any] = {
             robot: _bench_robot(robot, 0.9 * seconds_budget / len(robots), settings)
             for robot in robots
         }
-    finally:
-        torch.set_num_threads(torch_threads)
     results["settings"] = {
         **settings,
         "torch_threads": 1,

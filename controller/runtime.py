@@ -47,6 +47,7 @@ from controller.monitor import Recovery
 from controller.policy import Params, PolicySpec, gaussian_kl
 from controller.recording import Recorder, pad_episodes
 from controller.serving import ServingPolicy, ServingSession, architecture
+from controller.threads import torch_threads
 from controller.verifier import Verified, Verifier
 
 log = logging.getLogger(__name__)
@@ -469,13 +470,9 @@ class Controller:
         worker threads spin waiting for cores that other processes hold; bench/runtime_bench.py
         measures the step). The limit holds only while adapting.
         """
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self.config.adapt_threads)
-        try:
-            with self._threadpools.limit(limits=self.config.adapt_threads):
-                yield
-        finally:
-            torch.set_num_threads(previous)
+        threads = self.config.adapt_threads
+        with torch_threads(threads), self._threadpools.limit(limits=threads):
+            yield
 
     def _build_checked(
         self, params: Params, generation: int

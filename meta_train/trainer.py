@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from controller.artifact import ArtifactAdaptation, save_artifact
 from controller.policy import Params, PolicySpec, SamplingPolicy, init_params, stack_params
+from controller.threads import torch_threads
 from meta_train.comparators import policy_step
 from meta_train.config import TrainConfig
 from meta_train.export import calibrated_adaptation, family_layout
@@ -84,14 +85,10 @@ class OneTorchThreadSampler:
         self, tasks: Sequence[Task], episodes_per_task: int, policy: SamplingPolicy, seed: int,
         horizon: int | None = None, task_features: bool = False,
     ) -> Episodes:  # fmt: skip
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with torch_threads(1):
             return self.sampler.sample(
                 tasks, episodes_per_task, policy, seed, horizon, task_features
             )
-        finally:
-            torch.set_num_threads(previous)
 
 
 def make_sampler(config: TrainConfig, family: Family) -> EpisodeSampler:
