@@ -19,9 +19,9 @@ from typing import Any
 
 import mujoco
 import numpy as np
-import torch
 
 from bench.sampler_bench import _policy
+from controller.threads import torch_threads
 from sim.families import get_family
 from sim.sampler import BatchSampler
 
@@ -61,10 +61,8 @@ def bench_damage(
 ) -> dict[str, Any]:
     """Measure and print the table; returns the numbers (JSON-ready) by robot."""
     load_before = os.getloadavg()[0]
-    torch_threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     results: dict[str, Any] = {}
-    try:
+    with torch_threads(1):  # the policy runs between batch steps, never alongside them
         for robot in robots:
             names = PAIRS[robot]
             runs = {n: _rate(n, num_tasks, episodes_per_task, num_threads, horizon) for n in names}
@@ -77,8 +75,6 @@ def bench_damage(
                 **{f"{name}_steps_per_s": rate for name, rate in best.items()},
                 "ratio": best[names[1]] / best[names[0]],
             }  # fmt: skip
-    finally:
-        torch.set_num_threads(torch_threads)
     results["settings"] = {
         "threads": num_threads, "rounds": rounds, "cpus": os.cpu_count(),
         "load_average_1min": [load_before, os.getloadavg()[0]], "mujoco": mujoco.__version__,
