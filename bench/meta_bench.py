@@ -45,7 +45,7 @@ def bench_family(family_name: str, iterations: int = 2) -> dict[str, Any]:
     best["outer_over_sampling"] = best["outer_s"] / best["sampling_s"]
     return {"family": family_name, "iterations": rows, "best": best,
             "meta_batch_size": config.meta_batch_size,
-            "episodes_per_task": config.episodes_per_task}  # fmt: skip
+            "episodes_per_step": config.episodes_per_step}  # fmt: skip
 
 
 def bench_meta(iterations: int = 2, families: tuple[str, ...] = FAMILIES) -> dict[str, Any]:

@@ -103,7 +103,7 @@ def bench_soak(
     seconds = minutes * 60.0
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        settings = AdaptationSettings(first_step_size=0.01)
+        settings = AdaptationSettings(step_size=0.01)
         paths = [fresh_artifact(root / f"init{i}", FAMILY, seed=i, episodes_per_step=K,
                                 horizon=HORIZON, settings=settings) for i in range(2)]  # fmt: skip
         endpoint, journal, log = free_tcp_endpoint(), root / "journal", root / "server.log"

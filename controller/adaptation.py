@@ -1,11 +1,12 @@
 """The adaptation step: from K on-policy episodes of one task to adapted policy parameters.
 
 Everything follows the MAML paper (Finn, Abbeel, Levine 2017, sec. 5.3) and the authors' code
-(cbfinn/maml_rl, which builds on rll/rllab): discounted returns, the linear feature baseline, GAE advantages centred
-and normalised per task, the REINFORCE loss, and ONE vanilla policy-gradient step
-``theta' = theta - alpha * grad L(theta)``. :func:`adapt` is the single implementation of that
-step: meta-training's inner loop calls it with ``create_graph=True`` (second-order MAML) and the
-runtime controller with ``create_graph=False``.
+(cbfinn/maml_rl, which builds on rll/rllab): discounted returns, the linear feature baseline,
+GAE advantages centred and normalised per task, the REINFORCE loss, and ONE vanilla
+policy-gradient step ``theta' = theta - step_size * grad L(theta)``, ``step_size`` being the
+paper's α. :func:`adapt` is the single implementation of that step: meta-training's inner loop
+calls it with ``create_graph=True`` (second-order MAML) and the runtime controller with
+``create_graph=False``. K, the episodes one step uses, is ``episodes_per_step`` everywhere.
 
 Returns, baseline and advantages are computed in numpy float64 (small, exact linear algebra,
 as rllab does); the :class:`TaskBatch` handed to the learner is float32 torch.
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
 
 from controller.policy import Params, PolicySpec, log_prob
 
@@ -30,11 +31,15 @@ class AdaptationSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    first_step_size: PositiveFloat = Field(
-        default=0.1, description="alpha of the first gradient step (paper: 0.1)."
+    step_size: PositiveFloat = Field(
+        default=0.1,
+        # Run records and artifacts written before the rename call it first_step_size.
+        validation_alias=AliasChoices("step_size", "first_step_size"),
+        description="α, the inner step size: every inner step of meta-training and the first "
+        "step at test time (paper: 0.1).",
     )
     later_step_size: PositiveFloat = Field(
-        default=0.05, description="alpha of the second and later test-time steps (paper: 0.05)."
+        default=0.05, description="α of the second and later test-time steps (paper: 0.05)."
     )
     discount: float = Field(default=0.99, gt=0.0, le=1.0, description="Discount gamma.")
     gae_lambda: float = Field(
@@ -52,9 +57,13 @@ class AdaptationSettings(BaseModel):
         description="Fits tried, the ridge coefficient x10 after each non-finite one (rllab).",
     )
 
-    def step_size(self, step_index: int) -> float:
-        """alpha of gradient step ``step_index`` (0-based) at test time."""
-        return self.first_step_size if step_index == 0 else self.later_step_size
+    def step_size_at(self, step_index: int) -> float:
+        """α of test-time gradient step ``step_index`` (0-based): step_size, then later_step_size."""
+        return self.step_size if step_index == 0 else self.later_step_size
+
+    def step_sizes(self, steps: int) -> list[float]:
+        """α of test-time gradient steps 0..steps-1."""
+        return [self.step_size_at(s) for s in range(steps)]
 
 
 class TaskBatch(NamedTuple):
@@ -218,6 +227,9 @@ def adapt(
     create_graph: bool = False,
 ) -> Params:
     """THE adaptation step: theta' = theta - step_size * grad L(theta), L the REINFORCE loss.
+
+    ``step_size`` is α (:attr:`AdaptationSettings.step_size`, or ``step_size_at(i)`` for test
+    step i).
 
     With ``create_graph=True`` the result stays a differentiable function of ``params``
     (which must require grad), so a meta-gradient can flow through it (second-order MAML).

@@ -411,15 +411,15 @@ class Controller:
 
         Uses the K oldest episodes recorded with the policy serving now, and consumes them
         (accepted or not). A step is on-policy: the next step needs K fresh episodes of the
-        adapted policy, so call ``adapt()`` once per K episodes. The step size is the artifact's
-        ``step_size(step)`` (paper: 0.1, then 0.05). The new parameters must be finite and
+        adapted policy, so call ``adapt()`` once per K episodes. The step size α is the artifact's
+        ``step_size_at(step)`` (paper: 0.1, then 0.05). The new parameters must be finite and
         within ``config.max_kl`` of the pre-adaptation policy; otherwise the report says why and
         the current policy keeps serving.
         """
         with self._update_lock:
             serving, settings = self._serving, self._artifact.metadata.adaptation.settings
             step, k = serving.generation, self.episodes_per_step
-            step_size = settings.step_size(step)
+            step_size = settings.step_size_at(step)
             if self.config.steps is not None and step >= self.config.steps:
                 reason = f"already adapted {step} step(s), the configured limit; reset() first"
                 return self._rejected(reason, step, step_size)
@@ -453,7 +453,7 @@ class Controller:
         else:
             new = None
         clock.append(time.perf_counter())
-        reason = reason or f"step {step} with alpha={step_size} on {len(episodes)} episodes"
+        reason = reason or f"step {step} with step_size={step_size} on {len(episodes)} episodes"
         self._journal_adaptation(serving, new, episodes, reason, kl)
         clock.append(time.perf_counter())
         timings = AdaptTimings(*np.diff(clock).tolist())

@@ -81,7 +81,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     cfg = config.evaluation
     tasks = ev.evaluation_tasks(family, cfg)
     sampler = make_sampler(config, family)
-    k = cfg.episodes_per_step or config.episodes_per_task
+    episodes_per_step = cfg.resolved_episodes_per_step(config.episodes_per_step)
     results: dict[str, ev.MethodResult] = {}
     # The command as typed from the repository root, without the machine's path to adaptctl.
     command = " ".join(["adaptctl", *sys.argv[1:]])
@@ -98,14 +98,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         oracle = name == "oracle"
         trained = artifact.metadata.adaptation.settings  # discount, baseline, step sizes
         if name == "maml":  # the step sizes it was meta-trained for
-            sizes = [trained.step_size(s) for s in range(cfg.gradient_steps)]
+            sizes = trained.step_sizes(cfg.gradient_steps)
         elif oracle:
             sizes = []
         else:
             sizes = paper.comparator_step_sizes(family.name, name, cfg.gradient_steps)
         print(f"evaluating {name} ({path}) on {len(tasks)} test tasks ...", flush=True)
         results[name] = ev.evaluate_method(
-            sampler, artifact.spec, artifact.params, tasks, k, sizes, trained,
+            sampler, artifact.spec, artifact.params, tasks, episodes_per_step, sizes, trained,
             seed=cfg.task_seed + 1, task_features=oracle, horizon=config.horizon,
         )  # fmt: skip
     if args.random:
@@ -113,7 +113,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         sizes = paper.comparator_step_sizes(family.name, "random", cfg.gradient_steps)
         print("evaluating random initialization ...", flush=True)
         results["random"] = ev.evaluate_method(
-            sampler, spec, init_params(spec, config.seed + 1), tasks, k, sizes, config.adaptation,
+            sampler, spec, init_params(spec, config.seed + 1), tasks, episodes_per_step, sizes, config.adaptation,
             seed=cfg.task_seed + 1, horizon=config.horizon,
         )  # fmt: skip
     if not results:

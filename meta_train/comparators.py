@@ -31,8 +31,9 @@ def policy_step(
 ) -> tuple[Params, MetaStepReport]:
     """One TRPO step of a single (non-adapting) policy on the episodes of all tasks."""
     start = time.perf_counter()
-    batches = [pack_steps(task_batch(episodes, i, settings.adaptation))
-               for i in range(episodes.num_tasks)]  # fmt: skip
+    batches = [
+        pack_steps(task_batch(episodes, i, settings.adaptation)) for i in range(episodes.num_tasks)
+    ]
     olds = [old_policy(spec, params, b) for b in batches]
     num_valid = sum(float(b.valid.sum()) for b in batches)
     theta = flatten(params).detach()

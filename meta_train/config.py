@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from controller.adaptation import AdaptationSettings
 from meta_train.objective import MetaSettings
@@ -20,6 +28,14 @@ from meta_train.objective import MetaSettings
 Mode = Literal["maml", "pretrained", "oracle"]
 # the authors' test tasks, drawn from task_seed, or drawn from task_seed outside the training range
 TaskDraw = Literal["paper", "seeded", "out_of_distribution"]
+
+RENAMED_KEYS: dict[str, str] = {
+    "episodes_per_task": "episodes_per_step",
+    "meta.adaptation.first_step_size": "meta.adaptation.step_size",
+}
+"""Dotted keys of configs written before a rename -> their name now. The models accept the old
+names as aliases (so run records and artifacts load); :meth:`TrainConfig.from_yaml` renames them
+first, so that an old file and a ``--set`` override under either name meet under one key."""
 
 
 class ConfigError(ValueError):
@@ -91,8 +107,18 @@ class EvalConfig(_Frozen):
     )
     gradient_steps: PositiveInt = Field(default=3, description="Report after 0..steps steps.")
     episodes_per_step: PositiveInt | None = Field(
-        default=None, description="K per step; None: the training K."
+        default=None, description="K per step; None: the training K (resolved_episodes_per_step)."
     )
+
+    def resolved_episodes_per_step(self, training_episodes_per_step: int) -> int:
+        """K of the evaluation: this config's, else the training K given.
+
+        The training K is the run's ``TrainConfig.episodes_per_step``, which an artifact records
+        as ``adaptation.episodes_per_step``.
+        """
+        if self.episodes_per_step is not None:
+            return self.episodes_per_step
+        return training_episodes_per_step
 
 
 class TrainConfig(_Frozen):
@@ -109,8 +135,11 @@ class TrainConfig(_Frozen):
     meta_batch_size: PositiveInt = Field(
         default=40, description="Tasks per meta-iteration (paper: 40; 2D navigation: 20)."
     )
-    episodes_per_task: PositiveInt = Field(
-        default=20, description="K episodes per task and gradient step (paper: 20)."
+    episodes_per_step: PositiveInt = Field(
+        default=20,
+        # Run records and artifacts written before the rename call it episodes_per_task.
+        validation_alias=AliasChoices("episodes_per_step", "episodes_per_task"),
+        description="K, the episodes of each task per gradient step (paper: 20).",
     )
     horizon: PositiveInt | None = Field(default=None, description="None: the family's.")
     torch_threads: PositiveInt = Field(default=2, description="torch intra-op threads.")
@@ -148,7 +177,10 @@ class TrainConfig(_Frozen):
             raise ConfigError(f"cannot read config {path}: {error}") from error
         if not isinstance(data, dict):
             raise ConfigError(f"config {path} must be a mapping of keys to values")
+        for old, new in RENAMED_KEYS.items():
+            _rename_key(data, old, new)
         for dotted, value in (overrides or {}).items():
+            dotted = RENAMED_KEYS.get(dotted, dotted)
             node = data
             *parents, leaf = dotted.split(".")
             for key in parents:
@@ -161,3 +193,14 @@ class TrainConfig(_Frozen):
                 f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
             )
             raise ConfigError(f"invalid config {path}: {problems}") from error
+
+
+def _rename_key(data: dict[str, Any], old: str, new: str) -> None:
+    """Move the value at dotted key ``old`` to ``new`` in place, when ``old`` is there."""
+    *parents, old_leaf = old.split(".")
+    node: Any = data
+    for key in parents:
+        node = node.get(key) if isinstance(node, dict) else None
+    new_leaf = new.rsplit(".", 1)[-1]
+    if isinstance(node, dict) and old_leaf in node and new_leaf not in node:
+        node[new_leaf] = node.pop(old_leaf)

@@ -4,8 +4,9 @@
 Hessian-vector products of the pooled mean KL w.r.t. theta: at the current theta, theta_n equals
 pi_old's parameters, where the KL has zero gradient; so its Hessian is exactly J_i^T F_i J_i,
 with F_i the KL Hessian (Fisher) at theta_n and J_i = d theta_n / d theta = J_{n-1} ... J_0 the
-product of the inner steps' Jacobians J_k = I - alpha H_k, each symmetric (H_k the Hessian of
-the REINFORCE loss of step k), though their product is not for n > 1. ``hvp="exact"`` computes
+product of the inner steps' Jacobians J_k = I - α H_k (α the inner step size, ``step_size``),
+each symmetric (H_k the Hessian of the REINFORCE loss of step k), though their product is not
+for n > 1. ``hvp="exact"`` computes
 that product in closed form (:mod:`meta_train.derivatives`: forward-mode tangents and the
 R-operator through the MLP, its forward and backward passes computed once per meta-step),
 without the third derivatives the paper's finite differences were chosen to avoid;
@@ -76,7 +77,7 @@ def kl_hvp(
                 steps.append(derivatives.loss_curvature(spec, point, *pack_steps(batch)[:3]))
         observations = pack_steps(valid_i).observations
         fisher = derivatives.forward(spec, detached(chain[-1]), observations)
-        tasks.append(_TaskCurvature(steps, fisher, settings.inner_step_size))
+        tasks.append(_TaskCurvature(steps, fisher, settings.adaptation.step_size))
     return _gauss_newton_hvp(spec, theta, tasks, num_valid)
 
 
@@ -123,7 +124,7 @@ def _through_steps(
     steps: Sequence[derivatives.LossCurvature],
     vector: Params,
 ) -> Params:
-    """J_{last} ... J_{first} vector for the steps in the order given, J_k = I - alpha H_k.
+    """J_{last} ... J_{first} vector for the steps in the order given, J_k = I - α H_k.
 
     Each J_k is symmetric: in order this gives J v, reversed J^T w.
     """
@@ -157,8 +158,9 @@ def _kl_gradient_fn(
                 if settings.first_order:
                     adapted = {n: chain_i[-1][n].detach() + point[n] - origin[n] for n in point}
                 else:
-                    adapted = inner_chain(spec, point, train_i, settings.inner_step_size,
-                                          first_order=False)[-1]  # fmt: skip
+                    adapted = inner_chain(
+                        spec, point, train_i, settings.adaptation.step_size, first_order=False
+                    )[-1]
                 _, kl_sum = valid_objectives(spec, adapted, valid_i, old_i)
                 grads = torch.autograd.grad(kl_sum / num_valid, list(point.values()))
             total += torch.cat([g.reshape(-1) for g in grads])
@@ -175,8 +177,9 @@ def fisher_hvp(
     packed = [pack_steps(b) for b in batches]
     num_valid = sum(float(b.valid.sum()) for b in packed)
     point = detached(params)
-    tasks = [_TaskCurvature([], derivatives.forward(spec, point, b.observations), 0.0)
-             for b in packed]  # fmt: skip
+    tasks = [
+        _TaskCurvature([], derivatives.forward(spec, point, b.observations), 0.0) for b in packed
+    ]
     return _gauss_newton_hvp(spec, params, tasks, num_valid)
 
 

@@ -108,7 +108,7 @@ def adaptation_kls(
     kls = []
     for i in range(num_tasks):
         batch = task_batch(episodes, i, settings)
-        adapted = adapt(spec, params, batch, settings.step_size(0))
+        adapted = adapt(spec, params, batch, settings.step_size)
         with torch.no_grad():
             kl = kl_divergence(spec, params, adapted, batch.observations)
         kls.append(float((kl * batch.valid).sum() / batch.valid.sum()))

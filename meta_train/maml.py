@@ -90,10 +90,13 @@ def meta_step(
         )
     num_tasks = valid_episodes.num_tasks
     # Valid steps only from here on: no arithmetic on the padding after early terminations.
-    train = [[pack_steps(task_batch(r, i, settings.adaptation)) for r in rounds]
-             for i in range(num_tasks)]  # fmt: skip
-    valid = [pack_steps(task_batch(valid_episodes, i, settings.adaptation))
-             for i in range(num_tasks)]  # fmt: skip
+    train = [
+        [pack_steps(task_batch(r, i, settings.adaptation)) for r in rounds]
+        for i in range(num_tasks)
+    ]
+    valid = [
+        pack_steps(task_batch(valid_episodes, i, settings.adaptation)) for i in range(num_tasks)
+    ]
     batch_done = time.perf_counter()
 
     theta = {name: p.detach().requires_grad_(True) for name, p in params.items()}
@@ -145,7 +148,9 @@ def meta_gradient(
     surrogate_total = 0.0
     chains, old_all = [], []
     for train_i, valid_i in zip(task_rounds(train, settings), valid, strict=True):
-        chain = inner_chain(spec, theta, train_i, settings.inner_step_size, settings.first_order)
+        chain = inner_chain(
+            spec, theta, train_i, settings.adaptation.step_size, settings.first_order
+        )
         old = old_policy(spec, chain[-1], valid_i)
         surrogate, _ = valid_objectives(spec, chain[-1], valid_i, old)
         grads = torch.autograd.grad(surrogate / num_tasks, theta_list)
@@ -224,8 +229,14 @@ def _evaluator(
         candidate = unflatten(flat, theta)
         surrogate_total, kl_total = 0.0, 0.0
         for train_i, valid_i, old_i in zip(rounds, valid, old_all, strict=True):
-            adapted = inner_chain(spec, candidate, train_i, settings.inner_step_size,
-                                  first_order=False, create_graph=False)[-1]  # fmt: skip
+            adapted = inner_chain(
+                spec,
+                candidate,
+                train_i,
+                settings.adaptation.step_size,
+                first_order=False,
+                create_graph=False,
+            )[-1]
             with torch.no_grad():
                 surrogate, kl_sum = valid_objectives(spec, adapted, valid_i, old_i)
             surrogate_total += float(surrogate) / num_tasks

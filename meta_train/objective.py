@@ -36,7 +36,9 @@ class MetaSettings(BaseModel):
     inner_steps: PositiveInt = Field(
         default=1,
         description="Inner policy-gradient steps per task in training, each on K fresh episodes "
-        "sampled with the policy adapted so far (paper: 1). Every step uses inner_step_size.",
+        "sampled with the policy adapted so far (paper: 1). Every step uses "
+        "adaptation.step_size (α), as the authors' code (its single grad_step_size) and "
+        "pytorch-maml-rl (fast_lr); adaptation.later_step_size is a test-time choice only.",
     )
     first_order: bool = Field(
         default=False,
@@ -71,18 +73,8 @@ class MetaSettings(BaseModel):
     trpo: TRPOSettings = Field(default_factory=TRPOSettings, description="The TRPO step.")
     adaptation: AdaptationSettings = Field(
         default_factory=AdaptationSettings,
-        description="Inner step: advantages and step size (its first_step_size is alpha).",
+        description="Inner step: advantages and the step size α (adaptation.step_size).",
     )
-
-    @property
-    def inner_step_size(self) -> float:
-        """alpha of every inner training step: the runtime's first step size.
-
-        One size for all inner steps, as the authors' code (``maml_minimal_gauss_mlp_policy.py``
-        applies its single ``grad_step_size`` to every fast update) and pytorch-maml-rl
-        (``fast_lr``); ``adaptation.later_step_size`` is the paper's test-time choice only.
-        """
-        return self.adaptation.first_step_size
 
 
 class OldPolicy(NamedTuple):
@@ -155,7 +147,7 @@ def meta_objective(
     """(mean surrogate over tasks, pooled mean KL) as differentiable functions of ``params``."""
     surrogates, kl_total = [], params["log_std"].new_zeros(())
     for train_i, valid_i, old_i in zip(task_rounds(train, settings), valid, old, strict=True):
-        adapted = inner_chain(spec, params, train_i, settings.inner_step_size,
+        adapted = inner_chain(spec, params, train_i, settings.adaptation.step_size,
                               settings.first_order)[-1]  # fmt: skip
         surrogate, kl_sum = valid_objectives(spec, adapted, valid_i, old_i)
         surrogates.append(surrogate)
@@ -182,7 +174,7 @@ def adapted_params_for_tasks(
         )
     return [
         inner_chain(spec, params, [task_batch(r, i, settings.adaptation) for r in rounds],
-                    settings.inner_step_size, first_order=False, create_graph=False)[-1]
+                    settings.adaptation.step_size, first_order=False, create_graph=False)[-1]
         for i in range(rounds[0].num_tasks)
     ]  # fmt: skip
 

@@ -42,7 +42,7 @@ class OneStepReport:
 
 
 def one_step_report(
-    artifact_dir: str, num_tasks: int = 40, episodes: int = 40, seed: int = 7, threads: int = 1,
+    artifact_dir: str, num_tasks: int = 40, episodes_per_step: int = 40, seed: int = 7, threads: int = 1,
     task_draw: TaskDraw = "paper",
 ) -> OneStepReport:  # fmt: skip
     artifact = load_artifact(artifact_dir)
@@ -51,13 +51,15 @@ def one_step_report(
     family = get_family(artifact.metadata.family)
     tasks = evaluation_tasks(family, EvalConfig(num_tasks=num_tasks, tasks=task_draw))
     sampler = BatchSampler(family, threads)
-    before = sampler.sample(tasks, episodes, SamplingPolicy(spec, params, seed), seed + 1)
+    before = sampler.sample(tasks, episodes_per_step, SamplingPolicy(spec, params, seed), seed + 1)
     adapted = [
-        adapt(spec, params, task_batch(before, i, settings), settings.first_step_size)
+        adapt(spec, params, task_batch(before, i, settings), settings.step_size)
         for i in range(num_tasks)
     ]
     stacked = stack_params(adapted)
-    after = sampler.sample(tasks, episodes, SamplingPolicy(spec, stacked, seed + 2), seed + 3)
+    after = sampler.sample(
+        tasks, episodes_per_step, SamplingPolicy(spec, stacked, seed + 2), seed + 3
+    )
     mean_only: Params = dict(stacked)
     mean_only["log_std"] = torch.full_like(stacked["log_std"], -30.0)
     deterministic = sampler.sample(tasks, 1, SamplingPolicy(spec, mean_only, seed + 2), seed + 3)
@@ -80,7 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m meta_train.onestep", description=__doc__)
     parser.add_argument("artifact", help="artifact directory")
     parser.add_argument("--num-tasks", type=int, default=40, help="held-out tasks (default 40)")
-    parser.add_argument("--episodes", type=int, default=40, help="K per task (default 40)")
+    parser.add_argument(
+        "--episodes", type=int, default=40, help="K, episodes per task for the step (default 40)"
+    )
     parser.add_argument(
         "--tasks",
         dest="task_draw",

@@ -38,7 +38,7 @@ class TaskSetSpread:
 
 
 def task_set_spread(
-    artifact_dir: str, sets: int = 20, num_tasks: int = 40, episodes: int | None = None,
+    artifact_dir: str, sets: int = 20, num_tasks: int = 40, episodes_per_step: int | None = None,
     steps: int = 1, first_seed: int = 5000, threads: int = 1,
 ) -> TaskSetSpread:  # fmt: skip
     if sets < 2:
@@ -47,13 +47,13 @@ def task_set_spread(
     adaptation = artifact.metadata.adaptation
     family = get_family(artifact.metadata.family)
     sampler = BatchSampler(family, threads)
-    config = EvalConfig(num_tasks=num_tasks)
-    sizes = [adaptation.settings.step_size(s) for s in range(steps)]
-    k = episodes or adaptation.episodes_per_step
+    config = EvalConfig(num_tasks=num_tasks, episodes_per_step=episodes_per_step)
+    sizes = adaptation.settings.step_sizes(steps)
+    episodes_per_step = config.resolved_episodes_per_step(adaptation.episodes_per_step)
 
     def mean_returns(tasks: Sequence[Task]) -> list[float]:
         result = evaluate_method(
-            sampler, artifact.spec, artifact.params, tasks, k, sizes, adaptation.settings,
+            sampler, artifact.spec, artifact.params, tasks, episodes_per_step, sizes, adaptation.settings,
             seed=config.task_seed + 1,
         )  # fmt: skip
         return result.mean

@@ -66,9 +66,14 @@ class EpisodeSampler(Protocol):
     """What the loop samples with: sim.sampler.BatchSampler or meta_train.ray_sampler.RaySampler."""
 
     def sample(
-        self, tasks: Sequence[Task], episodes_per_task: int, policy: SamplingPolicy, seed: int,
-        horizon: int | None = None, task_features: bool = False,
-    ) -> Episodes: ...  # fmt: skip
+        self,
+        tasks: Sequence[Task],
+        episodes_per_task: int,
+        policy: SamplingPolicy,
+        seed: int,
+        horizon: int | None = None,
+        task_features: bool = False,
+    ) -> Episodes: ...
 
 
 class OneTorchThreadSampler:
@@ -82,9 +87,14 @@ class OneTorchThreadSampler:
         self.sampler = sampler
 
     def sample(
-        self, tasks: Sequence[Task], episodes_per_task: int, policy: SamplingPolicy, seed: int,
-        horizon: int | None = None, task_features: bool = False,
-    ) -> Episodes:  # fmt: skip
+        self,
+        tasks: Sequence[Task],
+        episodes_per_task: int,
+        policy: SamplingPolicy,
+        seed: int,
+        horizon: int | None = None,
+        task_features: bool = False,
+    ) -> Episodes:
         with torch_threads(1):
             return self.sampler.sample(
                 tasks, episodes_per_task, policy, seed, horizon, task_features
@@ -125,9 +135,14 @@ def iteration_seeds(seed: int, iteration: int, inner_steps: int = 1) -> dict[str
 
 
 def sample_adapted_rounds(
-    config: TrainConfig, spec: PolicySpec, sampler: EpisodeSampler, tasks: Sequence[Task],
-    params: Params, seeds: dict[str, int], train: Episodes,
-) -> tuple[list[Episodes], Episodes, float, float]:  # fmt: skip
+    config: TrainConfig,
+    spec: PolicySpec,
+    sampler: EpisodeSampler,
+    tasks: Sequence[Task],
+    params: Params,
+    seeds: dict[str, int],
+    train: Episodes,
+) -> tuple[list[Episodes], Episodes, float, float]:
     """From train round 0: train rounds 1..n-1 and the valid episodes, and (sampling, inner) s.
 
     Each is sampled with the per-task policies adapted on all rounds before it: the inner
@@ -142,10 +157,15 @@ def sample_adapted_rounds(
         suffix = "" if k == steps else f"_{k}"
         prefix = "valid" if k == steps else "train"
         policy = SamplingPolicy(spec, stack_params(adapted), seeds[f"{prefix}_policy{suffix}"])
-        rounds.append(sampler.sample(
-            tasks, config.episodes_per_task, policy, seeds[f"{prefix}_reset{suffix}"],
-            config.horizon,
-        ))  # fmt: skip
+        rounds.append(
+            sampler.sample(
+                tasks,
+                config.episodes_per_step,
+                policy,
+                seeds[f"{prefix}_reset{suffix}"],
+                config.horizon,
+            )
+        )
         sampling_s += time.perf_counter() - adapted_at
         inner_s += adapted_at - start
     return rounds[:-1], rounds[-1], sampling_s, inner_s
@@ -157,18 +177,26 @@ def draw_tasks(config: TrainConfig, family: Family, seeds: dict[str, int]) -> li
 
 
 def run_iteration(
-    config: TrainConfig, family: Family, spec: PolicySpec, sampler: EpisodeSampler,
-    params: Params, iteration: int,
-) -> tuple[Params, dict[str, Any]]:  # fmt: skip
+    config: TrainConfig,
+    family: Family,
+    spec: PolicySpec,
+    sampler: EpisodeSampler,
+    params: Params,
+    iteration: int,
+) -> tuple[Params, dict[str, Any]]:
     """One meta-iteration; returns the new parameters and the log record."""
     seeds = iteration_seeds(config.seed, iteration, config.meta.inner_steps)
     tasks = draw_tasks(config, family, seeds)
     oracle = config.mode == "oracle"
     start = time.perf_counter()
     train = sampler.sample(
-        tasks, config.episodes_per_task, SamplingPolicy(spec, params, seeds["train_policy"]),
-        seeds["train_reset"], config.horizon, task_features=oracle,
-    )  # fmt: skip
+        tasks,
+        config.episodes_per_step,
+        SamplingPolicy(spec, params, seeds["train_policy"]),
+        seeds["train_reset"],
+        config.horizon,
+        task_features=oracle,
+    )
     sampled = time.perf_counter()
     rounds = [train]
     if config.mode == "maml":
@@ -215,9 +243,13 @@ def run_iteration(
 
 
 def train(
-    config: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True,
-    max_iterations: int | None = None, on_record: Callable[[dict[str, Any]], None] | None = None,
-) -> TrainState:  # fmt: skip
+    config: TrainConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    max_iterations: int | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainState:
     """Run (or continue, with ``resume``) the training in ``run_dir``; returns the final state.
 
     ``max_iterations`` stops after that many iterations of this call (the run can be resumed).
@@ -233,9 +265,13 @@ def train(
     if max_iterations is not None:
         stop = min(stop, state.iteration + max_iterations)
     bar = tqdm(
-        range(state.iteration, stop), initial=state.iteration, total=config.iterations,
-        desc=f"{config.mode} {config.family}", disable=not progress, unit="it",
-    )  # fmt: skip
+        range(state.iteration, stop),
+        initial=state.iteration,
+        total=config.iterations,
+        desc=f"{config.mode} {config.family}",
+        disable=not progress,
+        unit="it",
+    )
     calibration: Calibration | None = None
     recent = deque(logged_returns, maxlen=config.selection_window)
     for iteration in bar:
@@ -253,9 +289,12 @@ def train(
             log.write(json.dumps(record) + "\n")
         if on_record is not None:
             on_record(record)
-        bar.set_postfix(before=f"{record['return_before']:.1f}",
-                        after=f"{record['return_after']:.1f}",
-                        best=f"{state.best_return:.1f}", s=f"{record['total_s']:.1f}")  # fmt: skip
+        bar.set_postfix(
+            before=f"{record['return_before']:.1f}",
+            after=f"{record['return_after']:.1f}",
+            best=f"{state.best_return:.1f}",
+            s=f"{record['total_s']:.1f}",
+        )
         if state.iteration % config.checkpoint_every == 0 or state.iteration == stop:
             save_checkpoint(run_dir, state)
             calibration = export(config, family, spec, state, run_dir / ARTIFACT_DIR, calibration)
@@ -267,9 +306,13 @@ Calibration = tuple[int, ArtifactAdaptation, dict[str, Any]]
 
 
 def export(
-    config: TrainConfig, family: Family, spec: PolicySpec, state: TrainState, path: Path,
+    config: TrainConfig,
+    family: Family,
+    spec: PolicySpec,
+    state: TrainState,
+    path: Path,
     calibration: Calibration | None = None,
-) -> Calibration | None:  # fmt: skip
+) -> Calibration | None:
     """Write the best parameters so far as an artifact; returns the KL calibration used.
 
     ``calibration`` from the previous export is reused while the best iteration is the same:
@@ -282,24 +325,36 @@ def export(
     through.
     """
     training = json.loads(config.model_dump_json())
-    training.update(best_iteration=state.best_iteration, best_return=state.best_return,
-                    iterations_done=state.iteration)  # fmt: skip
+    training.update(
+        best_iteration=state.best_iteration,
+        best_return=state.best_return,
+        iterations_done=state.iteration,
+    )
     adaptation = ArtifactAdaptation(
-        episodes_per_step=config.episodes_per_task,
+        episodes_per_step=config.episodes_per_step,
         horizon=config.horizon or family.horizon,
         settings=config.adaptation,
     )
     if config.mode != "oracle":
         if calibration is None or calibration[0] != state.best_iteration:
-            calibration = (state.best_iteration, *calibrated_adaptation(
-                family, spec, state.best_params, adaptation, config.sampler.num_threads
-            ))  # fmt: skip
+            calibration = (
+                state.best_iteration,
+                *calibrated_adaptation(
+                    family, spec, state.best_params, adaptation, config.sampler.num_threads
+                ),
+            )
         _, adaptation, training["max_kl_calibration"] = calibration
     layout = family_layout(family, task_features=config.mode == "oracle")
     save_artifact(
-        path, spec, state.best_params, family=family.name, layout=layout,
-        adaptation=adaptation, training=training, overwrite=True,
-    )  # fmt: skip
+        path,
+        spec,
+        state.best_params,
+        family=family.name,
+        layout=layout,
+        adaptation=adaptation,
+        training=training,
+        overwrite=True,
+    )
     return calibration
 
 
@@ -313,8 +368,12 @@ def save_checkpoint(run_dir: Path, state: TrainState) -> None:
     safetensors.torch.save_file(
         {k: v.detach().contiguous() for k, v in tensors.items()}, directory / f"{tag}.safetensors"
     )
-    meta = {"iteration": state.iteration, "best_return": state.best_return,
-            "best_iteration": state.best_iteration, "tensors": f"{tag}.safetensors"}  # fmt: skip
+    meta = {
+        "iteration": state.iteration,
+        "best_return": state.best_return,
+        "best_iteration": state.best_iteration,
+        "tensors": f"{tag}.safetensors",
+    }
     tmp = directory / "state.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2))
     os.replace(tmp, directory / "state.json")  # the commit point

@@ -168,22 +168,28 @@ def trpo_step(
     direction, damped_direction = conjugate_gradient(damped, gradient, settings.cg_iters)
     curvature = float(torch.dot(direction, damped_direction))
     # Largest step along the direction whose quadratic KL model equals max_kl (rllab).
-    step_size = math.sqrt(2.0 * settings.max_kl / (curvature + 1e-8)) if curvature >= 0 else 0.0
+    step_length = math.sqrt(2.0 * settings.max_kl / (curvature + 1e-8)) if curvature >= 0 else 0.0
 
     def rejected(reason: str) -> tuple[torch.Tensor, TRPOStepReport]:
         report = TRPOStepReport(
-            False, 0.0, 0.0, surrogate_before, surrogate_before,
-            settings.max_backtracks, gradient_norm, reason,
-        )  # fmt: skip
+            False,
+            0.0,
+            0.0,
+            surrogate_before,
+            surrogate_before,
+            settings.max_backtracks,
+            gradient_norm,
+            reason,
+        )
         return params, report
 
     usable = bool(torch.isfinite(direction).all() and direction.any())
-    if not (usable and math.isfinite(step_size) and step_size > 0):
+    if not (usable and math.isfinite(step_length) and step_length > 0):
         return rejected(
             f"no usable search direction (gradient norm {gradient_norm:.3g}, curvature "
             f"d^T H d = {curvature:.3g})"
         )
-    full_step = step_size * direction
+    full_step = step_length * direction
     last = (math.nan, math.nan)
     for backtracks in range(settings.max_backtracks):
         fraction = settings.backtrack_ratio**backtracks

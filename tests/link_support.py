@@ -30,12 +30,12 @@ def family_artifact(
     episodes_per_step: int = 2,
     horizon: int = 20,
     seed: int = 0,
-    first_step_size: float = 0.1,
+    step_size: float = 0.1,
 ) -> Path:
     """A freshly initialized artifact with the layout of ``family_name`` (small K, horizon)."""
     return fresh_artifact(
         path, family_name, seed=seed, episodes_per_step=episodes_per_step, horizon=horizon,
-        settings=AdaptationSettings(first_step_size=first_step_size),
+        settings=AdaptationSettings(step_size=step_size),
     )  # fmt: skip
 
 

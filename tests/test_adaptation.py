@@ -58,7 +58,7 @@ def _with_garbage_padding(episodes: Episodes) -> Episodes:
 def test_settings_defaults_and_step_schedule() -> None:
     settings = AdaptationSettings()
     assert (settings.discount, settings.gae_lambda, settings.baseline_reg) == (0.99, 1.0, 1e-5)
-    assert settings.step_size(0) == 0.1 and settings.step_size(1) == settings.step_size(3) == 0.05
+    assert settings.step_size_at(0) == 0.1 and settings.step_size_at(1) == settings.step_size_at(3) == 0.05
     with pytest.raises(pydantic.ValidationError):
         AdaptationSettings(discount=1.5)
     with pytest.raises(pydantic.ValidationError):

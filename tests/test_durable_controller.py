@@ -16,7 +16,7 @@ HORIZON = 5
 
 @pytest.fixture()
 def artifact(tmp_path: Path) -> Path:
-    return family_artifact(tmp_path / "init", horizon=HORIZON, first_step_size=0.01)
+    return family_artifact(tmp_path / "init", horizon=HORIZON, step_size=0.01)
 
 
 def play(ctl: Controller, steps: int = 3, value: float = 0.5, **act: bool) -> bool:

@@ -24,7 +24,7 @@ OBS = np.zeros(17, dtype=np.float32)
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return family_artifact(tmp_path_factory.mktemp("client") / "init", first_step_size=0.01)
+    return family_artifact(tmp_path_factory.mktemp("client") / "init", step_size=0.01)
 
 
 @pytest.fixture()

@@ -87,7 +87,7 @@ def test_kill_9_at_a_random_point_loses_no_completed_episode_or_adaptation(
     tmp_path: Path, seed: int
 ) -> None:
     rng = np.random.default_rng(seed)
-    artifact = family_artifact(tmp_path / "init", horizon=HORIZON, first_step_size=0.01)
+    artifact = family_artifact(tmp_path / "init", horizon=HORIZON, step_size=0.01)
     endpoint, journal = free_tcp_endpoint(), tmp_path / "journal"
     stop = threading.Event()
     with server_process(artifact, endpoint, journal) as server:

@@ -35,7 +35,7 @@ HORIZON = 30
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # A small first step keeps the KL of one step from a fresh initialization under max_kl.
     root = tmp_path_factory.mktemp("e2e")
-    return family_artifact(root / "init", horizon=HORIZON, first_step_size=0.01)
+    return family_artifact(root / "init", horizon=HORIZON, step_size=0.01)
 
 
 def test_sim_robot_process_adapts_through_a_server_process(artifact: Path, tmp_path: Path) -> None:

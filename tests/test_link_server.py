@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # A small first step keeps the KL of one step from a fresh initialization under max_kl.
-    return family_artifact(tmp_path_factory.mktemp("link") / "init", first_step_size=0.01)
+    return family_artifact(tmp_path_factory.mktemp("link") / "init", step_size=0.01)
 
 
 @pytest.fixture()

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sessions")
-    return family_artifact(root / "init", horizon=HORIZON, first_step_size=0.01)
+    return family_artifact(root / "init", horizon=HORIZON, step_size=0.01)
 
 
 def start_server(artifact: Path, **config: Any) -> LinkServer:

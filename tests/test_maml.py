@@ -39,7 +39,7 @@ from sim.tasks import VelocityTask
 
 TINY = PolicySpec(observation_size=3, action_size=2, hidden_sizes=(5,), activation="tanh")
 # A large inner step makes the second-order term large enough to tell apart.
-TINY_SETTINGS = MetaSettings(adaptation=AdaptationSettings(first_step_size=0.5))
+TINY_SETTINGS = MetaSettings(adaptation=AdaptationSettings(step_size=0.5))
 
 
 def _tiny_batches(seed: int, num_tasks: int = 2) -> list[TaskBatch]:
@@ -60,7 +60,7 @@ def _tiny_problem(settings: MetaSettings) -> tuple:
     params["mean.bias"] = torch.tensor([0.1, -0.2], dtype=torch.float64)
     theta = {k: v.requires_grad_(True) for k, v in params.items()}
     train, valid = _tiny_batches(1), _tiny_batches(2)
-    adapted = [adapt(TINY, theta, b, settings.inner_step_size) for b in train]
+    adapted = [adapt(TINY, theta, b, settings.adaptation.step_size) for b in train]
     old = [old_policy(TINY, a, v) for a, v in zip(adapted, valid, strict=True)]
     return theta, train, valid, old
 
@@ -99,7 +99,7 @@ def test_second_order_meta_gradient_matches_finite_differences() -> None:
     difference = torch.linalg.vector_norm(first_gradient - numeric)
     assert difference > 0.05 * torch.linalg.vector_norm(numeric)  # genuinely second order
     # First order: the gradient w.r.t. theta' at theta', with the inner step held fixed.
-    adapted = [adapt(TINY, theta, b, TINY_SETTINGS.inner_step_size) for b in train]
+    adapted = [adapt(TINY, theta, b, TINY_SETTINGS.adaptation.step_size) for b in train]
     leaves = [{k: v.requires_grad_(True) for k, v in a.items()} for a in adapted]
     expected = torch.zeros_like(point)
     for leaf, valid_i, old_i in zip(leaves, valid, old, strict=True):
@@ -236,19 +236,19 @@ def test_meta_step_checks_its_inputs_and_settings() -> None:
         MetaSettings(hvp="pearlmutter")  # type: ignore[arg-type]
     with pytest.raises(pydantic.ValidationError):
         MetaSettings(max_kl=0.02)  # type: ignore[call-arg]
-    assert MetaSettings().inner_step_size == 0.1 and MetaSettings().trpo.max_kl == 0.01
+    assert MetaSettings().adaptation.step_size == 0.1 and MetaSettings().trpo.max_kl == 0.01
 
 
 # ---- several inner steps (MetaSettings.inner_steps) -----------------------------------------
 
-TINY_TWO = MetaSettings(inner_steps=2, adaptation=AdaptationSettings(first_step_size=0.5))
+TINY_TWO = MetaSettings(inner_steps=2, adaptation=AdaptationSettings(step_size=0.5))
 
 
 def _tiny_two_step_problem(settings: MetaSettings) -> tuple:
     """Per task (batch_0, batch_1); pi_old is theta_2 = adapt(adapt(theta, batch_0), batch_1)."""
     theta, _, valid, _ = _tiny_problem(settings)
     rounds = list(zip(_tiny_batches(1), _tiny_batches(3), strict=True))
-    alpha = settings.inner_step_size
+    alpha = settings.adaptation.step_size
     adapted = [adapt(TINY, adapt(TINY, theta, b0, alpha), b1, alpha) for b0, b1 in rounds]
     old = [old_policy(TINY, a, v) for a, v in zip(adapted, valid, strict=True)]
     return theta, rounds, valid, old
@@ -262,7 +262,7 @@ def test_two_step_meta_gradient_matches_finite_differences() -> None:
     )
     gradient, _, chains, _ = meta_gradient(TINY, theta, rounds, valid, TINY_TWO)
     torch.testing.assert_close(gradient, numeric, rtol=1e-6, atol=1e-9)
-    alpha = TINY_TWO.inner_step_size
+    alpha = TINY_TWO.adaptation.step_size
     for (b0, b1), chain in zip(rounds, chains, strict=True):  # theta_1, theta_2: adapt twice
         theta_1 = adapt(TINY, theta, b0, alpha)
         assert len(chain) == 2 and all(torch.equal(chain[0][k], theta_1[k]) for k in theta)

@@ -20,7 +20,7 @@ def standing_artifact(path: Path, step_size: float) -> Path:
     params["mean.weight"].zero_()
     params["mean.bias"].zero_()
     adaptation = fresh.metadata.adaptation.model_copy(
-        update={"settings": AdaptationSettings(first_step_size=step_size)}
+        update={"settings": AdaptationSettings(step_size=step_size)}
     )
     save_artifact(path / "standing", fresh.spec, params, family="navigation2d",
                   layout=fresh.metadata.layout, adaptation=adaptation)  # fmt: skip
@@ -28,7 +28,7 @@ def standing_artifact(path: Path, step_size: float) -> Path:
 
 
 def test_a_negligible_step_leaves_the_policy_where_it_stands(tmp_path: Path) -> None:
-    report = one_step_report(str(standing_artifact(tmp_path, 1e-9)), num_tasks=4, episodes=4)
+    report = one_step_report(str(standing_artifact(tmp_path, 1e-9)), num_tasks=4, episodes_per_step=4)
     assert report.log_std_change < 1e-6
     assert report.rest_error == pytest.approx(report.start_distance, abs=1e-6)
     # Standing still at the origin costs the goal's distance at each of the 100 steps.
@@ -37,7 +37,7 @@ def test_a_negligible_step_leaves_the_policy_where_it_stands(tmp_path: Path) -> 
 
 def test_a_real_step_moves_the_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     artifact = standing_artifact(tmp_path, 0.5)
-    report = one_step_report(str(artifact), num_tasks=4, episodes=8)
+    report = one_step_report(str(artifact), num_tasks=4, episodes_per_step=8)
     assert report.log_std_change > 1e-4
     assert report.rest_error != pytest.approx(report.start_distance, abs=1e-4)
     assert torch.isfinite(torch.tensor(report.stochastic_return))

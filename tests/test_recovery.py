@@ -30,7 +30,7 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("train") / "run"
     code = main(["train", str(ROOT / "configs" / "cheetah_damage.yaml"), "--out", str(out),
                  "--quiet", "--set", "iterations=1", "--set", "meta_batch_size=2",
-                 "--set", f"episodes_per_task={K}", "--set", f"horizon={HORIZON}",
+                 "--set", f"episodes_per_step={K}", "--set", f"horizon={HORIZON}",
                  "--set", "policy.hidden_sizes=[16, 16]"])  # fmt: skip
     assert code == 0
     return out / "artifact"

@@ -344,7 +344,7 @@ def test_bad_swaps_are_refused_and_the_old_policy_serves(
         (candidate / "params.safetensors").write_bytes(data[:-8])
     elif damage == "metadata":
         document = json.loads((candidate / "metadata.json").read_text())
-        document["adaptation"]["settings"]["first_step_size"] = 10.0
+        document["adaptation"]["settings"]["step_size"] = 10.0
         (candidate / "metadata.json").write_text(json.dumps(document))
     elif damage == "missing":
         (candidate / "params.safetensors").unlink()

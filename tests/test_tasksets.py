@@ -35,7 +35,7 @@ def standing_cost(tasks: list) -> float:
 
 
 def test_each_row_is_the_set_it_names(tmp_path: Path) -> None:
-    spread = task_set_spread(str(frozen_artifact(tmp_path)), sets=3, num_tasks=5, episodes=2,
+    spread = task_set_spread(str(frozen_artifact(tmp_path)), sets=3, num_tasks=5, episodes_per_step=2,
                              steps=0, first_seed=70)  # fmt: skip
     family = get_family("navigation2d")
     assert spread.drawn.shape == (3, 1)

@@ -30,7 +30,7 @@ def test_cli_train_writes_the_log_records_as_scalars(
 ) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(
-        "family: navigation2d\niterations: 3\nmeta_batch_size: 3\nepisodes_per_task: 3\n"
+        "family: navigation2d\niterations: 3\nmeta_batch_size: 3\nepisodes_per_step: 3\n"
         "horizon: 10\ncheckpoint_every: 3\ntorch_threads: 1\npolicy: {hidden_sizes: [8, 8]}\n"
     )
     run, board = tmp_path / "run", tmp_path / "tb"

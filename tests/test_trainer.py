@@ -39,7 +39,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 def tiny_config(**overrides: object) -> TrainConfig:
     base = {
-        "family": "navigation2d", "iterations": 4, "meta_batch_size": 4, "episodes_per_task": 4,
+        "family": "navigation2d", "iterations": 4, "meta_batch_size": 4, "episodes_per_step": 4,
         "horizon": 20, "checkpoint_every": 2, "torch_threads": 1,
         "policy": {"hidden_sizes": [16, 16]},
     }  # fmt: skip
@@ -125,7 +125,7 @@ def test_selection_window_keeps_the_best_trailing_mean(tmp_path: Path) -> None:
 def test_navigation_meta_training_improves_post_adaptation_return(tmp_path: Path) -> None:
     """A short 2D-navigation run: on held-out tasks, one step beats no step, and beats the
     untrained initialization's one-step return."""
-    config = tiny_config(iterations=12, meta_batch_size=10, episodes_per_task=10, horizon=50,
+    config = tiny_config(iterations=12, meta_batch_size=10, episodes_per_step=10, horizon=50,
                          policy={"hidden_sizes": [32, 32]})  # fmt: skip
     state = train(config, tmp_path, progress=False)
     family = get_family("navigation2d")
@@ -141,7 +141,7 @@ def test_navigation_meta_training_improves_post_adaptation_return(tmp_path: Path
 def test_cli_train_and_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "nav.yaml"
     config.write_text(
-        "family: navigation2d\niterations: 2\nmeta_batch_size: 3\nepisodes_per_task: 3\n"
+        "family: navigation2d\niterations: 2\nmeta_batch_size: 3\nepisodes_per_step: 3\n"
         "horizon: 10\ntorch_threads: 1\npolicy: {hidden_sizes: [8]}\n"
         "evaluation: {num_tasks: 4, gradient_steps: 2}\n"
     )
@@ -241,7 +241,7 @@ def test_curves_plot_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_direction_split_fits_returns_to_each_iterations_task_draw(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = tiny_config(family="cheetah_direction", iterations=3, horizon=5, episodes_per_task=2,
+    config = tiny_config(family="cheetah_direction", iterations=3, horizon=5, episodes_per_step=2,
                          meta_batch_size=8, seed=4)  # fmt: skip
     run = tmp_path / "run"
     train(config, run, progress=False)
