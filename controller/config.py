@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from controller.artifact import ArtifactMetadata
 from controller.monitor import MonitorSettings
 
-# About twice the largest mean KL that one alpha=0.1 step from a fresh 2x100 initialization on
+# About twice the largest mean KL that one step of step_size (α) 0.1 from a fresh 2x100 initialization on
 # 20 episodes x 200 steps reaches on the paper's families (measured in docs/artifact.md,
 # "Acceptance checks"), so that it refuses only runaway steps. A meta-trained artifact records
 # its own bound, calibrated on its own steps (ArtifactAdaptation.max_kl).

@@ -1,9 +1,9 @@
 """Closed-form derivative products of the Gaussian MLP policy, for the TRPO meta-step's curvature.
 
 The meta-step's constraint has the Hessian sum_i J_i^T F_i J_i (:mod:`meta_train.curvature`):
-J_i = I - alpha H_i, H_i the Hessian of task i's REINFORCE loss at theta, and F_i the Hessian of
-its KL at theta_i' (where the KL's gradient vanishes, so F_i is exactly the Gauss-Newton matrix
-of the mean plus the log-std's diagonal). Each conjugate-gradient iteration needs both products
+J_i = I - α H_i (α the inner step size, ``step_size``), H_i the Hessian of task i's REINFORCE
+loss at theta, and F_i the Hessian of its KL at theta_i' (where the KL's gradient vanishes, so
+F_i is exactly the Gauss-Newton matrix of the mean plus the log-std's diagonal). Each conjugate-gradient iteration needs both products
 for every task. Autograd gets them by differentiating a retained double-backward graph; here
 they are written out for the MLP (forward-mode tangents and Pearlmutter's R-operator on the
 backward pass, Pearlmutter 1994, "Fast exact multiplication by the Hessian"), with the forward

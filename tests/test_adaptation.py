@@ -186,7 +186,7 @@ def test_policy_gradient_loss_is_reinforce_over_valid_steps() -> None:
 
 
 def _manual_sgd_step(params: dict, batch: TaskBatch, step_size: float) -> dict:
-    """theta - alpha grad L with torch.nn layers and torch.distributions."""
+    """theta - step_size * grad L (α) with torch.nn layers and torch.distributions."""
     names = ["hidden.0", "hidden.1", "mean"]
     sizes = [(OBS, 8), (8, 8), (8, ACT)]
     layers = [torch.nn.Linear(n_in, n_out) for n_in, n_out in sizes]

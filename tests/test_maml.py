@@ -248,8 +248,8 @@ def _tiny_two_step_problem(settings: MetaSettings) -> tuple:
     """Per task (batch_0, batch_1); pi_old is theta_2 = adapt(adapt(theta, batch_0), batch_1)."""
     theta, _, valid, _ = _tiny_problem(settings)
     rounds = list(zip(_tiny_batches(1), _tiny_batches(3), strict=True))
-    alpha = settings.adaptation.step_size
-    adapted = [adapt(TINY, adapt(TINY, theta, b0, alpha), b1, alpha) for b0, b1 in rounds]
+    step_size = settings.adaptation.step_size
+    adapted = [adapt(TINY, adapt(TINY, theta, b0, step_size), b1, step_size) for b0, b1 in rounds]
     old = [old_policy(TINY, a, v) for a, v in zip(adapted, valid, strict=True)]
     return theta, rounds, valid, old
 
@@ -262,11 +262,11 @@ def test_two_step_meta_gradient_matches_finite_differences() -> None:
     )
     gradient, _, chains, _ = meta_gradient(TINY, theta, rounds, valid, TINY_TWO)
     torch.testing.assert_close(gradient, numeric, rtol=1e-6, atol=1e-9)
-    alpha = TINY_TWO.adaptation.step_size
+    step_size = TINY_TWO.adaptation.step_size
     for (b0, b1), chain in zip(rounds, chains, strict=True):  # theta_1, theta_2: adapt twice
-        theta_1 = adapt(TINY, theta, b0, alpha)
+        theta_1 = adapt(TINY, theta, b0, step_size)
         assert len(chain) == 2 and all(torch.equal(chain[0][k], theta_1[k]) for k in theta)
-        theta_2 = adapt(TINY, theta_1, b1, alpha)
+        theta_2 = adapt(TINY, theta_1, b1, step_size)
         assert all(torch.equal(chain[1][k], theta_2[k]) for k in theta)
 
     def far(a: torch.Tensor, b: torch.Tensor) -> bool:
