@@ -39,7 +39,7 @@ def _rate(family_name: str, num_tasks: int, episodes: int, threads: int, horizon
         policy,
         seed=0,
         horizon=2,
-    )  # fmt: skip  (builds the simulator once)
+    )  # builds the simulator once
 
     def run() -> float:
         seed = next(seeds)
@@ -71,21 +71,27 @@ def bench_damage(
                 for name in names:
                     best[name] = max(best[name], runs[name]())
             results[robot] = {
-                "simulations": num_tasks * episodes_per_task, "horizon": horizon,
+                "simulations": num_tasks * episodes_per_task,
+                "horizon": horizon,
                 **{f"{name}_steps_per_s": rate for name, rate in best.items()},
                 "ratio": best[names[1]] / best[names[0]],
-            }  # fmt: skip
+            }
     results["settings"] = {
-        "threads": num_threads, "rounds": rounds, "cpus": os.cpu_count(),
-        "load_average_1min": [load_before, os.getloadavg()[0]], "mujoco": mujoco.__version__,
-    }  # fmt: skip
+        "threads": num_threads,
+        "rounds": rounds,
+        "cpus": os.cpu_count(),
+        "load_average_1min": [load_before, os.getloadavg()[0]],
+        "mujoco": mujoco.__version__,
+    }
     print(format_table(results))
     return results
 
 
 def format_table(results: dict[str, Any]) -> str:
-    lines = ["| robot | sims x horizon | velocity family | damage family | damage / velocity |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| robot | sims x horizon | velocity family | damage family | damage / velocity |",
+        "|---|---|---|---|---|",
+    ]
     for robot, (velocity, damage) in PAIRS.items():
         if robot in results:
             r = results[robot]

@@ -181,14 +181,26 @@ def in_process_costs(artifact: Path, blocks: int = 40, per_block: int = 1000) ->
 
         def server_step() -> None:
             n = next(seq)
-            header = {"type": MessageType.STEP, "seq": n, "session": session,
-                      "dtype": "<f4", "reward": 0.0, "done": n % 200 == 0}  # fmt: skip
+            header = {
+                "type": MessageType.STEP,
+                "seq": n,
+                "session": session,
+                "dtype": "<f4",
+                "reward": 0.0,
+                "done": n % 200 == 0,
+            }
             frames = encode(header, [observation])
             server._handle(envelope + frames)
 
         def encode_only() -> None:
-            header = {"type": MessageType.STEP, "seq": 2, "session": session,
-                      "dtype": "<f4", "reward": 0.0, "done": False}  # fmt: skip
+            header = {
+                "type": MessageType.STEP,
+                "seq": 2,
+                "session": session,
+                "dtype": "<f4",
+                "reward": 0.0,
+                "done": False,
+            }
             encode(header, [observation])
 
         encoding = _block_minimum(encode_only, blocks, per_block)
@@ -261,8 +273,14 @@ def _measure(
     context = zmq.Context()
     echo = context.socket(zmq.REQ)
     echo.connect(echo_endpoint)
-    header = {"type": "step", "seq": 1, "session": "0" * 32, "dtype": "<f4", "reward": 0.0,
-              "done": False}  # fmt: skip
+    header = {
+        "type": "step",
+        "seq": 1,
+        "session": "0" * 32,
+        "dtype": "<f4",
+        "reward": 0.0,
+        "done": False,
+    }
     frames = encode(header, [observation])  # the same bytes a link STEP carries
 
     def echo_call() -> None:
@@ -297,15 +315,19 @@ def _print(result: dict[str, Any]) -> None:
     for name, trip in result["round_trip"].items():
         print(f"{name:<6} {trip['p50_us']:>9.1f} {trip['p99_us']:>9.1f} {trip['p99.9_us']:>9.1f}")
     link_p99 = result["round_trip"]["link"]["p99_us"]
-    print(f"link/echo p50 ratio {result['p50_ratio']:.2f} (goal <= 1.5); link p99 {link_p99:.0f} µs "
-          "(goal <= 300)")  # fmt: skip
+    print(
+        f"link/echo p50 ratio {result['p50_ratio']:.2f} (goal <= 1.5); link p99 {link_p99:.0f} µs "
+        "(goal <= 300)"
+    )
     loop = result["control_loop_1khz"]
     print(f"\n1 kHz control loop, {loop['duration_s']:g} s")
     print(f"{'path':<6} {'ticks':>7} {'> 1 ms':>7} {'missed':>7} {'worst µs':>9}")
     for name in ("link", "echo"):
         row = loop[name]
-        print(f"{name:<6} {row['ticks']:>7} {row['late_replies']:>7} {row['missed_ticks']:>7} "
-              f"{row['worst_us']:>9.0f}")  # fmt: skip
+        print(
+            f"{name:<6} {row['ticks']:>7} {row['late_replies']:>7} {row['missed_ticks']:>7} "
+            f"{row['worst_us']:>9.0f}"
+        )
     print(f"safe actions from the link client: {result['link_safe_actions']}")
     costs = result["in_process"]
     print(

@@ -25,8 +25,17 @@ from sim.sampler import BatchSampler
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FAMILIES = ("cheetah_velocity", "ant_velocity", "navigation2d")
 GOAL_OUTER_OVER_SAMPLING = 0.5
-KEYS = ("sampling_s", "inner_s", "outer_s", "gradient_s", "hvp_s", "hvp_calls", "line_search_s",
-        "total_s", "length_after")  # fmt: skip
+KEYS = (
+    "sampling_s",
+    "inner_s",
+    "outer_s",
+    "gradient_s",
+    "hvp_s",
+    "hvp_calls",
+    "line_search_s",
+    "total_s",
+    "length_after",
+)
 
 
 def bench_family(family_name: str, iterations: int = 2) -> dict[str, Any]:
@@ -43,9 +52,13 @@ def bench_family(family_name: str, iterations: int = 2) -> dict[str, Any]:
         rows.append({k: record[k] for k in KEYS})
     best = min(rows, key=lambda r: r["total_s"])
     best["outer_over_sampling"] = best["outer_s"] / best["sampling_s"]
-    return {"family": family_name, "iterations": rows, "best": best,
-            "meta_batch_size": config.meta_batch_size,
-            "episodes_per_step": config.episodes_per_step}  # fmt: skip
+    return {
+        "family": family_name,
+        "iterations": rows,
+        "best": best,
+        "meta_batch_size": config.meta_batch_size,
+        "episodes_per_step": config.episodes_per_step,
+    }
 
 
 def bench_meta(iterations: int = 2, families: tuple[str, ...] = FAMILIES) -> dict[str, Any]:
@@ -69,8 +82,10 @@ def format_table(results: dict[str, Any]) -> str:
             f"{b['line_search_s']:.2f}) | {b['total_s']:.2f} | "
             f"{b['outer_over_sampling']:.2f} ({ok}) | {b['length_after']:.0f} |"
         )
-    lines.append(f"\nBest of {len(next(iter(results.values()))['iterations'])} iterations each "
-                 "(the fastest total), from each config's initial parameters.")  # fmt: skip
+    lines.append(
+        f"\nBest of {len(next(iter(results.values()))['iterations'])} iterations each "
+        "(the fastest total), from each config's initial parameters."
+    )
     return "\n".join(lines)
 
 

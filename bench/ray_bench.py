@@ -39,9 +39,14 @@ class _Iteration:
     """The sampling of one meta-iteration: train episodes, then valid episodes."""
 
     def __init__(
-        self, tasks: list[Task], episodes: int, horizon: int, spec: PolicySpec,
-        params: Params, adapted: Params,
-    ) -> None:  # fmt: skip
+        self,
+        tasks: list[Task],
+        episodes: int,
+        horizon: int,
+        spec: PolicySpec,
+        params: Params,
+        adapted: Params,
+    ) -> None:
         self.tasks, self.episodes, self.horizon = tasks, episodes, horizon
         self.spec, self.params, self.adapted = spec, params, adapted
 
@@ -49,13 +54,19 @@ class _Iteration:
         """Seconds for both rounds, and their episodes."""
         start = time.perf_counter()
         train = sampler.sample(
-            self.tasks, self.episodes, SamplingPolicy(self.spec, self.params, seed), seed,
+            self.tasks,
+            self.episodes,
+            SamplingPolicy(self.spec, self.params, seed),
+            seed,
             self.horizon,
-        )  # fmt: skip
+        )
         valid = sampler.sample(
-            self.tasks, self.episodes, SamplingPolicy(self.spec, self.adapted, seed + 1),
-            seed + 1, self.horizon,
-        )  # fmt: skip
+            self.tasks,
+            self.episodes,
+            SamplingPolicy(self.spec, self.adapted, seed + 1),
+            seed + 1,
+            self.horizon,
+        )
         return time.perf_counter() - start, train, valid
 
 
@@ -70,8 +81,9 @@ def _measure(
     samplers: dict[str, EpisodeSampler], iteration: _Iteration, rounds: int
 ) -> tuple[dict[str, float], dict[str, bool], int]:
     """Best seconds and sameness as the first (local) contender, by name; env steps."""
-    warm = _Iteration(iteration.tasks, iteration.episodes, 2, iteration.spec, iteration.params,
-                      iteration.adapted)  # fmt: skip
+    warm = _Iteration(
+        iteration.tasks, iteration.episodes, 2, iteration.spec, iteration.params, iteration.adapted
+    )
     for sampler in samplers.values():
         warm.run(sampler, seed=0)  # builds each worker's simulators once
     best = dict.fromkeys(samplers, float("inf"))
@@ -93,9 +105,12 @@ def _measure(
 
 
 def bench_ray(
-    num_tasks: int = 40, episodes_per_task: int = 20, horizon: int = 200, cores: int = 2,
+    num_tasks: int = 40,
+    episodes_per_task: int = 20,
+    horizon: int = 200,
+    cores: int = 2,
     rounds: int = 2,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Measure and print the table; returns the numbers (JSON-ready). Best of ``rounds``."""
     ray = import_ray()
     started_ray = not ray.is_initialized()
@@ -109,10 +124,13 @@ def bench_ray(
     family = get_family("cheetah_velocity")
     spec = PolicySpec(observation_size=family.observation_size, action_size=family.action_size)
     iteration = _Iteration(
-        family.sample_tasks(np.random.default_rng(0), num_tasks), episodes_per_task, horizon,
-        spec, init_params(spec, 0),
+        family.sample_tasks(np.random.default_rng(0), num_tasks),
+        episodes_per_task,
+        horizon,
+        spec,
+        init_params(spec, 0),
         stack_params([init_params(spec, seed) for seed in range(1, num_tasks + 1)]),
-    )  # fmt: skip
+    )
     samplers: dict[str, EpisodeSampler] = {"local": BatchSampler(family, cores)}
     startup: dict[str, float] = {}
     for workers, threads in dict.fromkeys([(1, cores), (cores, 1)]):  # one of each if cores = 1

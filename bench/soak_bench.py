@@ -37,10 +37,22 @@ def start_server(artifact: Path, endpoint: str, journal: Path, log: Path) -> sub
     """``python -m controller.link serve`` once it is bound (its stderr appended to ``log``)."""
     with open(log, "a") as errors:
         process = subprocess.Popen(
-            [sys.executable, "-m", "controller.link", "serve", str(artifact), "--bind", endpoint,
-             "--journal-dir", str(journal)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=errors, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "controller.link",
+                "serve",
+                str(artifact),
+                "--bind",
+                endpoint,
+                "--journal-dir",
+                str(journal),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
     assert process.stdout is not None
     line = process.stdout.readline()
     if "serving" not in line:
@@ -53,12 +65,34 @@ def start_robot(endpoint: str, index: int, seconds: float, log: Path) -> subproc
     """``python -m controller.link sim-robot`` soaking for ``seconds`` (stderr to ``log``)."""
     with open(log, "a") as errors:
         return subprocess.Popen(
-        [sys.executable, "-m", "controller.link", "sim-robot", "--connect", endpoint,
-         "--target-velocity", str(VELOCITIES[index % len(VELOCITIES)]), "--episodes", str(K),
-         "--adapted-episodes", "0", "--rate-hz", str(RATE_HZ), "--duration-s", str(seconds),
-         "--deadline-ms", "50", "--seed", str(index), "--json"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=errors, text=True,
-    )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "controller.link",
+                "sim-robot",
+                "--connect",
+                endpoint,
+                "--target-velocity",
+                str(VELOCITIES[index % len(VELOCITIES)]),
+                "--episodes",
+                str(K),
+                "--adapted-episodes",
+                "0",
+                "--rate-hz",
+                str(RATE_HZ),
+                "--duration-s",
+                str(seconds),
+                "--deadline-ms",
+                "50",
+                "--seed",
+                str(index),
+                "--json",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
 
 
 class Operator:
@@ -70,8 +104,9 @@ class Operator:
         self.thread = threading.Thread(target=self._run, name="soak-operator", daemon=True)
 
     def _run(self) -> None:
-        client = RobotClient(self.endpoint, 50, timeout_ms=5000, adapt_timeout_ms=30_000,
-                             name="operator")  # fmt: skip
+        client = RobotClient(
+            self.endpoint, 50, timeout_ms=5000, adapt_timeout_ms=30_000, name="operator"
+        )
         start = time.monotonic()
         for i in range(self.swaps):
             time.sleep(
@@ -104,8 +139,17 @@ def bench_soak(
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         settings = AdaptationSettings(step_size=0.01)
-        paths = [fresh_artifact(root / f"init{i}", FAMILY, seed=i, episodes_per_step=K,
-                                horizon=HORIZON, settings=settings) for i in range(2)]  # fmt: skip
+        paths = [
+            fresh_artifact(
+                root / f"init{i}",
+                FAMILY,
+                seed=i,
+                episodes_per_step=K,
+                horizon=HORIZON,
+                settings=settings,
+            )
+            for i in range(2)
+        ]
         endpoint, journal, log = free_tcp_endpoint(), root / "journal", root / "server.log"
         server = start_server(paths[0], endpoint, journal, log)
         fleet = [start_robot(endpoint, i, seconds, root / f"robot{i}.log") for i in range(robots)]
@@ -131,9 +175,12 @@ def bench_soak(
 
 
 def report(
-    results: list[dict[str, Any]], operator: Operator, in_journal: int, minutes: float,
+    results: list[dict[str, Any]],
+    operator: Operator,
+    in_journal: int,
+    minutes: float,
     restarts: int,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """The soak's figures and goals from the robots' results; printed."""
     episodes = [e for r in results for e in r["before"] + r["after"]]
     recorded = sum(e["recorded"] for e in episodes)

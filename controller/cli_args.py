@@ -90,21 +90,34 @@ def task_from_args(args: argparse.Namespace) -> Task:
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="controller config YAML (fields of ControllerConfig)")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="override a ControllerConfig field, e.g. --set seed=3")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a ControllerConfig field, e.g. --set seed=3",
+    )
 
 
 def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-velocity", type=float, help="velocity families: v* (m/s)")
     parser.add_argument("--direction", type=int, choices=(-1, 1), help="direction families")
     parser.add_argument("--goal", type=float, nargs=2, metavar=("X", "Y"), help="2D navigation")
-    parser.add_argument("--motor", action="append", metavar="NAME=GAIN",
-                        help="damage families: scale motor NAME's strength by GAIN in [0, 1] "
-                        "(0: dead); repeatable")  # fmt: skip
-    parser.add_argument("--payload", type=float, metavar="KG",
-                        help="damage families: mass added to the torso (kg)")  # fmt: skip
-    parser.add_argument("--friction", type=float, metavar="X",
-                        help="damage families: scale of every contact's friction")  # fmt: skip
+    parser.add_argument(
+        "--motor",
+        action="append",
+        metavar="NAME=GAIN",
+        help="damage families: scale motor NAME's strength by GAIN in [0, 1] (0: dead); repeatable",
+    )
+    parser.add_argument(
+        "--payload", type=float, metavar="KG", help="damage families: mass added to the torso (kg)"
+    )
+    parser.add_argument(
+        "--friction",
+        type=float,
+        metavar="X",
+        help="damage families: scale of every contact's friction",
+    )
 
 
 def body_given(args: argparse.Namespace) -> bool:

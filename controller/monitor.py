@@ -116,8 +116,12 @@ class ReturnMonitor:
     def status(self) -> dict[str, Any]:
         limit = self.limit()
         mean = float(np.mean(self._reference)) if self._reference else None
-        return {"reference_episodes": len(self._reference), "reference_mean": mean,
-                "low_limit": limit, "low_in_a_row": len(self._low)}  # fmt: skip
+        return {
+            "reference_episodes": len(self._reference),
+            "reference_mean": mean,
+            "low_limit": limit,
+            "low_in_a_row": len(self._low),
+        }
 
 
 State = Literal["watching", "collecting"]
@@ -141,8 +145,9 @@ class Recovery:
         low = self.monitor.observe(episode.episode_return(), episode.episode_id)
         if low is None:
             return
-        self.events.append({"kind": "drop", "episode": episode.episode_id, "low": low,
-                            "time": time.monotonic()})  # fmt: skip
+        self.events.append(
+            {"kind": "drop", "episode": episode.episode_id, "low": low, "time": time.monotonic()}
+        )
         if not self.settings.adapt:
             self.monitor.restart()
             return
@@ -158,9 +163,15 @@ class Recovery:
         if status["episodes_ready"] < status["episodes_per_step"]:
             return
         report = controller.adapt()
-        self.events.append({"kind": "adapted" if report.accepted else "rejected",
-                            "episode": episode.episode_id, "reason": report.reason,
-                            "policy_id": report.policy_id, "time": time.monotonic()})  # fmt: skip
+        self.events.append(
+            {
+                "kind": "adapted" if report.accepted else "rejected",
+                "episode": episode.episode_id,
+                "reason": report.reason,
+                "policy_id": report.policy_id,
+                "time": time.monotonic(),
+            }
+        )
         self.state = "watching"
         self.monitor.restart()
 

@@ -12,9 +12,13 @@ from typing import Any
 # install, and an install with fewer extras must still get a clear message (see ``main``).
 
 COMMAND_EXTRAS = {
-    "train": "train", "eval": "train", "curves": "train", "run": "train,video",
-    "serve": "runtime", "sim-robot": "runtime,sim",
-}  # fmt: skip
+    "train": "train",
+    "eval": "train",
+    "curves": "train",
+    "run": "train,video",
+    "serve": "runtime",
+    "sim-robot": "runtime,sim",
+}
 """The extras each command needs (pyproject.toml, [project.optional-dependencies])."""
 
 
@@ -52,14 +56,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         board = TensorBoardLog(args.tensorboard)
         print(f"TensorBoard scalars -> {board.log_dir} (tensorboard --logdir {board.log_dir})")
     try:
-        state = train(config, out, resume=args.resume, progress=not args.quiet,
-                      max_iterations=args.max_iterations,
-                      on_record=None if board is None else board.write)  # fmt: skip
+        state = train(
+            config,
+            out,
+            resume=args.resume,
+            progress=not args.quiet,
+            max_iterations=args.max_iterations,
+            on_record=None if board is None else board.write,
+        )
     finally:
         if board is not None:
             board.close()
-    print(f"done at iteration {state.iteration}; best average return {state.best_return:.2f} "
-          f"(iteration {state.best_iteration}); artifact: {out / 'artifact'}")  # fmt: skip
+    print(
+        f"done at iteration {state.iteration}; best average return {state.best_return:.2f} "
+        f"(iteration {state.best_iteration}); artifact: {out / 'artifact'}"
+    )
     return 0
 
 
@@ -92,9 +103,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
             continue
         artifact = load_artifact(path)
         check_artifact_use(artifact.metadata, family, oracle=name == "oracle", flag=f"--{name}")
-        provenance[name] = {"artifact": str(path), "digest": artifact.digest,
-                            "training": {k: artifact.metadata.training.get(k) for k in
-                                         ("iterations_done", "best_iteration", "best_return")}}  # fmt: skip
+        provenance[name] = {
+            "artifact": str(path),
+            "digest": artifact.digest,
+            "training": {
+                k: artifact.metadata.training.get(k)
+                for k in ("iterations_done", "best_iteration", "best_return")
+            },
+        }
         oracle = name == "oracle"
         trained = artifact.metadata.adaptation.settings  # discount, baseline, step sizes
         if name == "maml":  # the step sizes it was meta-trained for
@@ -105,17 +121,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
             sizes = paper.comparator_step_sizes(family.name, name, cfg.gradient_steps)
         print(f"evaluating {name} ({path}) on {len(tasks)} test tasks ...", flush=True)
         results[name] = ev.evaluate_method(
-            sampler, artifact.spec, artifact.params, tasks, episodes_per_step, sizes, trained,
-            seed=cfg.task_seed + 1, task_features=oracle, horizon=config.horizon,
-        )  # fmt: skip
+            sampler,
+            artifact.spec,
+            artifact.params,
+            tasks,
+            episodes_per_step,
+            sizes,
+            trained,
+            seed=cfg.task_seed + 1,
+            task_features=oracle,
+            horizon=config.horizon,
+        )
     if args.random:
         spec = policy_spec(config.model_copy(update={"mode": "maml"}), family)
         sizes = paper.comparator_step_sizes(family.name, "random", cfg.gradient_steps)
         print("evaluating random initialization ...", flush=True)
         results["random"] = ev.evaluate_method(
-            sampler, spec, init_params(spec, config.seed + 1), tasks, episodes_per_step, sizes, config.adaptation,
-            seed=cfg.task_seed + 1, horizon=config.horizon,
-        )  # fmt: skip
+            sampler,
+            spec,
+            init_params(spec, config.seed + 1),
+            tasks,
+            episodes_per_step,
+            sizes,
+            config.adaptation,
+            seed=cfg.task_seed + 1,
+            horizon=config.horizon,
+        )
     if not results:
         raise ConfigError("nothing to evaluate: give --maml, --pretrained, --oracle or --random")
     document = report.results_document(family, tasks, results, provenance)
@@ -146,9 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="meta-train (or train a comparator) from a config file")
-    p.add_argument("config", nargs="?",
-                   help="YAML config, e.g. configs/cheetah_velocity.yaml; omit it with --resume "
-                   "to continue with the run's own config.yaml")  # fmt: skip
+    p.add_argument(
+        "config",
+        nargs="?",
+        help="YAML config, e.g. configs/cheetah_velocity.yaml; omit it with --resume "
+        "to continue with the run's own config.yaml",
+    )
     p.add_argument("--out", help="run directory (default runs/<config>-<mode>-s<seed>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument(
@@ -160,9 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-iterations", type=int, help="stop after this many iterations now")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--tensorboard", metavar="DIR",
-                   help="also write each iteration's log record as TensorBoard scalars in DIR "
-                   "(needs the tensorboard extra)")  # fmt: skip
+    p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        help="also write each iteration's log record as TensorBoard scalars in DIR "
+        "(needs the tensorboard extra)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="the paper's test protocol on held-out tasks")
@@ -178,12 +215,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("curves", help="plot training curves (return before/after adaptation)")
     p.add_argument("runs", nargs="+", help="run directories (with log.jsonl)")
     p.add_argument("--out", default="curves.png", help="PNG to write")
-    p.add_argument("--by-direction", action="store_true",
-                   help="direction families: print the training return of backward and forward "
-                   "tasks (fitted to each iteration's task draw) instead of plotting")  # fmt: skip
-    p.add_argument("--table", type=int, metavar="N",
-                   help="print means over windows of N iterations (returns before and after "
-                   "adaptation, gain, episode length, seconds) instead of plotting")  # fmt: skip
+    p.add_argument(
+        "--by-direction",
+        action="store_true",
+        help="direction families: print the training return of backward and forward "
+        "tasks (fitted to each iteration's task draw) instead of plotting",
+    )
+    p.add_argument(
+        "--table",
+        type=int,
+        metavar="N",
+        help="print means over windows of N iterations (returns before and after "
+        "adaptation, gain, episode length, seconds) instead of plotting",
+    )
     p.set_defaults(func=cmd_curves)
 
     try:
@@ -202,24 +246,32 @@ def _add_unavailable(sub: Any, commands: tuple[str, ...], error: ModuleNotFoundE
         raise error
 
     for command in commands:
-        p = sub.add_parser(command, help=f"(needs: pip install 'adaptctl[{COMMAND_EXTRAS[command]}]')",
-                           add_help=False)  # fmt: skip
+        p = sub.add_parser(
+            command,
+            help=f"(needs: pip install 'adaptctl[{COMMAND_EXTRAS[command]}]')",
+            add_help=False,
+        )
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=fail)
 
 
 def _missing_extra(command: str, error: ModuleNotFoundError) -> str:
     extras = COMMAND_EXTRAS.get(command, "train")
-    return (f"'adaptctl {command}' needs the package {error.name!r}, which is not installed; "
-            f"install the extras it needs: pip install 'adaptctl[{extras}]'")  # fmt: skip
+    return (
+        f"'adaptctl {command}' needs the package {error.name!r}, which is not installed; "
+        f"install the extras it needs: pip install 'adaptctl[{extras}]'"
+    )
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the input's fault (printed without a traceback), of modules loaded."""
     errors: list[type[BaseException]] = [ValueError, FileNotFoundError]
-    for module, name in (("meta_train.trainer", "RunDirError"), ("controller.video", "VideoError"),
-                         ("sim.render", "RenderError"),
-                         ("meta_train.tensorboard_log", "TensorBoardUnavailable")):  # fmt: skip
+    for module, name in (
+        ("meta_train.trainer", "RunDirError"),
+        ("controller.video", "VideoError"),
+        ("sim.render", "RenderError"),
+        ("meta_train.tensorboard_log", "TensorBoardUnavailable"),
+    ):
         if module in sys.modules:
             errors.append(getattr(sys.modules[module], name))
     return tuple(errors)

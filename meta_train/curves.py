@@ -74,8 +74,10 @@ def plot_curves(run_dirs: Sequence[str | Path], path: str | Path, window: int = 
     for column, (run_dir, records) in enumerate(zip(run_dirs, logs, strict=True)):
         for row, (quantity, ylabel) in enumerate(panels):
             ax = axes[row][column]
-            for key, color, label in ((f"{quantity}_before", "tab:gray", "before adaptation"),
-                                      (f"{quantity}_after", "tab:red", "after adaptation")):  # fmt: skip
+            for key, color, label in (
+                (f"{quantity}_before", "tab:gray", "before adaptation"),
+                (f"{quantity}_after", "tab:red", "after adaptation"),
+            ):
                 kept = [r for r in records if key in r]
                 if not kept:
                     continue

@@ -71,10 +71,17 @@ class MethodResult(NamedTuple):
 
 
 def evaluate_method(
-    sampler: EpisodeSampler, spec: PolicySpec, params: Params, tasks: Sequence[Task],
-    episodes_per_step: int, step_sizes: Sequence[float], settings: AdaptationSettings,
-    seed: int, task_features: bool = False, horizon: int | None = None,
-) -> MethodResult:  # fmt: skip
+    sampler: EpisodeSampler,
+    spec: PolicySpec,
+    params: Params,
+    tasks: Sequence[Task],
+    episodes_per_step: int,
+    step_sizes: Sequence[float],
+    settings: AdaptationSettings,
+    seed: int,
+    task_features: bool = False,
+    horizon: int | None = None,
+) -> MethodResult:
     """Sample, adapt each task's policy with step_sizes[s], sample again, ..."""
     per_task = [params] * len(tasks)
     rows, stats = [], []

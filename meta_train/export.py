@@ -141,9 +141,15 @@ def set_kl_bound(path: str | Path) -> float:
     )
     training = {**artifact.metadata.training, "max_kl_calibration": record}
     save_artifact(
-        path, artifact.spec, artifact.params, family=artifact.metadata.family,
-        layout=artifact.layout, adaptation=adaptation, training=training, overwrite=True,
-    )  # fmt: skip
+        path,
+        artifact.spec,
+        artifact.params,
+        family=artifact.metadata.family,
+        layout=artifact.layout,
+        adaptation=adaptation,
+        training=training,
+        overwrite=True,
+    )
     assert adaptation.max_kl is not None
     return adaptation.max_kl
 

@@ -131,8 +131,10 @@ def inner_chain(
         chain.append(current)
     if create_graph and first_order:
         # Value theta_k, derivative I: the first-order approximation (Finn et al. 2017, sec. 5.2).
-        chain = [{name: params[name] + (a[name] - params[name]).detach() for name in params}
-                 for a in chain]  # fmt: skip
+        chain = [
+            {name: params[name] + (a[name] - params[name]).detach() for name in params}
+            for a in chain
+        ]
     return chain
 
 
@@ -147,8 +149,9 @@ def meta_objective(
     """(mean surrogate over tasks, pooled mean KL) as differentiable functions of ``params``."""
     surrogates, kl_total = [], params["log_std"].new_zeros(())
     for train_i, valid_i, old_i in zip(task_rounds(train, settings), valid, old, strict=True):
-        adapted = inner_chain(spec, params, train_i, settings.adaptation.step_size,
-                              settings.first_order)[-1]  # fmt: skip
+        adapted = inner_chain(
+            spec, params, train_i, settings.adaptation.step_size, settings.first_order
+        )[-1]
         surrogate, kl_sum = valid_objectives(spec, adapted, valid_i, old_i)
         surrogates.append(surrogate)
         kl_total = kl_total + kl_sum
@@ -173,10 +176,16 @@ def adapted_params_for_tasks(
             f"{len(rounds)} rounds of train episodes for {settings.inner_steps} inner steps"
         )
     return [
-        inner_chain(spec, params, [task_batch(r, i, settings.adaptation) for r in rounds],
-                    settings.adaptation.step_size, first_order=False, create_graph=False)[-1]
+        inner_chain(
+            spec,
+            params,
+            [task_batch(r, i, settings.adaptation) for r in rounds],
+            settings.adaptation.step_size,
+            first_order=False,
+            create_graph=False,
+        )[-1]
         for i in range(rounds[0].num_tasks)
-    ]  # fmt: skip
+    ]
 
 
 def task_rounds(train: Sequence[InnerBatches], settings: MetaSettings) -> list[Sequence[TaskBatch]]:

@@ -42,9 +42,13 @@ class OneStepReport:
 
 
 def one_step_report(
-    artifact_dir: str, num_tasks: int = 40, episodes_per_step: int = 40, seed: int = 7, threads: int = 1,
+    artifact_dir: str,
+    num_tasks: int = 40,
+    episodes_per_step: int = 40,
+    seed: int = 7,
+    threads: int = 1,
     task_draw: TaskDraw = "paper",
-) -> OneStepReport:  # fmt: skip
+) -> OneStepReport:
     artifact = load_artifact(artifact_dir)
     spec, params = artifact.spec, artifact.params
     settings = artifact.metadata.adaptation.settings
@@ -73,9 +77,12 @@ def one_step_report(
         rest = float(np.linalg.norm(ends - goals, axis=1).mean())
         start = float(np.linalg.norm(goals, axis=1).mean())
     return OneStepReport(
-        float(after.returns().mean()), float(deterministic.returns().mean()),
-        float(np.mean(change)), rest, start,
-    )  # fmt: skip
+        float(after.returns().mean()),
+        float(deterministic.returns().mean()),
+        float(np.mean(change)),
+        rest,
+        start,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  return, mean actions only      {report.mean_action_return:8.2f}")
     print(f"  log-std change (mean |d|)      {report.log_std_change:8.3f}")
     if report.rest_error is not None:
-        print(f"  mean policy ends from goal     {report.rest_error:8.3f}"
-              f"  (goals start {report.start_distance:.3f} away)")  # fmt: skip
+        print(
+            f"  mean policy ends from goal     {report.rest_error:8.3f}"
+            f"  (goals start {report.start_distance:.3f} away)"
+        )
     return 0
 
 

@@ -118,9 +118,14 @@ class RolloutWorker:
         """Episodes of tasks ``start:stop`` of the job; ``params`` are the whole job's."""
         policy = SamplingPolicy(job.spec, params, job.policy_seed, job.policy_offset)
         return self.sampler.sample(
-            job.tasks[start:stop], job.episodes_per_task, policy.shard(start, stop), job.seed,
-            job.horizon, job.task_features, task_offset=start,
-        )  # fmt: skip
+            job.tasks[start:stop],
+            job.episodes_per_task,
+            policy.shard(start, stop),
+            job.seed,
+            job.horizon,
+            job.task_features,
+            task_offset=start,
+        )
 
 
 @dataclass
@@ -141,9 +146,14 @@ class RaySampler:
     """
 
     def __init__(
-        self, family: Family, workers: int, num_threads: int = 1, address: str | None = None,
-        ready_timeout_s: float = 300.0, max_replacements: int = 2,
-    ) -> None:  # fmt: skip
+        self,
+        family: Family,
+        workers: int,
+        num_threads: int = 1,
+        address: str | None = None,
+        ready_timeout_s: float = 300.0,
+        max_replacements: int = 2,
+    ) -> None:
         if workers < 1 or num_threads < 1:
             raise ValueError(
                 f"need workers >= 1 and num_threads >= 1, got {workers}, {num_threads}"
@@ -166,18 +176,28 @@ class RaySampler:
         self._wait_ready(self.workers)
 
     def sample(
-        self, tasks: Sequence[Task], episodes_per_task: int, policy: SamplingPolicy, seed: int,
-        horizon: int | None = None, task_features: bool = False,
-    ) -> Episodes:  # fmt: skip
+        self,
+        tasks: Sequence[Task],
+        episodes_per_task: int,
+        policy: SamplingPolicy,
+        seed: int,
+        horizon: int | None = None,
+        task_features: bool = False,
+    ) -> Episodes:
         """As :meth:`BatchSampler.sample`; ``policy`` must be a fresh SamplingPolicy."""
         return self.gather(
             self.submit(tasks, episodes_per_task, policy, seed, horizon, task_features)
         )
 
     def submit(
-        self, tasks: Sequence[Task], episodes_per_task: int, policy: SamplingPolicy, seed: int,
-        horizon: int | None = None, task_features: bool = False,
-    ) -> Submission:  # fmt: skip
+        self,
+        tasks: Sequence[Task],
+        episodes_per_task: int,
+        policy: SamplingPolicy,
+        seed: int,
+        horizon: int | None = None,
+        task_features: bool = False,
+    ) -> Submission:
         """Start a ``sample`` call on the workers; :meth:`gather` waits for it."""
         if not isinstance(policy, SamplingPolicy):
             raise TypeError(
@@ -196,9 +216,15 @@ class RaySampler:
                 f"got {len(tasks)} tasks and a policy for {policy.num_tasks}"
             )
         job = _Job(
-            tasks, episodes_per_task, policy.spec, policy.seed, policy.task_offset, seed,
-            horizon, task_features,
-        )  # fmt: skip
+            tasks,
+            episodes_per_task,
+            policy.spec,
+            policy.seed,
+            policy.task_offset,
+            seed,
+            horizon,
+            task_features,
+        )
         params_ref = self._ray.put(policy.params)  # once per call; workers read it by reference
         shards = contiguous_shards(len(tasks), len(self.workers))
         refs = [

@@ -17,9 +17,11 @@ from sim.tasks import Task, task_to_dict
 
 
 def results_document(
-    family: Family, tasks: Sequence[Task], results: dict[str, MethodResult],
+    family: Family,
+    tasks: Sequence[Task],
+    results: dict[str, MethodResult],
     provenance: dict[str, Any],
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     return {
         "family": family.name,
         "num_tasks": len(tasks),
@@ -53,8 +55,11 @@ def format_table(document: dict[str, Any]) -> str:
     methods = document["methods"]
     steps = max(len(m["mean"]) for m in methods.values())
     header = f"{'method':<11}" + "".join(f"{'step ' + str(s):>22}" for s in range(steps))
-    lines = [f"{document['family']}: mean return over {document['num_tasks']} test tasks "
-             "± standard error (paper in brackets)", header]  # fmt: skip
+    lines = [
+        f"{document['family']}: mean return over {document['num_tasks']} test tasks "
+        "± standard error (paper in brackets)",
+        header,
+    ]
     for name, m in methods.items():
         paper = document["paper"].get(name, [])
         cells = []
@@ -62,13 +67,16 @@ def format_table(document: dict[str, Any]) -> str:
             ref = f" [{paper[s]:.1f}]" if s < len(paper) else ""
             cells.append(f"{m['mean'][s]:.1f}±{m['stderr'][s]:.1f}{ref}".rjust(22))
         lines.append(f"{name:<11}" + "".join(cells))
-    with_errors = {name: m["velocity_error"] for name, m in methods.items()
-                   if "velocity_error" in m}  # fmt: skip
+    with_errors = {
+        name: m["velocity_error"] for name, m in methods.items() if "velocity_error" in m
+    }
     if with_errors:
         lines += ["", "mean |v - v*| (m/s) over the same episodes ± standard error", header]
         for name, error in with_errors.items():
-            cells = [f"{mu:.3f}±{se:.3f}".rjust(22)
-                     for mu, se in zip(error["mean"], error["stderr"], strict=True)]  # fmt: skip
+            cells = [
+                f"{mu:.3f}±{se:.3f}".rjust(22)
+                for mu, se in zip(error["mean"], error["stderr"], strict=True)
+            ]
             lines.append(f"{name:<11}" + "".join(cells))
     return "\n".join(lines)
 
@@ -81,8 +89,12 @@ def plot_results(documents: Sequence[dict[str, Any]], path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(documents), figsize=(4.2 * len(documents), 3.4), squeeze=False)
-    styles = {"maml": ("tab:red", "o"), "pretrained": ("tab:blue", "s"),
-              "random": ("tab:gray", "^"), "oracle": ("tab:green", None)}  # fmt: skip
+    styles = {
+        "maml": ("tab:red", "o"),
+        "pretrained": ("tab:blue", "s"),
+        "random": ("tab:gray", "^"),
+        "oracle": ("tab:green", None),
+    }
     for ax, doc in zip(axes[0], documents, strict=True):
         steps = max(len(m["mean"]) for m in doc["methods"].values())
         for name, m in doc["methods"].items():
@@ -99,8 +111,14 @@ def plot_results(documents: Sequence[dict[str, Any]], path: str | Path) -> None:
             ax.errorbar(x, mean, yerr=err, color=color, marker=marker, capsize=3, label=name)
             paper = doc.get("paper", {}).get(name, [])
             if len(paper) > 1:  # the paper's curve, faint, for comparison
-                ax.plot(range(len(paper)), paper, color=color, linestyle=":", alpha=0.5,
-                        label=f"{name} (paper)")  # fmt: skip
+                ax.plot(
+                    range(len(paper)),
+                    paper,
+                    color=color,
+                    linestyle=":",
+                    alpha=0.5,
+                    label=f"{name} (paper)",
+                )
         ax.set_title(doc["family"])
         ax.set_xlabel("number of gradient steps")
         ax.set_xticks(range(steps))
@@ -136,8 +154,9 @@ def plot_velocity_tracking(document: dict[str, Any], path: str | Path) -> None:
     methods = {n: m for n, m in document["methods"].items() if "velocity_per_task" in m}
     targets = np.array([t["velocity"] for t in document["tasks"]])
     order = np.argsort(targets)
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.4), squeeze=False,
-                             sharey=True)  # fmt: skip
+    fig, axes = plt.subplots(
+        1, len(methods), figsize=(3.6 * len(methods), 3.4), squeeze=False, sharey=True
+    )
     for ax, (name, m) in zip(axes[0], methods.items(), strict=True):
         reached = np.array(m["velocity_per_task"])
         colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(reached)))

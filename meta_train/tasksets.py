@@ -38,9 +38,14 @@ class TaskSetSpread:
 
 
 def task_set_spread(
-    artifact_dir: str, sets: int = 20, num_tasks: int = 40, episodes_per_step: int | None = None,
-    steps: int = 1, first_seed: int = 5000, threads: int = 1,
-) -> TaskSetSpread:  # fmt: skip
+    artifact_dir: str,
+    sets: int = 20,
+    num_tasks: int = 40,
+    episodes_per_step: int | None = None,
+    steps: int = 1,
+    first_seed: int = 5000,
+    threads: int = 1,
+) -> TaskSetSpread:
     if sets < 2:
         raise ValueError(f"a spread needs at least 2 task sets, got {sets}")
     artifact = load_artifact(artifact_dir)
@@ -53,9 +58,15 @@ def task_set_spread(
 
     def mean_returns(tasks: Sequence[Task]) -> list[float]:
         result = evaluate_method(
-            sampler, artifact.spec, artifact.params, tasks, episodes_per_step, sizes, adaptation.settings,
+            sampler,
+            artifact.spec,
+            artifact.params,
+            tasks,
+            episodes_per_step,
+            sizes,
+            adaptation.settings,
             seed=config.task_seed + 1,
-        )  # fmt: skip
+        )
         return result.mean
 
     drawn = [mean_returns(test_tasks(family, num_tasks, first_seed + i)) for i in range(sets)]
@@ -68,8 +79,10 @@ def task_set_spread(
 
 def format_spread(spread: TaskSetSpread) -> str:
     sets = len(spread.drawn)
-    lines = [f"{'step':>4} {'fresh sets: mean':>17} {'sd':>6} {'min':>8} {'max':>8}"
-             f" {'authors':>9} {'seeded':>9}"]  # fmt: skip
+    lines = [
+        f"{'step':>4} {'fresh sets: mean':>17} {'sd':>6} {'min':>8} {'max':>8}"
+        f" {'authors':>9} {'seeded':>9}"
+    ]
     for step, column in enumerate(spread.drawn.T):
         lines.append(
             f"{step:>4} {column.mean():>17.2f} {column.std(ddof=1):>6.2f} {column.min():>8.2f} "
@@ -78,8 +91,10 @@ def format_spread(spread: TaskSetSpread) -> str:
     last = spread.drawn[:, -1]
     for name, value in (("authors'", spread.paper[-1]), ("seeded", spread.seeded[-1])):
         below = int((last < value).sum())
-        lines.append(f"after step {len(spread.paper) - 1} the {name} set is above {below} of the "
-                     f"{sets} fresh sets")  # fmt: skip
+        lines.append(
+            f"after step {len(spread.paper) - 1} the {name} set is above {below} of the "
+            f"{sets} fresh sets"
+        )
     return "\n".join(lines)
 
 
@@ -88,17 +103,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("artifact", help="artifact directory")
     parser.add_argument("--sets", type=int, default=20, help="fresh task sets (default 20)")
     parser.add_argument("--num-tasks", type=int, default=40, help="tasks per set (default 40)")
-    parser.add_argument("--episodes", type=int, default=None,
-                        help="K per step (default: the artifact's)")  # fmt: skip
+    parser.add_argument(
+        "--episodes", type=int, default=None, help="K per step (default: the artifact's)"
+    )
     parser.add_argument("--steps", type=int, default=1, help="gradient steps (default 1)")
-    parser.add_argument("--first-seed", type=int, default=5000,
-                        help="seed of the first fresh set (default 5000)")  # fmt: skip
+    parser.add_argument(
+        "--first-seed", type=int, default=5000, help="seed of the first fresh set (default 5000)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    spread = task_set_spread(args.artifact, args.sets, args.num_tasks, args.episodes,
-                             args.steps, args.first_seed)  # fmt: skip
-    print(f"{args.artifact}: mean return over {args.num_tasks} tasks, {args.sets} fresh sets "
-          f"(seeds {args.first_seed}..{args.first_seed + args.sets - 1})")  # fmt: skip
+    spread = task_set_spread(
+        args.artifact, args.sets, args.num_tasks, args.episodes, args.steps, args.first_seed
+    )
+    print(
+        f"{args.artifact}: mean return over {args.num_tasks} tasks, {args.sets} fresh sets "
+        f"(seeds {args.first_seed}..{args.first_seed + args.sets - 1})"
+    )
     print(format_spread(spread))
     return 0
 

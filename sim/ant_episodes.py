@@ -50,12 +50,16 @@ def main() -> None:
     args = parser.parse_args()
     print("| Ant model | control step | mean length | ended early | mean return |")
     print("|---|---|---|---|---|")
-    for name, physics in (("rllab (ours)", locomotion.RLLAB_ANT),
-                          ("gymnasium v5", locomotion.GYMNASIUM_V5)):  # fmt: skip
+    for name, physics in (
+        ("rllab (ours)", locomotion.RLLAB_ANT),
+        ("gymnasium v5", locomotion.GYMNASIUM_V5),
+    ):
         row = random_episodes(physics, args.sims, args.seed)
         step = (physics.timestep or 0.01) * physics.frame_skip
-        print(f"| {name} | {step:.2f} s | {row['mean_length']:.1f} | "
-              f"{100 * row['ended_early']:.1f} % | {row['mean_return']:.1f} |")  # fmt: skip
+        print(
+            f"| {name} | {step:.2f} s | {row['mean_length']:.1f} | "
+            f"{100 * row['ended_early']:.1f} % | {row['mean_return']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

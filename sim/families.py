@@ -77,9 +77,12 @@ def _navigation() -> Family:
 
 
 def _locomotion(
-    name: str, description: str, robot: locomotion.Robot, objective: locomotion.Objective,
+    name: str,
+    description: str,
+    robot: locomotion.Robot,
+    objective: locomotion.Objective,
     max_velocity: float | None = None,
-) -> Family:  # fmt: skip
+) -> Family:
     space: TaskSpace
     if objective == "direction":
         space = DirectionSpace()

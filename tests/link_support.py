@@ -34,9 +34,13 @@ def family_artifact(
 ) -> Path:
     """A freshly initialized artifact with the layout of ``family_name`` (small K, horizon)."""
     return fresh_artifact(
-        path, family_name, seed=seed, episodes_per_step=episodes_per_step, horizon=horizon,
+        path,
+        family_name,
+        seed=seed,
+        episodes_per_step=episodes_per_step,
+        horizon=horizon,
         settings=AdaptationSettings(step_size=step_size),
-    )  # fmt: skip
+    )
 
 
 class RawPeer:
@@ -74,8 +78,14 @@ class RawPeer:
         return reply
 
     def step(self, observation: np.ndarray, **fields: Any) -> tuple[dict[str, Any], list[bytes]]:
-        header = {"type": "step", "session": self.session, "dtype": "<f4", "reward": 0.0,
-                  "done": False, **fields}  # fmt: skip
+        header = {
+            "type": "step",
+            "session": self.session,
+            "dtype": "<f4",
+            "reward": 0.0,
+            "done": False,
+            **fields,
+        }
         return self.call(header, np.asarray(observation, "<f4").tobytes())
 
     def close(self) -> None:
@@ -105,10 +115,23 @@ def server_process(
     journal.parent.mkdir(parents=True, exist_ok=True)
     with open(journal.parent / "server.log", "a") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "controller.link", "serve", str(artifact), "--bind", endpoint,
-             "--set", f"journal_dir={journal}", *extra],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "controller.link",
+                "serve",
+                str(artifact),
+                "--bind",
+                endpoint,
+                "--set",
+                f"journal_dir={journal}",
+                *extra,
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
     try:
         wait_for_line(process, "serving", timeout_s=60)
         yield process

@@ -49,8 +49,9 @@ def _episodes(num_tasks: int = 2, num_episodes: int = 5, horizon: int = 12) -> E
 def _with_garbage_padding(episodes: Episodes) -> Episodes:
     """The same episodes with nonsense written into every padded step."""
     pad = ~episodes.valid
-    obs, actions, rewards = (x.copy() for x in (episodes.observations, episodes.actions,
-                                                  episodes.rewards))  # fmt: skip
+    obs, actions, rewards = (
+        x.copy() for x in (episodes.observations, episodes.actions, episodes.rewards)
+    )
     obs[pad], actions[pad], rewards[pad] = 1e3, -7.0, 55.0
     return episodes._replace(observations=obs, actions=actions, rewards=rewards)
 
@@ -58,7 +59,10 @@ def _with_garbage_padding(episodes: Episodes) -> Episodes:
 def test_settings_defaults_and_step_schedule() -> None:
     settings = AdaptationSettings()
     assert (settings.discount, settings.gae_lambda, settings.baseline_reg) == (0.99, 1.0, 1e-5)
-    assert settings.step_size_at(0) == 0.1 and settings.step_size_at(1) == settings.step_size_at(3) == 0.05
+    assert (
+        settings.step_size_at(0) == 0.1
+        and settings.step_size_at(1) == settings.step_size_at(3) == 0.05
+    )
     with pytest.raises(pydantic.ValidationError):
         AdaptationSettings(discount=1.5)
     with pytest.raises(pydantic.ValidationError):
@@ -67,8 +71,9 @@ def test_settings_defaults_and_step_schedule() -> None:
 
 def test_discounted_cumsum_matches_the_definition() -> None:
     x = np.random.default_rng(1).normal(size=(3, 9))
-    expected = np.array([[sum(0.9**k * row[t + k] for k in range(9 - t)) for t in range(9)]
-                         for row in x])  # fmt: skip
+    expected = np.array(
+        [[sum(0.9**k * row[t + k] for k in range(9 - t)) for t in range(9)] for row in x]
+    )
     np.testing.assert_allclose(discounted_cumsum(x, 0.9), expected)
 
 

@@ -29,8 +29,9 @@ def test_run_refuses_negative_steps_before_running(
 ) -> None:
     artifact = family_artifact(tmp_path / "init")
     out = tmp_path / "out"
-    status, err = run_main(capsys, "run", str(artifact), "--target-velocity", "1.0",
-                           "--steps", "-2", "--out", str(out))  # fmt: skip
+    status, err = run_main(
+        capsys, "run", str(artifact), "--target-velocity", "1.0", "--steps", "-2", "--out", str(out)
+    )
     assert status == 2 and "--steps" in err and "negative" in err and "Traceback" not in err
     assert not out.exists()
 
@@ -38,8 +39,9 @@ def test_run_refuses_negative_steps_before_running(
 def test_run_names_an_oracle_artifact_instead_of_a_shape_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, err = run_main(capsys, "run", str(ORACLE), "--target-velocity", "1.0",
-                           "--out", str(tmp_path / "out"))  # fmt: skip
+    status, err = run_main(
+        capsys, "run", str(ORACLE), "--target-velocity", "1.0", "--out", str(tmp_path / "out")
+    )
     assert status == 2 and "oracle artifact" in err and "task:" in err, err
     assert "shape" not in err
 
@@ -53,12 +55,23 @@ def test_run_names_an_oracle_artifact_instead_of_a_shape_error(
     ],
 )
 def test_eval_names_a_mismatched_artifact(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, family: str, oracle: bool,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    flag: str,
+    family: str,
+    oracle: bool,
     expected: str,
-) -> None:  # fmt: skip
+) -> None:
     artifact = ORACLE if oracle else fresh_artifact(tmp_path / "a", family, seed=0)
-    status, err = run_main(capsys, "eval", str(REPO / "configs" / "cheetah_velocity.yaml"),
-                           flag, str(artifact), "--out", str(tmp_path / "out"))  # fmt: skip
+    status, err = run_main(
+        capsys,
+        "eval",
+        str(REPO / "configs" / "cheetah_velocity.yaml"),
+        flag,
+        str(artifact),
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert status == 2 and expected in err and flag in err, err
 
 
@@ -68,17 +81,20 @@ def _interrupt(args: argparse.Namespace) -> int:
 
 @pytest.mark.parametrize("checkpointed", [False, True])
 def test_ctrl_c_offers_resume_only_when_there_is_a_checkpoint(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
     checkpointed: bool,
-) -> None:  # fmt: skip
+) -> None:
     from meta_train.trainer import CHECKPOINT_DIR
 
     run = tmp_path / "run"
     if checkpointed:
         (run / CHECKPOINT_DIR).mkdir(parents=True)
     monkeypatch.setattr(cli, "cmd_train", _interrupt)
-    status, err = run_main(capsys, "train", str(REPO / "configs" / "cheetah_velocity.yaml"),
-                           "--out", str(run))  # fmt: skip
+    status, err = run_main(
+        capsys, "train", str(REPO / "configs" / "cheetah_velocity.yaml"), "--out", str(run)
+    )
     assert status == 130
     if checkpointed:
         assert f"adaptctl train --resume --out {run}" in err

@@ -71,8 +71,10 @@ def test_closed_form_products_equal_autograd_hessian_products(spec: PolicySpec) 
 
     for seed in range(3):
         generator = torch.Generator().manual_seed(seed)
-        v = {k: torch.randn(x.shape, generator=generator, dtype=torch.float64)
-             for k, x in params.items()}  # fmt: skip
+        v = {
+            k: torch.randn(x.shape, generator=generator, dtype=torch.float64)
+            for k, x in params.items()
+        }
         expected = _autograd_hvp(lambda p: policy_gradient_loss(spec, p, batch), params, v)
         ours = derivatives.loss_hessian_product(spec, loss, v)
         for name in params:
@@ -98,16 +100,16 @@ def _meta_problem(dtype: torch.dtype):
 
     def pooled_kl(flat: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
-            return meta_objective(SPEC_RELU, unflatten(flat, theta), train, valid, old_all,
-                                  settings)[1]  # fmt: skip
+            return meta_objective(
+                SPEC_RELU, unflatten(flat, theta), train, valid, old_all, settings
+            )[1]
 
     # autograd's exact Hessian of the pooled KL through the inner step (third derivatives)
     reference = exact_hvp(pooled_kl, flatten(theta))
     evaluate = _evaluator(SPEC_RELU, theta, train, valid, old_all, settings)
 
     def step(hvp):
-        return trpo_step(flatten(theta).detach(), gradient, hvp, evaluate, surrogate,
-                         settings.trpo)  # fmt: skip
+        return trpo_step(flatten(theta).detach(), gradient, hvp, evaluate, surrogate, settings.trpo)
 
     return flatten(theta).detach(), ours, reference, step
 
@@ -118,8 +120,10 @@ def test_meta_hvp_and_accepted_step_equal_autograds() -> None:
     float64's (ten CG iterations amplify float32 rounding; autograd's own float32 step
     is further from float64's on this problem than ours)."""
     start, ours, reference, step = _meta_problem(torch.float64)
-    vectors = [torch.randn(start.shape, generator=torch.Generator().manual_seed(seed),
-                           dtype=torch.float64) for seed in range(3)]  # fmt: skip
+    vectors = [
+        torch.randn(start.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        for seed in range(3)
+    ]
     for v in vectors:
         torch.testing.assert_close(ours(v), reference(v), rtol=1e-9, atol=1e-12)
     (step_ours, report_ours), (step_ref, report_ref) = step(ours), step(reference)
@@ -159,6 +163,9 @@ def test_fisher_hvp_equals_autograds_kl_hessian_of_one_policy() -> None:
     reference = exact_hvp(pooled_kl, flatten(params))
     ours = fisher_hvp(spec, params, batches)
     for seed in range(3):
-        v = torch.randn(flatten(params).shape, generator=torch.Generator().manual_seed(seed),
-                        dtype=torch.float64)  # fmt: skip
+        v = torch.randn(
+            flatten(params).shape,
+            generator=torch.Generator().manual_seed(seed),
+            dtype=torch.float64,
+        )
         torch.testing.assert_close(ours(v), reference(v), rtol=1e-10, atol=1e-12)

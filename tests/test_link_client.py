@@ -150,10 +150,16 @@ class FakeServer:
             reply: dict = {"seq": request["seq"]}
             frames = []
             if request["type"] == "hello":
-                reply |= {"type": "welcome", "session": "s", "observation_size": 17,
-                          "action_size": 6, "observation_names": ["o"] * 17,
-                          "action_names": ["a"] * 6, "action_low": [-1.0] * 6,
-                          "action_high": [1.0] * 6}  # fmt: skip
+                reply |= {
+                    "type": "welcome",
+                    "session": "s",
+                    "observation_size": 17,
+                    "action_size": 6,
+                    "observation_names": ["o"] * 17,
+                    "action_names": ["a"] * 6,
+                    "action_low": [-1.0] * 6,
+                    "action_high": [1.0] * 6,
+                }
             elif request["type"] == "step":
                 reply |= {"type": "action", "policy": "p", "adapting": False}
                 frames = [self.action]

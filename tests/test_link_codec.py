@@ -34,8 +34,15 @@ OBS = 5
 
 
 def step_body(observation: Any = None, **fields: Any) -> list[bytes]:
-    header = {"type": "step", "seq": 7, "session": "s", "dtype": "<f4", "reward": 0.5,
-              "done": False, **fields}  # fmt: skip
+    header = {
+        "type": "step",
+        "seq": 7,
+        "session": "s",
+        "dtype": "<f4",
+        "reward": 0.5,
+        "done": False,
+        **fields,
+    }
     if observation is None:
         observation = np.arange(OBS, dtype="<f4")
     return [msgpack.packb(header), np.asarray(observation).tobytes()]
@@ -51,8 +58,10 @@ def code_of(body: list[bytes], observation_size: int = OBS) -> ErrorCode:
 
 def test_step_round_trip_reads_the_observation_without_copy() -> None:
     observation = np.linspace(-1, 1, OBS, dtype=np.float32)
-    frames = encode({"type": "step", "seq": 3, "session": "abc", "dtype": "<f4", "reward": -1.25,
-                     "done": True}, [observation])  # fmt: skip
+    frames = encode(
+        {"type": "step", "seq": 3, "session": "abc", "dtype": "<f4", "reward": -1.25, "done": True},
+        [observation],
+    )
     message = decode_request(frames, DEFAULT_MAX_MESSAGE_BYTES)
     assert message.type is MessageType.STEP and message.seq == 3
     decoded = read_array(message, 0, OBS, "observation")
@@ -158,8 +167,14 @@ _VALUES = st.one_of(
     st.dictionaries(st.text(max_size=3), _INTS, max_size=2),
 )
 _HEADERS = st.dictionaries(st.sampled_from(_FIELD_NAMES) | st.text(max_size=5), _VALUES)
-_VALID_STEP = {"type": "step", "seq": 1, "session": "s", "dtype": "<f4", "reward": 0.0,
-               "done": False}  # fmt: skip
+_VALID_STEP = {
+    "type": "step",
+    "seq": 1,
+    "session": "s",
+    "dtype": "<f4",
+    "reward": 0.0,
+    "done": False,
+}
 _NEAR_STEPS = st.tuples(
     st.dictionaries(st.sampled_from(_FIELD_NAMES), _VALUES, max_size=3).map(
         lambda changes: msgpack.packb({**_VALID_STEP, **changes})
@@ -209,8 +224,14 @@ def test_every_message_type_is_documented() -> None:
 def test_the_documented_example_bytes_decode_as_stated() -> None:
     block = DOC.split("is\n\n```\n", 1)[1].split("```", 1)[0]
     header = msgpack.unpackb(bytes.fromhex(block.replace("\n", " ")))
-    assert header == {"type": "step", "seq": 42, "session": "9f2c4e1a7b3d5f60a1b2c3d4e5f60718",
-                      "dtype": "<f4", "reward": -0.5, "done": False}  # fmt: skip
+    assert header == {
+        "type": "step",
+        "seq": 42,
+        "session": "9f2c4e1a7b3d5f60a1b2c3d4e5f60718",
+        "dtype": "<f4",
+        "reward": -0.5,
+        "done": False,
+    }
     assert np.array([1.0, -2.0], "<f4").tobytes().hex(" ") in DOC
     assert f"| request header | {MAX_HEADER_BYTES} bytes |" in DOC
     assert f"default {DEFAULT_MAX_MESSAGE_BYTES})" in DOC

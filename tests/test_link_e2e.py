@@ -42,11 +42,28 @@ def test_sim_robot_process_adapts_through_a_server_process(artifact: Path, tmp_p
     endpoint = free_tcp_endpoint()
     with server_process(artifact, endpoint, tmp_path / "journal"):
         robot = subprocess.run(
-            [sys.executable, "-m", "controller.link", "sim-robot", "--connect", endpoint,
-             "--target-velocity", "1.0", "--episodes", "2", "--adapted-episodes", "2",
-             "--horizon", str(HORIZON), "--json"],
-            cwd=REPO, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "controller.link",
+                "sim-robot",
+                "--connect",
+                endpoint,
+                "--target-velocity",
+                "1.0",
+                "--episodes",
+                "2",
+                "--adapted-episodes",
+                "2",
+                "--horizon",
+                str(HORIZON),
+                "--json",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert robot.returncode == 0, robot.stderr
     result = json.loads(robot.stdout)
     before, after = result["result"]["before"], result["result"]["after"]

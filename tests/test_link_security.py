@@ -125,8 +125,15 @@ def test_unusable_keys_are_refused_with_a_reason(lanes: Lanes, keys: Path) -> No
 
 def test_the_serve_command_refuses_a_network_bind_without_keys(tmp_path: Path) -> None:
     artifact = family_artifact(tmp_path / "init")
-    command = [sys.executable, "-m", "controller.link", "serve", str(artifact), "--bind",
-               "tcp://0.0.0.0:0"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "controller.link",
+        "serve",
+        str(artifact),
+        "--bind",
+        "tcp://0.0.0.0:0",
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "--insecure" in result.stderr and "Traceback" not in result.stderr

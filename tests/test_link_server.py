@@ -70,8 +70,15 @@ def play(peer: RawPeer, rewards: list[float], offset: float = 0.0, **end: Any) -
         )
         assert reply["type"] == "action", reply
         assert len(frames[0]) == 4 * 6
-    receipt, _ = peer.call({"type": "episode_end", "session": peer.session,
-                            "reward": rewards[-1], "terminated": False, **end})  # fmt: skip
+    receipt, _ = peer.call(
+        {
+            "type": "episode_end",
+            "session": peer.session,
+            "reward": rewards[-1],
+            "terminated": False,
+            **end,
+        }
+    )
     return receipt
 
 
@@ -109,36 +116,61 @@ def test_done_on_a_step_ends_the_episode_as_terminated_and_starts_the_next(
 
 
 def _step_frames(peer: RawPeer, **changes: Any) -> list[bytes]:
-    header = {"type": "step", "session": peer.session, "seq": peer.seq + 1, "dtype": "<f4",
-              "reward": 0.0, "done": False, **changes}  # fmt: skip
+    header = {
+        "type": "step",
+        "session": peer.session,
+        "seq": peer.seq + 1,
+        "dtype": "<f4",
+        "reward": 0.0,
+        "done": False,
+        **changes,
+    }
     return [msgpack.packb(header), observation(0.5).tobytes()]
 
 
 MALFORMED = {
-    "truncated observation": (lambda p: [_step_frames(p)[0], observation()[:-1].tobytes()],
-                              ErrorCode.WRONG_SIZE),
-    "truncated header": (lambda p: [_step_frames(p)[0][:-3], observation().tobytes()],
-                         ErrorCode.MALFORMED),
-    "too long observation": (lambda p: [_step_frames(p)[0], np.zeros(18, "<f4").tobytes()],
-                             ErrorCode.WRONG_SIZE),
-    "float64 observation": (lambda p: [_step_frames(p, dtype="<f8")[0],
-                                       np.zeros(17, "<f8").tobytes()], ErrorCode.WRONG_DTYPE),
-    "NaN observation": (lambda p: [_step_frames(p)[0], observation(np.nan).tobytes()],
-                        ErrorCode.NOT_FINITE),
+    "truncated observation": (
+        lambda p: [_step_frames(p)[0], observation()[:-1].tobytes()],
+        ErrorCode.WRONG_SIZE,
+    ),
+    "truncated header": (
+        lambda p: [_step_frames(p)[0][:-3], observation().tobytes()],
+        ErrorCode.MALFORMED,
+    ),
+    "too long observation": (
+        lambda p: [_step_frames(p)[0], np.zeros(18, "<f4").tobytes()],
+        ErrorCode.WRONG_SIZE,
+    ),
+    "float64 observation": (
+        lambda p: [_step_frames(p, dtype="<f8")[0], np.zeros(17, "<f8").tobytes()],
+        ErrorCode.WRONG_DTYPE,
+    ),
+    "NaN observation": (
+        lambda p: [_step_frames(p)[0], observation(np.nan).tobytes()],
+        ErrorCode.NOT_FINITE,
+    ),
     "infinite reward": (lambda p: _step_frames(p, reward=float("inf")), ErrorCode.NOT_FINITE),
-    "unknown type": (lambda p: [msgpack.packb({"type": "fly", "seq": p.seq + 1})],
-                     ErrorCode.UNKNOWN_TYPE),
-    "oversized": (lambda p: [_step_frames(p)[0], b"\x00" * (DEFAULT_MAX_MESSAGE_BYTES + 4)],
-                  ErrorCode.TOO_LARGE),
+    "unknown type": (
+        lambda p: [msgpack.packb({"type": "fly", "seq": p.seq + 1})],
+        ErrorCode.UNKNOWN_TYPE,
+    ),
+    "oversized": (
+        lambda p: [_step_frames(p)[0], b"\x00" * (DEFAULT_MAX_MESSAGE_BYTES + 4)],
+        ErrorCode.TOO_LARGE,
+    ),
     "repeated seq": (lambda p: _step_frames(p, seq=p.seq), ErrorCode.OUT_OF_ORDER),
     "old seq": (lambda p: _step_frames(p, seq=0), ErrorCode.OUT_OF_ORDER),
     "unknown session": (lambda p: _step_frames(p, session="f" * 32), ErrorCode.UNKNOWN_SESSION),
-    "missing field": (lambda p: [msgpack.packb({"type": "step", "seq": p.seq + 1,
-                                                "session": p.session})], ErrorCode.MALFORMED),
+    "missing field": (
+        lambda p: [msgpack.packb({"type": "step", "seq": p.seq + 1, "session": p.session})],
+        ErrorCode.MALFORMED,
+    ),
     "empty header": (lambda p: [b""], ErrorCode.MALFORMED),
-    "bad version": (lambda p: [msgpack.packb({"type": "hello", "seq": 1, "version": 99})],
-                    ErrorCode.BAD_VERSION),
-}  # fmt: skip
+    "bad version": (
+        lambda p: [msgpack.packb({"type": "hello", "seq": 1, "version": 99})],
+        ErrorCode.BAD_VERSION,
+    ),
+}
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
@@ -203,11 +235,14 @@ def test_steps_are_answered_while_an_adaptation_runs(server: LinkServer) -> None
     for _ in range(K):
         assert play(robot, [1.0, -1.0, 0.5])["recorded"]
     before = robot.step(observation(), start=True)[0]["policy"]
-    robot.call({"type": "episode_end", "session": robot.session, "reward": 0.0,
-                "terminated": False})  # fmt: skip
+    robot.call(
+        {"type": "episode_end", "session": robot.session, "reward": 0.0, "terminated": False}
+    )
     started = time.monotonic()
-    assert robot.call({"type": "adapt", "session": robot.session, "wait": False})[0][
-        "type"] == "adapting"  # fmt: skip
+    assert (
+        robot.call({"type": "adapt", "session": robot.session, "wait": False})[0]["type"]
+        == "adapting"
+    )
     busy, _ = robot.call({"type": "adapt", "session": robot.session})
     assert busy["code"] == ErrorCode.BUSY
     other, _ = operator.call({"type": "adapt", "session": operator.session, "wait": False})

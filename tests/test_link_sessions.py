@@ -53,8 +53,7 @@ def observation(value: float = 0.0) -> np.ndarray:
 
 
 def end(peer: RawPeer, reward: float = 1.0) -> dict[str, Any]:
-    header = {"type": "episode_end", "session": peer.session, "reward": reward,
-              "terminated": False}  # fmt: skip
+    header = {"type": "episode_end", "session": peer.session, "reward": reward, "terminated": False}
     return peer.call(header)[0]
 
 
@@ -107,8 +106,10 @@ def test_a_token_works_only_on_the_connection_it_is_bound_to(server: LinkServer)
     for request in ({"type": "status"}, {"type": "bye"}, {"type": "adapt"}):
         reply, _ = thief.call({**request, "session": owner.session})
         assert reply["code"] == ErrorCode.UNKNOWN_SESSION, reply
-    stolen, _ = thief.call({"type": "step", "session": owner.session, "dtype": "<f4",
-                            "reward": 0.0, "done": False}, observation().tobytes())  # fmt: skip
+    stolen, _ = thief.call(
+        {"type": "step", "session": owner.session, "dtype": "<f4", "reward": 0.0, "done": False},
+        observation().tobytes(),
+    )
     assert stolen["code"] == ErrorCode.UNKNOWN_SESSION
     owner.step(observation(2), reward=1.0)
     receipt = end(owner)  # the owner's episode was not touched by the thief's errors
@@ -149,23 +150,37 @@ def test_status_watchdog_and_logs_show_only_a_token_prefix(
 
 
 def _step_header(peer: RawPeer, **changes: Any) -> dict[str, Any]:
-    return {"type": "step", "session": peer.session, "seq": peer.seq + 1, "dtype": "<f4",
-            "reward": 1.0, "done": False, **changes}  # fmt: skip
+    return {
+        "type": "step",
+        "session": peer.session,
+        "seq": peer.seq + 1,
+        "dtype": "<f4",
+        "reward": 1.0,
+        "done": False,
+        **changes,
+    }
 
 
 DIRTY = {
-    "out of order": (lambda p: [msgpack.packb(_step_header(p, seq=p.seq)),
-                                observation().tobytes()], "OUT_OF_ORDER"),
+    "out of order": (
+        lambda p: [msgpack.packb(_step_header(p, seq=p.seq)), observation().tobytes()],
+        "OUT_OF_ORDER",
+    ),
     "malformed": (lambda p: [msgpack.packb({"type": "step", "seq": p.seq + 1})], "MALFORMED"),
-    "too large": (lambda p: [msgpack.packb(_step_header(p)),
-                             b"\0" * (DEFAULT_MAX_MESSAGE_BYTES + 4)], "TOO_LARGE"),
-    "unknown type": (lambda p: [msgpack.packb({"type": "fly", "seq": p.seq + 1})],
-                     "UNKNOWN_TYPE"),
-    "reward beyond float32": (lambda p: [msgpack.packb(_step_header(p, reward=1e39)),
-                                         observation().tobytes()], "NOT_FINITE"),
-    "observation overflowing the policy": (lambda p: [msgpack.packb(_step_header(p)),
-                                                      observation(3e38).tobytes()], "safe"),
-}  # fmt: skip
+    "too large": (
+        lambda p: [msgpack.packb(_step_header(p)), b"\0" * (DEFAULT_MAX_MESSAGE_BYTES + 4)],
+        "TOO_LARGE",
+    ),
+    "unknown type": (lambda p: [msgpack.packb({"type": "fly", "seq": p.seq + 1})], "UNKNOWN_TYPE"),
+    "reward beyond float32": (
+        lambda p: [msgpack.packb(_step_header(p, reward=1e39)), observation().tobytes()],
+        "NOT_FINITE",
+    ),
+    "observation overflowing the policy": (
+        lambda p: [msgpack.packb(_step_header(p)), observation(3e38).tobytes()],
+        "safe",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", sorted(DIRTY))

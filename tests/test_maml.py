@@ -153,8 +153,16 @@ def _rollout(params, tasks: list[float], num_episodes: int, seed: int) -> Episod
     valid = np.arange(horizon) < lengths[..., None]
     obs, actions, rewards = obs * valid[..., None], actions * valid[..., None], rewards * valid
     terminated = np.zeros_like(valid)
-    return Episodes(obs, actions, rewards.astype(np.float32), {"r": rewards}, valid, terminated,
-                    {}, [VelocityTask(v) for v in tasks])  # fmt: skip
+    return Episodes(
+        obs,
+        actions,
+        rewards.astype(np.float32),
+        {"r": rewards},
+        valid,
+        terminated,
+        {},
+        [VelocityTask(v) for v in tasks],
+    )
 
 
 def _meta_batch(settings: MetaSettings, params) -> tuple[Episodes, Episodes]:

@@ -22,13 +22,21 @@ def standing_artifact(path: Path, step_size: float) -> Path:
     adaptation = fresh.metadata.adaptation.model_copy(
         update={"settings": AdaptationSettings(step_size=step_size)}
     )
-    save_artifact(path / "standing", fresh.spec, params, family="navigation2d",
-                  layout=fresh.metadata.layout, adaptation=adaptation)  # fmt: skip
+    save_artifact(
+        path / "standing",
+        fresh.spec,
+        params,
+        family="navigation2d",
+        layout=fresh.metadata.layout,
+        adaptation=adaptation,
+    )
     return path / "standing"
 
 
 def test_a_negligible_step_leaves_the_policy_where_it_stands(tmp_path: Path) -> None:
-    report = one_step_report(str(standing_artifact(tmp_path, 1e-9)), num_tasks=4, episodes_per_step=4)
+    report = one_step_report(
+        str(standing_artifact(tmp_path, 1e-9)), num_tasks=4, episodes_per_step=4
+    )
     assert report.log_std_change < 1e-6
     assert report.rest_error == pytest.approx(report.start_distance, abs=1e-6)
     # Standing still at the origin costs the goal's distance at each of the 100 steps.

@@ -193,11 +193,19 @@ def test_only_a_fresh_sampling_policy_travels(ray_instance: Any) -> None:
 
 
 def _tiny_config(**sampler: object) -> TrainConfig:
-    return TrainConfig.model_validate({
-        "family": "navigation2d", "iterations": 2, "meta_batch_size": 4, "episodes_per_step": 4,
-        "horizon": 20, "checkpoint_every": 2, "torch_threads": 1,
-        "policy": {"hidden_sizes": [16, 16]}, "sampler": sampler,
-    })  # fmt: skip
+    return TrainConfig.model_validate(
+        {
+            "family": "navigation2d",
+            "iterations": 2,
+            "meta_batch_size": 4,
+            "episodes_per_step": 4,
+            "horizon": 20,
+            "checkpoint_every": 2,
+            "torch_threads": 1,
+            "policy": {"hidden_sizes": [16, 16]},
+            "sampler": sampler,
+        }
+    )
 
 
 def test_training_with_the_ray_backend_matches_the_local_run(

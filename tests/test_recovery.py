@@ -28,10 +28,25 @@ TOUCHY = "monitor={window: 6, threshold_sd: 0.001, consecutive: 1}"
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("train") / "run"
-    code = main(["train", str(ROOT / "configs" / "cheetah_damage.yaml"), "--out", str(out),
-                 "--quiet", "--set", "iterations=1", "--set", "meta_batch_size=2",
-                 "--set", f"episodes_per_step={K}", "--set", f"horizon={HORIZON}",
-                 "--set", "policy.hidden_sizes=[16, 16]"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            str(ROOT / "configs" / "cheetah_damage.yaml"),
+            "--out",
+            str(out),
+            "--quiet",
+            "--set",
+            "iterations=1",
+            "--set",
+            "meta_batch_size=2",
+            "--set",
+            f"episodes_per_step={K}",
+            "--set",
+            f"horizon={HORIZON}",
+            "--set",
+            "policy.hidden_sizes=[16, 16]",
+        ]
+    )
     assert code == 0
     return out / "artifact"
 
@@ -40,9 +55,27 @@ def test_run_with_damage_at_notices_the_drop_and_adapts(
     artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    code = main(["run", str(artifact), "--motor", "bthigh=0", "--payload", "2.5",
-                 "--damage-at", "6", "--episodes", "16", "--out", str(out), "--json",
-                 "--set", "max_kl=1e6", "--set", TOUCHY])  # fmt: skip
+    code = main(
+        [
+            "run",
+            str(artifact),
+            "--motor",
+            "bthigh=0",
+            "--payload",
+            "2.5",
+            "--damage-at",
+            "6",
+            "--episodes",
+            "16",
+            "--out",
+            str(out),
+            "--json",
+            "--set",
+            "max_kl=1e6",
+            "--set",
+            TOUCHY,
+        ]
+    )
     assert code == 0
     document = json.loads(capsys.readouterr().out)
     assert document["damaged"]["motor_gains"][0] == 0.0 and document["damaged"]["payload_kg"] == 2.5
@@ -58,18 +91,49 @@ def test_run_with_damage_at_notices_the_drop_and_adapts(
     assert all(e["adaptation_steps"] == 0 for e in episodes[:7])
     assert episodes[-1]["adaptation_steps"] >= 1  # the adapted policy serves at the end
     assert (out / "recovery.png").stat().st_size > 0 and (out / "result.json").exists()
-    main(["run", str(artifact), "--motor", "bthigh=0", "--payload", "2.5", "--damage-at", "6",
-          "--episodes", "16", "--out", str(out), "--json", "--set", "max_kl=1e6",
-          "--set", TOUCHY])  # fmt: skip
+    main(
+        [
+            "run",
+            str(artifact),
+            "--motor",
+            "bthigh=0",
+            "--payload",
+            "2.5",
+            "--damage-at",
+            "6",
+            "--episodes",
+            "16",
+            "--out",
+            str(out),
+            "--json",
+            "--set",
+            "max_kl=1e6",
+            "--set",
+            TOUCHY,
+        ]
+    )
     again = json.loads(capsys.readouterr().out)  # not resumed from a journal of the first run
     for key in ("episode_return", "adaptation_steps"):
         assert [e[key] for e in again["episodes"]] == [e[key] for e in episodes]
 
 
-def test_run_with_a_body_runs_the_sim_loop(artifact: Path, tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
-    code = main(["run", str(artifact), "--motor", "fshin=0.5", "--friction", "0.5",
-                 "--out", str(tmp_path), "--set", "max_kl=1e6"])  # fmt: skip
+def test_run_with_a_body_runs_the_sim_loop(
+    artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "run",
+            str(artifact),
+            "--motor",
+            "fshin=0.5",
+            "--friction",
+            "0.5",
+            "--out",
+            str(tmp_path),
+            "--set",
+            "max_kl=1e6",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "initialization" in printed and "after 1 step" in printed
@@ -132,13 +196,36 @@ def test_sim_robot_takes_the_body_flags(artifact: Path, tmp_path: Path) -> None:
     endpoint = free_tcp_endpoint()
     with server_process(artifact, endpoint, tmp_path / "journal", "--set", "max_kl=1e6"):
         robot = subprocess.run(
-            [sys.executable, "-m", "controller.link", "sim-robot", "--connect", endpoint,
-             "--motor", "bthigh=0", "--payload", "1.5", "--friction", "0.5", "--episodes",
-             str(K), "--adapted-episodes", "1", "--json"],
-            cwd=REPO, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "controller.link",
+                "sim-robot",
+                "--connect",
+                endpoint,
+                "--motor",
+                "bthigh=0",
+                "--payload",
+                "1.5",
+                "--friction",
+                "0.5",
+                "--episodes",
+                str(K),
+                "--adapted-episodes",
+                "1",
+                "--json",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert robot.returncode == 0, robot.stderr
     result = json.loads(robot.stdout)
-    assert result["task"] == {"kind": "body", "motor_gains": [0.0, 1.0, 1.0, 1.0, 1.0, 1.0],
-                              "payload_kg": 1.5, "friction_scale": 0.5}  # fmt: skip
+    assert result["task"] == {
+        "kind": "body",
+        "motor_gains": [0.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+        "payload_kg": 1.5,
+        "friction_scale": 0.5,
+    }
     assert len(result["result"]["before"]) == K and len(result["result"]["after"]) == 1

@@ -76,8 +76,14 @@ def test_without_an_opengl_context_the_error_names_mujoco_gl() -> None:
     )
     environment = {k: v for k, v in os.environ.items() if k != "DISPLAY"}
     environment["MUJOCO_GL"] = "glx"  # an X server's GL: there is none here
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode != 0
     assert "RenderError" in done.stderr and "MUJOCO_GL=egl" in done.stderr
 
@@ -123,17 +129,32 @@ def test_write_mp4_encodes_every_frame_at_the_frame_rate(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     ("family", "task", "fps"),
-    [("cheetah_velocity", ["--target-velocity", "1.2"], 20.0),
-     ("navigation2d", ["--goal", "0.2", "-0.3"], 10.0)],
-)  # fmt: skip
+    [
+        ("cheetah_velocity", ["--target-velocity", "1.2"], 20.0),
+        ("navigation2d", ["--goal", "0.2", "-0.3"], 10.0),
+    ],
+)
 def test_cli_run_video_shows_before_and_after_side_by_side(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], family: str, task: list[str], fps: float
 ) -> None:
-    artifact = fresh_artifact(tmp_path / "a", family, seed=3, episodes_per_step=3, horizon=12,
-                              hidden_sizes=(16, 16))  # fmt: skip
+    artifact = fresh_artifact(
+        tmp_path / "a", family, seed=3, episodes_per_step=3, horizon=12, hidden_sizes=(16, 16)
+    )
     out = tmp_path / "out"
-    code = main(["run", str(artifact), *task, "--out", str(out), "--video", "--threads", "1",
-                 "--set", "max_kl=1e6"])  # fmt: skip
+    code = main(
+        [
+            "run",
+            str(artifact),
+            *task,
+            "--out",
+            str(out),
+            "--video",
+            "--threads",
+            "1",
+            "--set",
+            "max_kl=1e6",
+        ]
+    )
     assert code == 0
     video = out / "adaptation.mp4"
     assert f"side by side): {video}" in capsys.readouterr().out

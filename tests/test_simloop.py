@@ -20,8 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def small_artifact(path: Path, family_name: str, episodes: int = 4, horizon: int = 30) -> Path:
-    return fresh_artifact(path, family_name, seed=3, episodes_per_step=episodes,
-                          horizon=horizon, hidden_sizes=(32, 32))  # fmt: skip
+    return fresh_artifact(
+        path,
+        family_name,
+        seed=3,
+        episodes_per_step=episodes,
+        horizon=horizon,
+        hidden_sizes=(32, 32),
+    )
 
 
 def test_run_goes_through_the_controller(tmp_path: Path) -> None:
@@ -44,8 +50,22 @@ def test_run_goes_through_the_controller(tmp_path: Path) -> None:
 def test_cli_run_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     artifact = small_artifact(tmp_path / "a", "navigation2d", horizon=20)
     out = tmp_path / "out"
-    code = main(["run", str(artifact), "--goal", "0.2", "-0.3", "--out", str(out), "--json",
-                 "--set", "max_kl=1e6", "--threads", "1"])  # fmt: skip
+    code = main(
+        [
+            "run",
+            str(artifact),
+            "--goal",
+            "0.2",
+            "-0.3",
+            "--out",
+            str(out),
+            "--json",
+            "--set",
+            "max_kl=1e6",
+            "--threads",
+            "1",
+        ]
+    )
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads((out / "result.json").read_text())
@@ -64,8 +84,9 @@ def test_cli_run_refuses_bad_tasks(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not finished_artifact("cheetah_velocity")[0],
-                    reason=finished_artifact("cheetah_velocity")[1])  # fmt: skip
+@pytest.mark.skipif(
+    not finished_artifact("cheetah_velocity")[0], reason=finished_artifact("cheetah_velocity")[1]
+)
 def test_shipped_artifact_adapts_to_unseen_velocities() -> None:
     """Target velocities no training task had exactly, slow to fast. The
     initialization runs at about 0.67 m/s whatever the target (docs/results.md); one step

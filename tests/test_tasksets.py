@@ -25,8 +25,14 @@ def frozen_artifact(path: Path) -> Path:
     params["mean.weight"].zero_()
     params["mean.bias"].zero_()
     params["log_std"] = torch.full_like(params["log_std"], -30.0)
-    save_artifact(path / "frozen", fresh.spec, params, family="navigation2d",
-                  layout=fresh.metadata.layout, adaptation=fresh.metadata.adaptation)  # fmt: skip
+    save_artifact(
+        path / "frozen",
+        fresh.spec,
+        params,
+        family="navigation2d",
+        layout=fresh.metadata.layout,
+        adaptation=fresh.metadata.adaptation,
+    )
     return path / "frozen"
 
 
@@ -35,8 +41,14 @@ def standing_cost(tasks: list) -> float:
 
 
 def test_each_row_is_the_set_it_names(tmp_path: Path) -> None:
-    spread = task_set_spread(str(frozen_artifact(tmp_path)), sets=3, num_tasks=5, episodes_per_step=2,
-                             steps=0, first_seed=70)  # fmt: skip
+    spread = task_set_spread(
+        str(frozen_artifact(tmp_path)),
+        sets=3,
+        num_tasks=5,
+        episodes_per_step=2,
+        steps=0,
+        first_seed=70,
+    )
     family = get_family("navigation2d")
     assert spread.drawn.shape == (3, 1)
     for i, row in enumerate(spread.drawn):

@@ -19,10 +19,22 @@ def read_scalars(log_dir: Path) -> dict[str, dict[int, float]]:
 
 
 def test_numeric_fields_become_scalars_text_is_left_out() -> None:
-    record = {"iteration": 3, "return_after": -12.5, "accepted": True, "kl": 0.01,
-              "reject_reason": None, "inner_returns": [-20.0, -12.5], "note": "x"}  # fmt: skip
-    assert scalars(record) == {"return_after": -12.5, "accepted": 1.0, "kl": 0.01,
-                               "inner_returns/0": -20.0, "inner_returns/1": -12.5}  # fmt: skip
+    record = {
+        "iteration": 3,
+        "return_after": -12.5,
+        "accepted": True,
+        "kl": 0.01,
+        "reject_reason": None,
+        "inner_returns": [-20.0, -12.5],
+        "note": "x",
+    }
+    assert scalars(record) == {
+        "return_after": -12.5,
+        "accepted": 1.0,
+        "kl": 0.01,
+        "inner_returns/0": -20.0,
+        "inner_returns/1": -12.5,
+    }
 
 
 def test_cli_train_writes_the_log_records_as_scalars(

@@ -39,10 +39,15 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 def tiny_config(**overrides: object) -> TrainConfig:
     base = {
-        "family": "navigation2d", "iterations": 4, "meta_batch_size": 4, "episodes_per_step": 4,
-        "horizon": 20, "checkpoint_every": 2, "torch_threads": 1,
+        "family": "navigation2d",
+        "iterations": 4,
+        "meta_batch_size": 4,
+        "episodes_per_step": 4,
+        "horizon": 20,
+        "checkpoint_every": 2,
+        "torch_threads": 1,
         "policy": {"hidden_sizes": [16, 16]},
-    }  # fmt: skip
+    }
     base.update(overrides)
     return TrainConfig.model_validate(base)
 
@@ -115,8 +120,9 @@ def test_selection_window_keeps_the_best_trailing_mean(tmp_path: Path) -> None:
     assert state.best_iteration == int(np.argmax(scores))
     assert state.best_return == pytest.approx(max(scores))
     # Resuming under another window rescores the kept iteration by the log; nothing else changes.
-    resumed = train(tiny_config(iterations=6, selection_window=1), tmp_path, resume=True,
-                    progress=False)  # fmt: skip
+    resumed = train(
+        tiny_config(iterations=6, selection_window=1), tmp_path, resume=True, progress=False
+    )
     assert resumed.best_iteration == state.best_iteration
     assert resumed.best_return == pytest.approx(returns[state.best_iteration])
 
@@ -125,15 +131,29 @@ def test_selection_window_keeps_the_best_trailing_mean(tmp_path: Path) -> None:
 def test_navigation_meta_training_improves_post_adaptation_return(tmp_path: Path) -> None:
     """A short 2D-navigation run: on held-out tasks, one step beats no step, and beats the
     untrained initialization's one-step return."""
-    config = tiny_config(iterations=12, meta_batch_size=10, episodes_per_step=10, horizon=50,
-                         policy={"hidden_sizes": [32, 32]})  # fmt: skip
+    config = tiny_config(
+        iterations=12,
+        meta_batch_size=10,
+        episodes_per_step=10,
+        horizon=50,
+        policy={"hidden_sizes": [32, 32]},
+    )
     state = train(config, tmp_path, progress=False)
     family = get_family("navigation2d")
     tasks = ev.test_tasks(family, 10, seed=12345)
     sampler = BatchSampler(family, 1)
     artifact = load_artifact(tmp_path / "artifact")
-    result = ev.evaluate_method(sampler, artifact.spec, state.params, tasks, 10, [0.1],
-                                config.adaptation, seed=5, horizon=50)  # fmt: skip
+    result = ev.evaluate_method(
+        sampler,
+        artifact.spec,
+        state.params,
+        tasks,
+        10,
+        [0.1],
+        config.adaptation,
+        seed=5,
+        horizon=50,
+    )
     before, after = result.mean
     assert after > before + 1.0, result.mean
 
@@ -147,8 +167,20 @@ def test_cli_train_and_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     )
     run = tmp_path / "run"
     assert main(["train", str(config), "--out", str(run), "--quiet"]) == 0
-    assert main(["eval", str(config), "--maml", str(run / "artifact"), "--random",
-                 "--out", str(tmp_path / "res")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "eval",
+                str(config),
+                "--maml",
+                str(run / "artifact"),
+                "--random",
+                "--out",
+                str(tmp_path / "res"),
+            ]
+        )
+        == 0
+    )
     document = json.loads((tmp_path / "res" / "navigation2d.json").read_text())
     assert set(document["methods"]) == {"maml", "random"}
     assert np.array(document["methods"]["maml"]["per_task"]).shape == (3, 4)
@@ -169,8 +201,9 @@ class RecordingSampler:
         self.calls: list[tuple[SamplingPolicy, int, Episodes]] = []
 
     def sample(self, tasks, episodes_per_task, policy, seed, horizon=None, task_features=False):
-        episodes = self.sampler.sample(tasks, episodes_per_task, policy, seed, horizon,
-                                       task_features)  # fmt: skip
+        episodes = self.sampler.sample(
+            tasks, episodes_per_task, policy, seed, horizon, task_features
+        )
         self.calls.append((policy, seed, episodes))
         return episodes
 
@@ -188,8 +221,11 @@ def test_two_inner_steps_sample_each_round_with_the_policies_adapted_so_far() ->
     (policy_0, seed_0, round_0), (policy_1, seed_1, round_1), (policy_2, seed_2, valid) = (
         sampler.calls
     )
-    assert (seed_0, seed_1, seed_2) == (seeds["train_reset"], seeds["train_reset_1"],
-                                        seeds["valid_reset"])  # fmt: skip
+    assert (seed_0, seed_1, seed_2) == (
+        seeds["train_reset"],
+        seeds["train_reset_1"],
+        seeds["valid_reset"],
+    )
     assert policy_1.seed == seeds["train_policy_1"] and policy_2.seed == seeds["valid_policy"]
     theta_1 = stack_params(adapted_params_for_tasks(spec, params, [round_0], config.meta))
     theta_2 = stack_params(adapted_params_for_tasks(spec, params, [round_0, round_1], config.meta))
@@ -197,8 +233,10 @@ def test_two_inner_steps_sample_each_round_with_the_policies_adapted_so_far() ->
         assert torch.equal(policy_0.params[name], params[name])
         assert torch.equal(policy_1.params[name], theta_1[name])
         assert torch.equal(policy_2.params[name], theta_2[name])
-    assert record["inner_returns"] == [float(round_0.returns().mean()),
-                                       float(round_1.returns().mean())]  # fmt: skip
+    assert record["inner_returns"] == [
+        float(round_0.returns().mean()),
+        float(round_1.returns().mean()),
+    ]
     assert record["return_before"] == record["inner_returns"][0]
     assert record["return_after"] == float(valid.returns().mean())
 
@@ -225,8 +263,12 @@ def test_a_run_saved_before_a_new_config_field_resumes(tmp_path: Path) -> None:
     assert "inner_steps" not in saved.read_text()
     assert train(config, tmp_path, resume=True, progress=False).iteration == 2
     with pytest.raises(RunDirError, match="config differs"):
-        train(tiny_config(iterations=2, meta={"inner_steps": 2}), tmp_path, resume=True,
-              progress=False)  # fmt: skip
+        train(
+            tiny_config(iterations=2, meta={"inner_steps": 2}),
+            tmp_path,
+            resume=True,
+            progress=False,
+        )
 
 
 def test_curves_plot_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -241,8 +283,14 @@ def test_curves_plot_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_direction_split_fits_returns_to_each_iterations_task_draw(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = tiny_config(family="cheetah_direction", iterations=3, horizon=5, episodes_per_step=2,
-                         meta_batch_size=8, seed=4)  # fmt: skip
+    config = tiny_config(
+        family="cheetah_direction",
+        iterations=3,
+        horizon=5,
+        episodes_per_step=2,
+        meta_batch_size=8,
+        seed=4,
+    )
     run = tmp_path / "run"
     train(config, run, progress=False)
     # Replace the logged returns by 500 per backward task and 100 per forward one.
@@ -283,19 +331,21 @@ def test_comparators_train_with_the_same_loop(tmp_path: Path, mode: str) -> None
 
 def test_evaluation_reports_the_velocity_error_of_velocity_tasks(tmp_path: Path) -> None:
     family = get_family("cheetah_velocity")
-    spec = PolicySpec(observation_size=family.observation_size,
-                      action_size=family.action_size, hidden_sizes=(8,))  # fmt: skip
+    spec = PolicySpec(
+        observation_size=family.observation_size, action_size=family.action_size, hidden_sizes=(8,)
+    )
     params = init_params(spec, 0)
     tasks = [VelocityTask(0.3), VelocityTask(1.7)]
     sampler = BatchSampler(family, 1)
-    result = ev.evaluate_method(sampler, spec, params, tasks, 2, [0.1], AdaptationSettings(),
-                                seed=3, horizon=10)  # fmt: skip
+    result = ev.evaluate_method(
+        sampler, spec, params, tasks, 2, [0.1], AdaptationSettings(), seed=3, horizon=10
+    )
     assert result.velocity_errors is not None and result.velocity_errors.shape == (2, 2)
     # Step 0 by hand: the same episodes (same policy seed and sampling seed) as the method's.
-    episodes = sampler.sample(tasks, 2, SamplingPolicy(spec, stack_params([params] * 2), 3), 3,
-                              10)  # fmt: skip
-    by_hand = [np.abs(episodes.infos["x_velocity"][i] - t.velocity).mean()
-               for i, t in enumerate(tasks)]  # fmt: skip
+    episodes = sampler.sample(tasks, 2, SamplingPolicy(spec, stack_params([params] * 2), 3), 3, 10)
+    by_hand = [
+        np.abs(episodes.infos["x_velocity"][i] - t.velocity).mean() for i, t in enumerate(tasks)
+    ]
     np.testing.assert_allclose(result.velocity_errors[0], by_hand, rtol=1e-6)
     assert result.velocities is not None
     velocity = episodes.infos["x_velocity"].mean(axis=(1, 2))
@@ -308,8 +358,17 @@ def test_evaluation_reports_the_velocity_error_of_velocity_tasks(tmp_path: Path)
     navigation = get_family("navigation2d")
     goals = ev.test_tasks(navigation, 2, seed=1)
     nav_spec = PolicySpec(observation_size=2, action_size=2, hidden_sizes=(8,))
-    nav = ev.evaluate_method(BatchSampler(navigation, 1), nav_spec, init_params(nav_spec, 0),
-                             goals, 2, [0.1], AdaptationSettings(), seed=3, horizon=5)  # fmt: skip
+    nav = ev.evaluate_method(
+        BatchSampler(navigation, 1),
+        nav_spec,
+        init_params(nav_spec, 0),
+        goals,
+        2,
+        [0.1],
+        AdaptationSettings(),
+        seed=3,
+        horizon=5,
+    )
     assert nav.velocity_errors is None
 
 
@@ -359,10 +418,15 @@ def test_curves_table_averages_windows_of_the_log(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     records = [
-        {"iteration": i, "return_before": float(i), "return_after": float(i) + 2.0,
-         "total_s": 1.0, **({"length_after": 100.0 + i} if i >= 2 else {})}
+        {
+            "iteration": i,
+            "return_before": float(i),
+            "return_after": float(i) + 2.0,
+            "total_s": 1.0,
+            **({"length_after": 100.0 + i} if i >= 2 else {}),
+        }
         for i in range(5)
-    ]  # fmt: skip
+    ]
     (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     table = window_table(run, window=2).splitlines()
     assert table[2] == "| 0-1 | 0.5 | 2.5 | +2.0 | — | 1.0 |"  # no lengths logged there

@@ -198,8 +198,12 @@ def test_rejected_step_returns_the_old_parameters() -> None:
 def test_zero_gradient_is_rejected_with_a_reason() -> None:
     point = torch.ones(3, dtype=torch.float64)
     new, report = trpo_step(
-        point, torch.zeros(3, dtype=torch.float64), lambda v: v, lambda x: (0.0, 0.0), 0.0,
+        point,
+        torch.zeros(3, dtype=torch.float64),
+        lambda v: v,
+        lambda x: (0.0, 0.0),
+        0.0,
         SETTINGS,
-    )  # fmt: skip
+    )
     assert torch.equal(new, point) and not report.accepted
     assert "no usable search direction" in report.reason

@@ -139,9 +139,14 @@ def serve_main(args: argparse.Namespace) -> int:
     link_config = LinkConfig(**model_overrides(args, LinkConfig))
     try:
         serve(
-            args.artifact, args.bind, curve_keys=keys, insecure=args.insecure, config=config,
-            link_config=link_config, ready=ready,
-        )  # fmt: skip
+            args.artifact,
+            args.bind,
+            curve_keys=keys,
+            insecure=args.insecure,
+            config=config,
+            link_config=link_config,
+            ready=ready,
+        )
     except (ValueError, RuntimeError, zmq.ZMQError) as error:
         # LinkSecurityError, ArtifactError, ConfigError (ValueErrors), JournalError (a
         # RuntimeError: another server holds the journal), an endpoint already in use.
@@ -197,11 +202,20 @@ def sim_robot_main(args: argparse.Namespace) -> int:
 
             task = body_from_args(args, get_family(family))
         result = run_sim_robot(
-            args.connect, family, task, args.episodes, adapted_episodes=args.adapted_episodes,
-            adapt_steps=args.steps, horizon=args.horizon, deadline_ms=args.deadline_ms,
-            server_public_key=server_key, client_keys=client_keys, seed=args.seed,
-            rate_hz=args.rate_hz, duration_s=args.duration_s,
-        )  # fmt: skip
+            args.connect,
+            family,
+            task,
+            args.episodes,
+            adapted_episodes=args.adapted_episodes,
+            adapt_steps=args.steps,
+            horizon=args.horizon,
+            deadline_ms=args.deadline_ms,
+            server_public_key=server_key,
+            client_keys=client_keys,
+            seed=args.seed,
+            rate_hz=args.rate_hz,
+            duration_s=args.duration_s,
+        )
     except (ValueError, LinkError) as error:  # a task outside the family's range, no server
         raise SystemExit(f"adaptctl sim-robot: {error}") from None
     summary = result.summary()

@@ -191,9 +191,13 @@ class RobotClient:
 
     # ---- the control loop --------------------------------------------------------------
     def act(
-        self, observation: np.ndarray, reward: float = 0.0, done: bool = False,
-        *, deterministic: bool = False,
-    ) -> np.ndarray:  # fmt: skip
+        self,
+        observation: np.ndarray,
+        reward: float = 0.0,
+        done: bool = False,
+        *,
+        deterministic: bool = False,
+    ) -> np.ndarray:
         """[A] float32 action for ``observation`` [O] within ``deadline_ms``; the safe action
         (zeros) on any link fault, never an exception for one. ``reward`` and ``done`` are the
         outcome of the previous act() of this episode; ``done=True`` says that step ended the
@@ -208,9 +212,13 @@ class RobotClient:
         with self._lock:
             self._steps += 1
             start, self._episode_open = not self._episode_open, True
-            header: dict[str, Any] = {"type": MessageType.STEP, "session": self.session,
-                                      "dtype": WIRE_DTYPE, "reward": float(reward),
-                                      "done": bool(done)}  # fmt: skip
+            header: dict[str, Any] = {
+                "type": MessageType.STEP,
+                "session": self.session,
+                "dtype": WIRE_DTYPE,
+                "reward": float(reward),
+                "done": bool(done),
+            }
             if start:
                 header["start"] = True
             if deterministic:
@@ -236,8 +244,12 @@ class RobotClient:
             if not self._episode_open:
                 return None
             self._episode_open = False
-            header = {"type": MessageType.EPISODE_END, "session": self.session,
-                      "reward": float(reward), "terminated": bool(terminated)}  # fmt: skip
+            header = {
+                "type": MessageType.EPISODE_END,
+                "session": self.session,
+                "reward": float(reward),
+                "terminated": bool(terminated),
+            }
             if not math.isfinite(reward):  # the episode is unusable: have the server drop it
                 self._report(LinkError(f"final reward is {reward}", "non_finite_observation"))
                 self._interrupted, header["reward"] = True, 0.0
@@ -421,8 +433,12 @@ class RobotClient:
         return None if horizon is None else int(horizon)
 
     def _hello(self, socket: zmq.Socket[bytes], timeout_ms: int, resume: str | None) -> dict:
-        header: dict[str, Any] = {"type": MessageType.HELLO, "seq": next(self._seq),
-                                  "version": PROTOCOL_VERSION, "client": self._name}  # fmt: skip
+        header: dict[str, Any] = {
+            "type": MessageType.HELLO,
+            "seq": next(self._seq),
+            "version": PROTOCOL_VERSION,
+            "client": self._name,
+        }
         if resume is not None:
             header["resume"] = resume
         send_frames(socket, encode(header))

@@ -172,9 +172,13 @@ def run_sim_robot(
             on_fault(seen)
 
     with RobotClient(
-        endpoint, deadline_ms, server_public_key, client_keys=client_keys, on_fault=fault,
+        endpoint,
+        deadline_ms,
+        server_public_key,
+        client_keys=client_keys,
+        on_fault=fault,
         name=f"sim-robot:{family.name}",
-    ) as client:  # fmt: skip
+    ) as client:
         clients.append(client)
         _check_layout(client, family)
         horizon = _horizon(client, family, horizon)
@@ -189,11 +193,26 @@ def run_sim_robot(
                 run.episode(client, simulator, task, horizon, "before", on_episode)
             run.adapt(client, tolerant=end is not None)
         for _ in range(episodes if adapted_episodes is None else adapted_episodes):
-            run.episode(client, simulator, task, horizon, "after", on_episode,
-                        deterministic=deterministic_after)  # fmt: skip
+            run.episode(
+                client,
+                simulator,
+                task,
+                horizon,
+                "after",
+                on_episode,
+                deterministic=deterministic_after,
+            )
         link = client.stats()._asdict()
-    return SimRobotResult(family.name, task_to_dict(task), run.before, run.reports, run.after,
-                          link, note, tuple(run.reconnects))  # fmt: skip
+    return SimRobotResult(
+        family.name,
+        task_to_dict(task),
+        run.before,
+        run.reports,
+        run.after,
+        link,
+        note,
+        tuple(run.reconnects),
+    )
 
 
 class _Run:
@@ -207,11 +226,24 @@ class _Run:
         self.reconnects: list[dict[str, Any]] = []
 
     def episode(
-        self, client: RobotClient, simulator: Simulator, task: Task, horizon: int, phase: str,
-        on_episode: Callable[[str, EpisodeStats], None] | None, deterministic: bool = False,
-    ) -> None:  # fmt: skip
-        stats = run_episode(client, simulator, task, self.rng, horizon,
-                            deterministic=deterministic, period_s=self.period_s)  # fmt: skip
+        self,
+        client: RobotClient,
+        simulator: Simulator,
+        task: Task,
+        horizon: int,
+        phase: str,
+        on_episode: Callable[[str, EpisodeStats], None] | None,
+        deterministic: bool = False,
+    ) -> None:
+        stats = run_episode(
+            client,
+            simulator,
+            task,
+            self.rng,
+            horizon,
+            deterministic=deterministic,
+            period_s=self.period_s,
+        )
         (self.before if phase == "before" else self.after).append(stats)
         if on_episode is not None:
             on_episode(phase, stats)
