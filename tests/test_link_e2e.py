@@ -165,7 +165,9 @@ def test_a_meta_trained_artifact_tracks_the_target_velocity_better_after_adaptin
 
     endpoint = free_tcp_endpoint()
     with server_process(shipped, endpoint, tmp_path / "journal"):
-        result = run_sim_robot(endpoint, "cheetah_velocity", VelocityTask(1.37), episodes=20)
+        result = run_sim_robot(
+            endpoint, "cheetah_velocity", VelocityTask(1.37), episodes_per_step=20
+        )
     summary = result.summary()
     assert summary["adaptations_accepted"] == 1, result.adapt_reports
     assert summary["velocity_error_after"] < summary["velocity_error_before"], summary

@@ -70,8 +70,8 @@ class SimRobotResult(NamedTuple):
             kept = [v for v in values if v is not None]
             return float(np.mean(kept)) if kept else None
 
-        k = len(self.before) // max(len(self.adapt_reports), 1)
-        first = self.before[:k]
+        episodes_per_step = len(self.before) // max(len(self.adapt_reports), 1)
+        first = self.before[:episodes_per_step]
         return {
             "family": self.family,
             "task": self.task,
@@ -135,7 +135,7 @@ def run_sim_robot(
     endpoint: str,
     family: str | Family,
     task: Task,
-    episodes: int,
+    episodes_per_step: int,
     *,
     adapted_episodes: int | None = None,
     adapt_steps: int = 1,
@@ -150,7 +150,7 @@ def run_sim_robot(
     on_fault: Callable[[LinkFault], None] | None = None,
     on_episode: Callable[[str, EpisodeStats], None] | None = None,
 ) -> SimRobotResult:
-    """K = ``episodes`` episodes, one adaptation, repeated ``adapt_steps`` times, then
+    """K = ``episodes_per_step`` episodes, one adaptation, repeated ``adapt_steps`` times, then
     ``adapted_episodes`` (default K) episodes with the adapted policy; all over the link.
 
     ``horizon`` defaults to the server's (WELCOME ``horizon``, the artifact's); a longer one is
@@ -189,10 +189,10 @@ def run_sim_robot(
         cycle = 0
         while cycle < adapt_steps if end is None else time.monotonic() < end:
             cycle += 1
-            for _ in range(episodes):
+            for _ in range(episodes_per_step):
                 run.episode(client, simulator, task, horizon, "before", on_episode)
             run.adapt(client, tolerant=end is not None)
-        for _ in range(episodes if adapted_episodes is None else adapted_episodes):
+        for _ in range(episodes_per_step if adapted_episodes is None else adapted_episodes):
             run.episode(
                 client,
                 simulator,
