@@ -33,7 +33,7 @@ class AdaptationSettings(BaseModel):
 
     step_size: PositiveFloat = Field(
         default=0.1,
-        # Run records and artifacts written before the rename call it first_step_size.
+        # Older run records and artifacts call it first_step_size.
         validation_alias=AliasChoices("step_size", "first_step_size"),
         description="α, the inner step size: every inner step of meta-training and the first "
         "step at test time (paper: 0.1).",

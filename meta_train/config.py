@@ -33,9 +33,10 @@ RENAMED_KEYS: dict[str, str] = {
     "episodes_per_task": "episodes_per_step",
     "meta.adaptation.first_step_size": "meta.adaptation.step_size",
 }
-"""Dotted keys of configs written before a rename -> their name now. The models accept the old
-names as aliases (so run records and artifacts load); :meth:`TrainConfig.from_yaml` renames them
-first, so that an old file and a ``--set`` override under either name meet under one key."""
+"""Old dotted keys -> the one name now (the inner step size α is ``step_size``, K is
+``episodes_per_step``). The models accept the old names as aliases, so older run records and
+artifacts load; :meth:`TrainConfig.from_yaml` renames them first, so that a file and a ``--set``
+override, each under either name, meet under one key."""
 
 
 class ConfigError(ValueError):
@@ -137,7 +138,7 @@ class TrainConfig(_Frozen):
     )
     episodes_per_step: PositiveInt = Field(
         default=20,
-        # Run records and artifacts written before the rename call it episodes_per_task.
+        # Older run records and artifacts call it episodes_per_task.
         validation_alias=AliasChoices("episodes_per_step", "episodes_per_task"),
         description="K, the episodes of each task per gradient step (paper: 20).",
     )

@@ -1,6 +1,6 @@
 """One name per concept: the inner step size is ``step_size`` (α), K is ``episodes_per_step``.
 
-Configs, run records and artifacts written before the rename call them ``first_step_size`` and
+Older configs, run records and artifacts call them ``first_step_size`` and
 ``episodes_per_task``; they still load, a ``--set`` override under either name lands on the one
 field, and a run started with the old names resumes.
 """
