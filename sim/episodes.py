@@ -53,12 +53,35 @@ class Episodes(NamedTuple):
 
     @property
     def lengths(self) -> np.ndarray:
-        """[T, E] int: number of real steps of each episode."""
+        """[T, E] int: number of real steps of each episode (0 for a padding episode)."""
         return self.valid.sum(axis=-1)
 
+    @property
+    def real(self) -> np.ndarray:
+        """[T, E] bool: the episode happened (every real episode has its first step).
+
+        All True for a batch of K episodes per task. A batch counted in time steps
+        (:meth:`sim.sampler.BatchSampler.sample` with ``batch_unit="steps"``) gives tasks
+        different numbers of episodes; the shorter tasks' rows end in padding episodes.
+        """
+        return self.valid[..., 0]
+
     def returns(self) -> np.ndarray:
-        """[T, E] float64: undiscounted return of each episode."""
+        """[T, E] float64: undiscounted return of each episode (0 for a padding episode)."""
         return (self.rewards * self.valid).sum(axis=-1, dtype=np.float64)
+
+    def task_returns(self) -> np.ndarray:
+        """[T] float64: each task's mean return over its real episodes."""
+        real = self.real
+        return (self.returns() * real).sum(axis=1) / np.maximum(real.sum(axis=1), 1)
+
+    def mean_return(self) -> float:
+        """Mean return over all real episodes of all tasks (rllab's AverageReturn)."""
+        return float(self.returns()[self.real].mean())
+
+    def mean_length(self) -> float:
+        """Mean length in steps over all real episodes of all tasks."""
+        return float(self.lengths[self.real].mean())
 
     def task(self, index: int) -> Episodes:
         """The episodes of one task, keeping a leading task axis of size 1."""

@@ -8,7 +8,8 @@ Public MAML-RL implementations step each environment with its own Python call; s
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from operator import attrgetter
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from sim.tasks import Task
 
 Policy = Callable[[np.ndarray], np.ndarray]
 """observations [T, E, O] float32 -> actions [T, E, A]; may be stochastic (it owns its rng)."""
+
+BatchUnit = Literal["episodes", "steps"]
+"""How a task's batch is counted: K episodes, or K x horizon time steps of whole episodes."""
 
 
 class BatchSampler:
@@ -44,14 +48,25 @@ class BatchSampler:
     def sample(
         self,
         tasks: Sequence[Task],
-        episodes_per_task: int,
+        episodes_per_step: int,
         policy: Policy,
         seed: int,
         horizon: int | None = None,
         task_features: bool = False,
         task_offset: int = 0,
+        batch_unit: BatchUnit = "episodes",
+        max_episodes_per_task: int | None = None,
     ) -> Episodes:
-        """Roll out ``episodes_per_task`` episodes of each task with ``policy``.
+        """Roll out a batch of episodes of each task with ``policy``.
+
+        ``batch_unit="episodes"``: exactly ``episodes_per_step`` (K) episodes per task.
+        ``batch_unit="steps"``: whole episodes until each task has K x horizon time steps, as
+        rllab counts a batch (its ``batch_size`` is in time steps): a task whose episodes end
+        early gets more episodes, the last one may pass the budget. Episodes come in rounds of
+        K per task, only tasks short of their budget taking part in a later round; a task stops
+        at ``max_episodes_per_task`` (default 4K) episodes even if still short. Tasks then have
+        different numbers of episodes and each row is padded with empty episodes
+        (:attr:`Episodes.real`). Without early termination both units give the same episodes.
 
         With ``task_features`` the task's features are appended to every observation (the
         oracle comparator's input). ``task_offset``: the index of ``tasks[0]`` in the whole
@@ -59,41 +74,148 @@ class BatchSampler:
         """
         tasks = [self.family.validate(t) for t in tasks]
         horizon = self.family.horizon if horizon is None else horizon
-        if episodes_per_task < 1 or horizon < 1 or not tasks:
+        if episodes_per_step < 1 or horizon < 1 or not tasks:
             raise ValueError("need at least one task, one episode per task and one step")
-        num_tasks, num_sims = len(tasks), len(tasks) * episodes_per_task
-        sim_tasks = [t for t in tasks for _ in range(episodes_per_task)]  # task-major order
-        sim = self.simulator(num_sims)
-        features = None
+        if batch_unit not in ("episodes", "steps"):
+            raise ValueError(f"batch_unit must be 'episodes' or 'steps', got {batch_unit!r}")
+        rollout = _Rollout(self, tasks, episodes_per_step, policy, horizon, task_offset)
         if task_features:
-            per_task = np.stack([self.family.task_features(t) for t in tasks])
-            features = np.repeat(per_task, episodes_per_task, axis=0)
+            rollout.features = np.repeat(
+                np.stack([self.family.task_features(t) for t in tasks]), episodes_per_step, axis=0
+            )
+        if batch_unit == "episodes":
+            return rollout.run(seed, active=None, to_horizon=False)
+        cap = 4 * episodes_per_step if max_episodes_per_task is None else max_episodes_per_task
+        if cap < episodes_per_step:
+            raise ValueError(
+                f"max_episodes_per_task ({cap}) is below episodes_per_step ({episodes_per_step})"
+            )
+        return _sample_steps(rollout, seed, episodes_per_step * horizon, cap)
 
-        streams = _PerTaskGenerator(
-            seed, range(task_offset, task_offset + num_tasks), episodes_per_task
-        )
-        observation = sim.reset(sim_tasks, cast(np.random.Generator, streams))
-        buffers = _Buffers(num_sims, horizon)
-        alive = np.ones(num_sims, dtype=bool)
-        for t in range(horizon):
-            if features is not None:
-                observation = np.concatenate([observation, features], axis=1)
-            action = np.asarray(policy(observation.reshape(num_tasks, episodes_per_task, -1)))
-            if action.shape != (num_tasks, episodes_per_task, self.family.action_size):
+
+class _Rollout:
+    """One lock-step rollout of K simulations per task, repeatable with other reset seeds."""
+
+    def __init__(
+        self,
+        sampler: BatchSampler,
+        tasks: Sequence[Task],
+        episodes_per_step: int,
+        policy: Policy,
+        horizon: int,
+        task_offset: int,
+    ) -> None:
+        self.tasks, self.k, self.policy = tasks, episodes_per_step, policy
+        self.horizon, self.task_offset = horizon, task_offset
+        self.action_size = sampler.family.action_size
+        self.num_sims = len(tasks) * episodes_per_step
+        self.sim = sampler.simulator(self.num_sims)
+        self.features: np.ndarray | None = None
+
+    def run(self, seed: int, active: np.ndarray | None, to_horizon: bool) -> Episodes:
+        """Episodes of all tasks (``active`` [T] bool: only those tasks' simulations run).
+
+        ``to_horizon``: call the policy for all ``horizon`` steps even after every simulation
+        has ended, so that each task's action noise (its own stream, consumed once per call)
+        is the same whichever other tasks share the call.
+        """
+        num_tasks, k, num_sims = len(self.tasks), self.k, self.num_sims
+        sim_tasks = [t for t in self.tasks for _ in range(k)]  # task-major order
+        streams = _PerTaskGenerator(seed, range(self.task_offset, self.task_offset + num_tasks), k)
+        observation = self.sim.reset(sim_tasks, cast(np.random.Generator, streams))
+        buffers = _Buffers(num_sims, self.horizon)
+        alive = np.ones(num_sims, dtype=bool) if active is None else np.repeat(active, k)
+        for t in range(self.horizon):
+            if not (alive.any() or to_horizon):
+                break
+            if self.features is not None:
+                observation = np.concatenate([observation, self.features], axis=1)
+            action = np.asarray(self.policy(observation.reshape(num_tasks, k, -1)))
+            if action.shape != (num_tasks, k, self.action_size):
                 raise ValueError(
                     f"the policy returned actions of shape {action.shape}; expected [T, E, A] = "
-                    f"{(num_tasks, episodes_per_task, self.family.action_size)}"
+                    f"{(num_tasks, k, self.action_size)}"
                 )
             action = action.reshape(num_sims, -1).astype(np.float32, copy=False)
-            result = sim.step(action, None if alive.all() else alive)
+            if not alive.any():  # to_horizon: the call only keeps the noise streams aligned
+                continue
+            result = self.sim.step(action, None if alive.all() else alive)
             buffers.write(t, alive, observation, action, result.reward_terms, result.infos)
             ended = result.terminated & alive
             buffers.terminated[:, t] = ended
             alive &= ~ended
-            if not alive.any():
-                break
             observation = result.observations
-        return buffers.episodes(tasks, episodes_per_task)
+        return buffers.episodes(self.tasks, k)
+
+
+def round_seed(seed: int, round_index: int) -> int:
+    """The reset seed of round ``round_index`` of a step-counted batch (round 0: ``seed``)."""
+    if round_index == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, round_index]).generate_state(1, np.uint64)[0])
+
+
+def _sample_steps(rollout: _Rollout, seed: int, budget: int, cap: int) -> Episodes:
+    """Rounds of K episodes per short task until every task has ``budget`` steps (or ``cap``
+    episodes); each task keeps its episodes in round order, up to the one that meets it."""
+    num_tasks, k = len(rollout.tasks), rollout.k
+    steps = np.zeros(num_tasks, dtype=np.int64)
+    kept: list[list[tuple[Episodes, int]]] = [[] for _ in range(num_tasks)]
+    short = np.ones(num_tasks, dtype=bool)
+    round_index = 0
+    while short.any():
+        episodes = rollout.run(round_seed(seed, round_index), short.copy(), to_horizon=True)
+        lengths = episodes.lengths
+        for task in np.flatnonzero(short):
+            for j in range(k):
+                if steps[task] >= budget or len(kept[task]) >= cap:
+                    break
+                kept[task].append((episodes, j))
+                steps[task] += lengths[task, j]
+            short[task] = steps[task] < budget and len(kept[task]) < cap
+        round_index += 1
+    return _gather(kept, rollout.tasks)
+
+
+def _gather(kept: Sequence[Sequence[tuple[Episodes, int]]], tasks: Sequence[Task]) -> Episodes:
+    """Episodes [T, E, H] from each task's list of (round, episode index), E the longest list;
+    shorter rows end in padding episodes (all zeros, ``valid`` False)."""
+    width = max(len(row) for row in kept)
+    first = kept[0][0][0]
+
+    def take(get: Callable[[Episodes], np.ndarray]) -> np.ndarray:
+        sample = get(first)
+        out = np.zeros((len(tasks), width, *sample.shape[2:]), dtype=sample.dtype)
+        for task, row in enumerate(kept):
+            for j, (episodes, index) in enumerate(row):
+                out[task, j] = get(episodes)[task, index]
+        return out
+
+    terms = {name: take(_term(name)) for name in first.reward_terms}
+    return Episodes(
+        observations=take(attrgetter("observations")),
+        actions=take(attrgetter("actions")),
+        rewards=np.asarray(np.sum(list(terms.values()), axis=0, dtype=np.float32)),
+        reward_terms=terms,
+        valid=take(attrgetter("valid")),
+        terminated=take(attrgetter("terminated")),
+        infos={name: take(_info(name)) for name in first.infos},
+        tasks=list(tasks),
+    )
+
+
+def _term(name: str) -> Callable[[Episodes], np.ndarray]:
+    def get(episodes: Episodes) -> np.ndarray:
+        return np.asarray(episodes.reward_terms[name])
+
+    return get
+
+
+def _info(name: str) -> Callable[[Episodes], np.ndarray]:
+    def get(episodes: Episodes) -> np.ndarray:
+        return np.asarray(episodes.infos[name])
+
+    return get
 
 
 class _PerTaskGenerator:
@@ -105,15 +227,15 @@ class _PerTaskGenerator:
     is called with a keyword ``size`` whose first entry is N.
     """
 
-    def __init__(self, seed: int, task_ids: Sequence[int], episodes_per_task: int) -> None:
+    def __init__(self, seed: int, task_ids: Sequence[int], episodes_per_step: int) -> None:
         self._streams = [np.random.default_rng(np.random.SeedSequence([seed, i])) for i in task_ids]
-        self._episodes_per_task = episodes_per_task
+        self._episodes_per_step = episodes_per_step
 
     def __getattr__(self, name: str) -> Callable[..., np.ndarray]:
         if name.startswith("_"):  # copy/pickle/numpy probing for special methods
             raise AttributeError(name)
         methods = [getattr(stream, name) for stream in self._streams]
-        num_sims = len(methods) * self._episodes_per_task
+        num_sims = len(methods) * self._episodes_per_step
 
         def draw(
             *args: Any, size: int | tuple[int, ...] | None = None, **kwargs: Any
@@ -124,7 +246,7 @@ class _PerTaskGenerator:
                     f"a simulator's reset drew rng.{name}(size={size}); the sampler's per-task "
                     f"streams need a keyword size whose first entry is the {num_sims} simulations"
                 )
-            rows = (self._episodes_per_task, *shape[1:])
+            rows = (self._episodes_per_step, *shape[1:])
             return np.concatenate([method(*args, size=rows, **kwargs) for method in methods])
 
         return draw
@@ -169,9 +291,9 @@ class _Buffers:
                     store[name] = np.zeros((self.num_sims, self.horizon), dtype=np.float32)
                 store[name][:, t] = value if all_alive else np.where(alive, value, 0.0)
 
-    def episodes(self, tasks: Sequence[Task], episodes_per_task: int) -> Episodes:
+    def episodes(self, tasks: Sequence[Task], episodes_per_step: int) -> Episodes:
         assert self.observations is not None and self.actions is not None
-        shape = (len(tasks), episodes_per_task, self.horizon)
+        shape = (len(tasks), episodes_per_step, self.horizon)
 
         def fold(a: np.ndarray) -> np.ndarray:
             return a.reshape(shape + a.shape[2:])

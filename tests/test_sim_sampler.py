@@ -9,6 +9,7 @@ from sim.episodes import Episodes
 from sim.families import FAMILY_NAMES, Family, get_family
 from sim.locomotion import LocomotionSimulator
 from sim.sampler import BatchSampler
+from sim.tasks import Task
 
 NUM_TASKS, EPISODES, HORIZON = 2, 3, 25
 
@@ -169,3 +170,100 @@ def test_policy_with_the_wrong_output_shape_gets_a_clear_error() -> None:
 
     with pytest.raises(ValueError, match=r"expected \[T, E, A\]"):
         BatchSampler(family, 1).sample(tasks, 2, flat_policy, seed=0, horizon=3)
+
+
+ANT_HORIZON = 200  # long enough for random actions to topple the Ant in some episodes
+
+
+def _ant_random_steps(
+    tasks: list[Task], episodes: int, seed: int, task_offset: int = 0, cap: int | None = None
+) -> Episodes:
+    """Step-counted Ant episodes of a per-task-seeded Gaussian policy (shard-invariant noise)."""
+    from controller.policy import PolicySpec, SamplingPolicy, init_params
+
+    family = get_family("ant_velocity")
+    spec = PolicySpec(
+        observation_size=family.observation_size,
+        action_size=family.action_size,
+        hidden_sizes=(8,),
+        activation="tanh",
+        init_log_std=1.0,
+    )
+    policy = SamplingPolicy(spec, init_params(spec, seed=0), seed=5, task_offset=task_offset)
+    return BatchSampler(family, num_threads=1).sample(
+        tasks,
+        episodes,
+        policy,
+        seed=seed,
+        horizon=ANT_HORIZON,
+        task_offset=task_offset,
+        batch_unit="steps",
+        max_episodes_per_task=cap,
+    )
+
+
+def test_steps_batch_gives_each_task_whole_episodes_up_to_k_times_horizon_steps() -> None:
+    # rllab counts a task's batch in time steps: whole episodes until K x H steps are reached
+    family = get_family("ant_velocity")
+    tasks = family.sample_tasks(np.random.default_rng(3), 3)
+    episodes = _ant_random_steps(tasks, 2, seed=11)
+    budget = 2 * ANT_HORIZON
+    lengths, real = episodes.lengths, episodes.real
+    assert (lengths[~real] == 0).all() and not episodes.valid[~real].any()
+    assert not episodes.observations[~real].any() and not episodes.rewards[~real].any()
+    for task in range(3):
+        count = int(real[task].sum())
+        assert real[task, :count].all()  # real episodes first, padding after
+        steps = lengths[task, :count]
+        assert steps.sum() >= budget > steps[:-1].sum()  # the last episode meets the budget
+    assert (real.sum(axis=1) > 2).any(), "random Ant episodes end early: more are needed"
+    # padding does not enter the means
+    np.testing.assert_allclose(
+        episodes.task_returns(),
+        [episodes.returns()[t, real[t]].mean() for t in range(3)],
+    )
+    assert episodes.mean_return() == pytest.approx(episodes.returns()[real].mean())
+
+
+def test_steps_batch_is_the_episode_batch_where_no_episode_ends_early() -> None:
+    family = get_family("cheetah_velocity")
+    tasks = family.sample_tasks(np.random.default_rng(42), NUM_TASKS)
+    sampler = BatchSampler(family, num_threads=1)
+    by_episodes = sampler.sample(tasks, EPISODES, LinearGaussianPolicy(family, 1), 7, HORIZON)
+    by_steps = sampler.sample(
+        tasks, EPISODES, LinearGaussianPolicy(family, 1), 7, HORIZON, batch_unit="steps"
+    )
+    _assert_identical(by_episodes, by_steps)
+
+
+def test_steps_batch_of_a_shard_equals_those_tasks_of_the_whole_batch() -> None:
+    # each task's rounds, reset streams and action noise are its own: a Ray shard reproduces it
+    family = get_family("ant_velocity")
+    tasks = family.sample_tasks(np.random.default_rng(4), 4)
+    whole = _ant_random_steps(tasks, 2, seed=9)
+    shard = _ant_random_steps(tasks[2:], 2, seed=9, task_offset=2)
+    count = int(shard.real.sum(axis=1).max())
+    assert not whole.real[2:, count:].any()
+    _assert_identical(
+        shard,
+        whole.task(2)._replace(
+            **{
+                name: getattr(whole, name)[2:, :count]
+                for name in ("observations", "actions", "rewards", "valid", "terminated")
+            },
+            reward_terms={k: v[2:, :count] for k, v in whole.reward_terms.items()},
+            infos={k: v[2:, :count] for k, v in whole.infos.items()},
+            tasks=tasks[2:],
+        ),
+    )
+
+
+def test_steps_batch_stops_at_the_episode_cap() -> None:
+    family = get_family("ant_velocity")
+    tasks = family.sample_tasks(np.random.default_rng(3), 2)
+    episodes = _ant_random_steps(tasks, 1, seed=11, cap=2)
+    assert episodes.real.sum(axis=1).max() <= 2
+    with pytest.raises(ValueError, match="max_episodes_per_task"):
+        _ant_random_steps(tasks, 2, seed=11, cap=1)
+    with pytest.raises(ValueError, match="batch_unit"):
+        BatchSampler(family).sample(tasks, 1, LinearGaussianPolicy(family, 0), 0, 5, batch_unit="x")  # type: ignore[arg-type]
