@@ -81,6 +81,11 @@ class ArtifactAdaptation(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     episodes_per_step: int = Field(ge=1, description="K, on-policy episodes per gradient step.")
+    batch_unit: Literal["episodes", "steps"] = Field(
+        default="episodes",
+        description="'episodes': a step adapts on K episodes; 'steps': on whole episodes until "
+        "they hold K x horizon time steps (more episodes where they end early).",
+    )
     horizon: int = Field(ge=1, description="Steps per episode (episodes are padded to it).")
     settings: AdaptationSettings = Field(description="Step sizes, discount, GAE, baseline.")
     max_kl: float | None = Field(

@@ -131,6 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             seed=cfg.task_seed + 1,
             task_features=oracle,
             horizon=config.horizon,
+            batch_unit=config.batch_unit,
         )
     if args.random:
         spec = policy_spec(config.model_copy(update={"mode": "maml"}), family)
@@ -146,6 +147,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             config.adaptation,
             seed=cfg.task_seed + 1,
             horizon=config.horizon,
+            batch_unit=config.batch_unit,
         )
     if not results:
         raise ConfigError("nothing to evaluate: give --maml, --pretrained, --oracle or --random")

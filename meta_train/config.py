@@ -24,6 +24,7 @@ from pydantic import (
 
 from controller.adaptation import AdaptationSettings
 from meta_train.objective import MetaSettings
+from sim.episodes import BatchUnit
 
 Mode = Literal["maml", "pretrained", "oracle"]
 # the authors' test tasks, drawn from task_seed, or drawn from task_seed outside the training range
@@ -141,6 +142,12 @@ class TrainConfig(_Frozen):
         # Older run records and artifacts call it episodes_per_task.
         validation_alias=AliasChoices("episodes_per_step", "episodes_per_task"),
         description="K, the episodes of each task per gradient step (paper: 20).",
+    )
+    batch_unit: BatchUnit = Field(
+        default="episodes",
+        description="'episodes': each task's batch is K episodes; 'steps': whole episodes until "
+        "K x horizon time steps, as rllab counts a batch (more episodes for a task whose "
+        "episodes end early; sim.sampler.BatchSampler.sample).",
     )
     horizon: PositiveInt | None = Field(default=None, description="None: the family's.")
     torch_threads: PositiveInt = Field(default=2, description="torch intra-op threads.")

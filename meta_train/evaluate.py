@@ -19,7 +19,7 @@ import numpy as np
 from controller.adaptation import AdaptationSettings, adapt, task_batch
 from controller.policy import Params, PolicySpec, SamplingPolicy, stack_params
 from meta_train.paper import paper_test_tasks
-from sim.episodes import Episodes
+from sim.episodes import BatchUnit, Episodes
 from sim.families import Family
 from sim.tasks import BodySpace, Task, VelocityTask
 
@@ -81,16 +81,26 @@ def evaluate_method(
     seed: int,
     task_features: bool = False,
     horizon: int | None = None,
+    batch_unit: BatchUnit = "episodes",
 ) -> MethodResult:
-    """Sample, adapt each task's policy with step_sizes[s], sample again, ..."""
+    """Sample, adapt each task's policy with step_sizes[s], sample again, ...
+
+    Each task's return at a step is the mean over its real episodes (``batch_unit``: K
+    episodes, or whole episodes until K x horizon steps)."""
     per_task = [params] * len(tasks)
     rows, stats = [], []
     for step in range(len(step_sizes) + 1):
         policy = SamplingPolicy(spec, stack_params(per_task), seed + 7919 * step)
         episodes = sampler.sample(
-            tasks, episodes_per_step, policy, seed + 104729 * step, horizon, task_features
+            tasks,
+            episodes_per_step,
+            policy,
+            seed + 104729 * step,
+            horizon,
+            task_features,
+            batch_unit=batch_unit,
         )
-        rows.append(episodes.returns().mean(axis=1))
+        rows.append(episodes.task_returns())
         stats.append(velocity_stats(episodes))
         if step < len(step_sizes):
             per_task = [

@@ -102,7 +102,12 @@ def adaptation_kls(
     tasks = family.sample_tasks(np.random.default_rng(seed), num_tasks)
     policy = SamplingPolicy(spec, params, seed)
     episodes = BatchSampler(family, num_threads).sample(
-        tasks, adaptation.episodes_per_step, policy, seed, horizon=adaptation.horizon
+        tasks,
+        adaptation.episodes_per_step,
+        policy,
+        seed,
+        horizon=adaptation.horizon,
+        batch_unit=adaptation.batch_unit,
     )
     settings = adaptation.settings
     kls = []

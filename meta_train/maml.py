@@ -175,7 +175,7 @@ def _exploration_term(
     Its gradient at theta_old is the E-MAML score-function term, -w * mean_i z_i * mean_t
     grad log pi(a_t|s_t): it rewards pre-update behaviour that led to good adapted policies.
     """
-    post_update = valid_episodes.returns().mean(axis=1)
+    post_update = valid_episodes.task_returns()
     z = (post_update - post_update.mean()) / (post_update.std() + 1e-8)
     weights = torch.as_tensor(z, dtype=torch.float32)
     batches = [task_batch(train_episodes, i, settings.adaptation) for i in range(len(z))]

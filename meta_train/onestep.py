@@ -77,8 +77,8 @@ def one_step_report(
         rest = float(np.linalg.norm(ends - goals, axis=1).mean())
         start = float(np.linalg.norm(goals, axis=1).mean())
     return OneStepReport(
-        float(after.returns().mean()),
-        float(deterministic.returns().mean()),
+        after.mean_return(),
+        deterministic.mean_return(),
         float(np.mean(change)),
         rest,
         start,

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from controller.policy import Params, PolicySpec, SamplingPolicy
-from sim.episodes import Episodes
+from sim.episodes import BatchUnit, Episodes
 from sim.families import Family, get_family
 from sim.sampler import BatchSampler
 from sim.tasks import Task
@@ -67,12 +67,18 @@ def contiguous_shards(num_tasks: int, num_workers: int) -> list[tuple[int, int]]
 
 
 def concatenate_episodes(parts: Sequence[Episodes]) -> Episodes:
-    """The shards' episodes joined along the task axis, in the given order (fresh arrays)."""
+    """The shards' episodes joined along the task axis, in the given order (fresh arrays).
+
+    Shards of a batch counted in steps can hold different numbers of episodes per task; the
+    narrower ones are padded with empty episodes (all zeros, ``valid`` False), as the sampler
+    pads a row.
+    """
     if not parts:
         raise ValueError("nothing to concatenate")
+    width = max(p.episodes_per_task for p in parts)
 
     def join(arrays: Sequence[np.ndarray]) -> np.ndarray:
-        return np.concatenate(arrays, axis=0)
+        return np.concatenate([_widen(a, width) for a in arrays], axis=0)
 
     first = parts[0]
     return Episodes(
@@ -87,18 +93,28 @@ def concatenate_episodes(parts: Sequence[Episodes]) -> Episodes:
     )
 
 
+def _widen(array: np.ndarray, width: int) -> np.ndarray:
+    """``array`` [T, E, ...] with zeros appended along E up to ``width`` episodes."""
+    if array.shape[1] == width:
+        return array
+    pad = [(0, 0)] * array.ndim
+    pad[1] = (0, width - array.shape[1])
+    return np.pad(array, pad)
+
+
 @dataclass(frozen=True)
 class _Job:
     """One ``sample`` call as the workers need it (the parameters travel by reference)."""
 
     tasks: Sequence[Task]
-    episodes_per_task: int
+    episodes_per_step: int
     spec: PolicySpec
     policy_seed: int
     policy_offset: int
     seed: int
     horizon: int | None
     task_features: bool
+    batch_unit: BatchUnit = "episodes"
 
 
 class RolloutWorker:
@@ -119,12 +135,13 @@ class RolloutWorker:
         policy = SamplingPolicy(job.spec, params, job.policy_seed, job.policy_offset)
         return self.sampler.sample(
             job.tasks[start:stop],
-            job.episodes_per_task,
+            job.episodes_per_step,
             policy.shard(start, stop),
             job.seed,
             job.horizon,
             job.task_features,
             task_offset=start,
+            batch_unit=job.batch_unit,
         )
 
 
@@ -178,25 +195,27 @@ class RaySampler:
     def sample(
         self,
         tasks: Sequence[Task],
-        episodes_per_task: int,
+        episodes_per_step: int,
         policy: SamplingPolicy,
         seed: int,
         horizon: int | None = None,
         task_features: bool = False,
+        batch_unit: BatchUnit = "episodes",
     ) -> Episodes:
         """As :meth:`BatchSampler.sample`; ``policy`` must be a fresh SamplingPolicy."""
         return self.gather(
-            self.submit(tasks, episodes_per_task, policy, seed, horizon, task_features)
+            self.submit(tasks, episodes_per_step, policy, seed, horizon, task_features, batch_unit)
         )
 
     def submit(
         self,
         tasks: Sequence[Task],
-        episodes_per_task: int,
+        episodes_per_step: int,
         policy: SamplingPolicy,
         seed: int,
         horizon: int | None = None,
         task_features: bool = False,
+        batch_unit: BatchUnit = "episodes",
     ) -> Submission:
         """Start a ``sample`` call on the workers; :meth:`gather` waits for it."""
         if not isinstance(policy, SamplingPolicy):
@@ -217,13 +236,14 @@ class RaySampler:
             )
         job = _Job(
             tasks,
-            episodes_per_task,
+            episodes_per_step,
             policy.spec,
             policy.seed,
             policy.task_offset,
             seed,
             horizon,
             task_features,
+            batch_unit,
         )
         params_ref = self._ray.put(policy.params)  # once per call; workers read it by reference
         shards = contiguous_shards(len(tasks), len(self.workers))

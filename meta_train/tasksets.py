@@ -66,6 +66,7 @@ def task_set_spread(
             sizes,
             adaptation.settings,
             seed=config.task_seed + 1,
+            batch_unit=adaptation.batch_unit,
         )
         return result.mean
 

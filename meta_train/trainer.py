@@ -35,7 +35,7 @@ from meta_train.export import calibrated_adaptation, family_layout
 from meta_train.maml import meta_step
 from meta_train.objective import adapted_params_for_tasks
 from meta_train.ray_sampler import RaySampler
-from sim.episodes import Episodes
+from sim.episodes import BatchUnit, Episodes
 from sim.families import Family, get_family
 from sim.sampler import BatchSampler
 from sim.tasks import Task
@@ -68,11 +68,12 @@ class EpisodeSampler(Protocol):
     def sample(
         self,
         tasks: Sequence[Task],
-        episodes_per_task: int,
+        episodes_per_step: int,
         policy: SamplingPolicy,
         seed: int,
         horizon: int | None = None,
         task_features: bool = False,
+        batch_unit: BatchUnit = "episodes",
     ) -> Episodes: ...
 
 
@@ -89,15 +90,22 @@ class OneTorchThreadSampler:
     def sample(
         self,
         tasks: Sequence[Task],
-        episodes_per_task: int,
+        episodes_per_step: int,
         policy: SamplingPolicy,
         seed: int,
         horizon: int | None = None,
         task_features: bool = False,
+        batch_unit: BatchUnit = "episodes",
     ) -> Episodes:
         with torch_threads(1):
             return self.sampler.sample(
-                tasks, episodes_per_task, policy, seed, horizon, task_features
+                tasks,
+                episodes_per_step,
+                policy,
+                seed,
+                horizon,
+                task_features,
+                batch_unit=batch_unit,
             )
 
 
@@ -164,6 +172,7 @@ def sample_adapted_rounds(
                 policy,
                 seeds[f"{prefix}_reset{suffix}"],
                 config.horizon,
+                batch_unit=config.batch_unit,
             )
         )
         sampling_s += time.perf_counter() - adapted_at
@@ -196,6 +205,7 @@ def run_iteration(
         seeds["train_reset"],
         config.horizon,
         task_features=oracle,
+        batch_unit=config.batch_unit,
     )
     sampled = time.perf_counter()
     rounds = [train]
@@ -205,21 +215,23 @@ def run_iteration(
         )
         new_params, report = meta_step(spec, params, rounds, valid, config.meta)
         sampling_s += sampled - start
-        return_after = float(valid.returns().mean())
+        return_after = valid.mean_return()
     else:
         new_params, report = policy_step(spec, params, train, config.meta)
         sampling_s, inner_s = sampled - start, 0.0
-        return_after = float(train.returns().mean())
+        return_after = train.mean_return()
     end = time.perf_counter()
     trpo = report.trpo
     after = valid if config.mode == "maml" else train
     record = {
         "iteration": iteration,
-        "return_before": float(train.returns().mean()),
+        "return_before": train.mean_return(),
         "return_after": return_after,
         # mean episode length (steps): where episodes terminate early, whether they lengthen
-        "length_before": float(train.lengths.mean()),
-        "length_after": float(after.lengths.mean()),
+        "length_before": train.mean_length(),
+        "length_after": after.mean_length(),
+        # episodes per task: K, or more where a batch counted in steps meets short episodes
+        "episodes_before": float(train.real.sum(axis=1).mean()),
         "accepted": trpo.accepted,
         "kl": trpo.kl,
         "step_fraction": trpo.step_fraction,
@@ -238,7 +250,7 @@ def run_iteration(
         "line_search_s": round(report.line_search_seconds, 4),
     }
     if len(rounds) > 1:  # mean return after 0, 1, ..., n-1 inner steps
-        record["inner_returns"] = [float(r.returns().mean()) for r in rounds]
+        record["inner_returns"] = [r.mean_return() for r in rounds]
     return new_params, record
 
 
@@ -332,6 +344,7 @@ def export(
     )
     adaptation = ArtifactAdaptation(
         episodes_per_step=config.episodes_per_step,
+        batch_unit=config.batch_unit,
         horizon=config.horizon or family.horizon,
         settings=config.adaptation,
     )

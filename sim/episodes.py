@@ -7,11 +7,15 @@ A = action size. Arrays are numpy; learners convert them to tensors at their own
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 
 from sim.tasks import Task
+
+BatchUnit = Literal["episodes", "steps"]
+"""How a task's batch is counted: K episodes, or whole episodes until K x horizon time steps
+(rllab's batch size; more episodes for a task whose episodes end early)."""
 
 
 class Episodes(NamedTuple):

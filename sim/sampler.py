@@ -9,20 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from operator import attrgetter
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 
-from sim.episodes import Episodes
+from sim.episodes import BatchUnit, Episodes
 from sim.families import Family
 from sim.simulator import Simulator
 from sim.tasks import Task
 
 Policy = Callable[[np.ndarray], np.ndarray]
 """observations [T, E, O] float32 -> actions [T, E, A]; may be stochastic (it owns its rng)."""
-
-BatchUnit = Literal["episodes", "steps"]
-"""How a task's batch is counted: K episodes, or K x horizon time steps of whole episodes."""
 
 
 class BatchSampler:
@@ -53,8 +50,8 @@ class BatchSampler:
         seed: int,
         horizon: int | None = None,
         task_features: bool = False,
-        task_offset: int = 0,
         batch_unit: BatchUnit = "episodes",
+        task_offset: int = 0,
         max_episodes_per_task: int | None = None,
     ) -> Episodes:
         """Roll out a batch of episodes of each task with ``policy``.

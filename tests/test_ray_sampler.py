@@ -89,8 +89,24 @@ def test_shards_sampled_apart_join_into_the_batch() -> None:
         policy.shard(3, 6)
 
 
+def test_step_counted_shards_join_into_the_batch_with_padding() -> None:
+    """A batch counted in steps gives shards different widths; joined, they are the batch."""
+    family = get_family("ant_velocity")
+    tasks = family.sample_tasks(np.random.default_rng(3), 4)
+    spec, params = _policy_params(family, 4, stacked=True)
+    policy = SamplingPolicy(spec, params, seed=11)
+    sampler = BatchSampler(family, num_threads=1)
+    whole = sampler.sample(tasks, 2, policy, seed=5, horizon=200, batch_unit="steps")
+    parts = [
+        sampler.sample(tasks[a:b], 2, policy.shard(a, b), 5, 200, batch_unit="steps", task_offset=a)
+        for a, b in ((0, 1), (1, 4))
+    ]
+    assert len({p.episodes_per_task for p in parts}) == 2, "the shards should differ in width"
+    _assert_same(whole, concatenate_episodes(parts))
+
+
 def test_reset_streams_are_the_tasks_own() -> None:
-    streams = _PerTaskGenerator(seed=5, task_ids=[3, 4], episodes_per_task=2)
+    streams = _PerTaskGenerator(seed=5, task_ids=[3, 4], episodes_per_step=2)
     drawn = streams.uniform(-1.0, 1.0, size=(4, 3))
     for row, task in ((0, 3), (2, 4)):
         own = np.random.default_rng(np.random.SeedSequence([5, task])).uniform(-1, 1, (2, 3))

@@ -432,3 +432,23 @@ def test_curves_table_averages_windows_of_the_log(tmp_path: Path) -> None:
     assert table[2] == "| 0-1 | 0.5 | 2.5 | +2.0 | — | 1.0 |"  # no lengths logged there
     assert table[3] == "| 2-3 | 2.5 | 4.5 | +2.0 | 102 | 1.0 |"
     assert table[4] == "| 4-4 | 4.0 | 6.0 | +2.0 | 104 | 1.0 |"
+
+
+def test_a_run_counting_steps_takes_more_episodes_where_they_end_early(tmp_path: Path) -> None:
+    # Ant episodes end when the torso leaves its healthy height: a batch of K x H steps then
+    # holds more than K episodes, and the artifact tells the runtime how its K is counted
+    config = tiny_config(
+        family="ant_velocity",
+        iterations=1,
+        meta_batch_size=2,
+        episodes_per_step=2,
+        horizon=200,
+        batch_unit="steps",
+        policy={"hidden_sizes": [8], "init_log_std": 1.0},
+    )
+    train(config, tmp_path, progress=False)
+    record = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    assert record["episodes_before"] > 2
+    assert 0 < record["length_before"] < 200
+    assert load_artifact(tmp_path / "artifact").metadata.adaptation.batch_unit == "steps"
+    assert TrainConfig.model_validate({"family": "ant_velocity"}).batch_unit == "episodes"
