@@ -27,6 +27,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from controller import simloop
     from controller.runtime import Controller
 
+    if args.video:  # a missing encoder is reported before any episode runs
+        from controller.video import require_encoder
+
+        require_encoder()
     if body_given(args):  # the damaged robot (controller/recovery.py)
         from controller import recovery
 

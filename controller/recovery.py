@@ -27,7 +27,10 @@ from controller.cli_args import body_from_args
 from controller.config import ConfigError
 from controller.monitor import MonitorSettings
 from controller.runtime import Controller
+from controller.simloop import EpisodeRecorder
+from controller.video import write_side_by_side
 from sim.families import get_family
+from sim.simulator import Simulator
 from sim.tasks import BodySpace, BodyTask, task_to_dict
 
 
@@ -93,9 +96,15 @@ def _mean(episodes: list[DeployedEpisode]) -> float | None:
 
 
 def deploy(
-    controller: Controller, body: BodyTask, damage_at: int, episodes: int, seed: int = 0
-) -> Deployment:
-    """Run ``episodes`` episodes one after another on one robot, damaged from ``damage_at``."""
+    controller: Controller, body: BodyTask, damage_at: int, episodes: int, seed: int = 0,
+    recorder: EpisodeRecorder | None = None,
+) -> Deployment:  # fmt: skip
+    """Run ``episodes`` episodes one after another on one robot, damaged from ``damage_at``.
+
+    With a ``recorder``, three episodes are filmed (``recorder.films``, in this order): the last
+    before the damage (when there is one), the first after it, and the first that the adapted
+    policy runs (when adaptation happens).
+    """
     family = get_family(controller.artifact.metadata.family)
     space = family.task_space
     assert isinstance(space, BodySpace)
@@ -110,11 +119,15 @@ def deploy(
     rows: list[DeployedEpisode] = []
     events: list[dict[str, Any]] = []
     start = time.monotonic()
+    adapted_filmed = False
     for index in range(episodes):
         steps = int(controller.status()["adaptation_steps"])
         seen = len(controller.recovery.events)
+        title = _film_title(index, damage_at, steps, adapted_filmed)
+        adapted_filmed = adapted_filmed or (title is not None and steps > 0)
+        film = None if recorder is None or title is None else (recorder, title)
         total, length = _episode(controller, sim, healthy if index < damage_at else body, rng,
-                                 horizon)  # fmt: skip
+                                 horizon, film)  # fmt: skip
         rows.append(DeployedEpisode(index, index >= damage_at, steps, total, length,
                                     time.monotonic() - start))  # fmt: skip
         for event in controller.recovery.events[seen:]:
@@ -126,15 +139,34 @@ def deploy(
                       controller.episodes_per_step, dt, rows, events)  # fmt: skip
 
 
+def _film_title(index: int, damage_at: int, steps: int, adapted_filmed: bool) -> str | None:
+    """The film title of deployment episode ``index``, or None when it is not filmed."""
+    if index == damage_at - 1:
+        return f"episode {index}: healthy"
+    if index == damage_at:
+        return f"episode {index}: damaged" + (", adapted" if steps > 0 else "")
+    if index > damage_at and steps > 0 and not adapted_filmed:
+        return f"episode {index}: damaged, adapted"
+    return None
+
+
 def _episode(
-    controller: Controller, sim: Any, body: BodyTask, rng: np.random.Generator, horizon: int
-) -> tuple[float, int]:
-    """One episode through act/record; the Controller's monitor sees it when it ends."""
+    controller: Controller, sim: Simulator, body: BodyTask, rng: np.random.Generator,
+    horizon: int, film: tuple[EpisodeRecorder, str] | None = None,
+) -> tuple[float, int]:  # fmt: skip
+    """One episode through act/record; the Controller's monitor sees it when it ends.
+
+    ``film``: a recorder and a title, to film this episode.
+    """
     observation = sim.reset([body], rng)[0]
+    if film is not None:
+        film[0].start(sim, film[1], horizon)
     total = 0.0
     for step in range(horizon):
         action = controller.act(observation)
         result = sim.step(action[None, :])
+        if film is not None:
+            film[0].shoot(sim, result)
         reward = float(sum(float(term[0]) for term in result.reward_terms.values()))
         total += reward
         terminated = bool(result.terminated[0])
@@ -179,6 +211,33 @@ def format_deployment(result: Deployment) -> str:
 
 def _describe(body: dict[str, Any]) -> str:
     return f"gains {body['motor_gains']}, payload {body['payload_kg']:g} kg, friction x{body['friction_scale']:g}"
+
+
+def describe_body(body: BodyTask, motor_names: tuple[str, ...]) -> str:
+    """The perturbation in words, motors by name: 'motors bthigh x0, fshin x0.5; payload 2.5
+    kg; friction x0.5' (the parts that differ from a healthy body; 'healthy' if none do)."""
+    weak = [f"{name} x{gain:g}" for name, gain in zip(motor_names, body.motor_gains, strict=True)
+            if gain != 1.0]  # fmt: skip
+    parts = [f"motors {', '.join(weak)}"] if weak else []
+    if body.payload_kg:
+        parts.append(f"payload {body.payload_kg:g} kg")
+    if body.friction_scale != 1.0:
+        parts.append(f"friction x{body.friction_scale:g}")
+    return "; ".join(parts) or "healthy"
+
+
+def write_deployment_video(
+    recorder: EpisodeRecorder, deployment: Deployment, body: BodyTask,
+    motor_names: tuple[str, ...], path: str | Path,
+) -> Path:  # fmt: skip
+    """The deployment's filmed episodes (healthy, damaged, adapted) side by side, one MP4.
+
+    The header names the perturbation and the episode it starts at; each film's title gives its
+    episode and phase, and its captions the step and the velocity.
+    """
+    header = (f"{deployment.family}: from episode {deployment.damage_at}, "
+              f"{describe_body(body, motor_names)}")  # fmt: skip
+    return write_side_by_side(path, recorder.films, header, recorder.fps)
 
 
 def plot_deployment(result: Deployment, path: str | Path) -> None:
@@ -237,31 +296,48 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.damage_at is not None and config.monitor is None:
         config = config.model_copy(update={"monitor": MonitorSettings()})
     out = Path(args.out)
-    with Controller.load(args.artifact, config) as controller:
-        family = get_family(controller.artifact.metadata.family)
-        body = body_from_args(args, family)
-        outside = family.task_space.outside_training(body)  # type: ignore[union-attr]
-        if outside:
-            print(f"note: this body is outside the training range: {'; '.join(outside)}")
-        if args.damage_at is None:
-            result = simloop.run(controller, body, steps=args.steps, seed=args.seed,
-                                 num_threads=args.threads)  # fmt: skip
-        else:
-            k = controller.episodes_per_step
-            count = args.episodes or args.damage_at + 3 * k
-            deployment = deploy(controller, body, args.damage_at, count, seed=args.seed)
+    recorder = EpisodeRecorder() if args.video else None
+    try:
+        with Controller.load(args.artifact, config) as controller:
+            family = get_family(controller.artifact.metadata.family)
+            body = body_from_args(args, family)
+            outside = family.task_space.outside_training(body)  # type: ignore[union-attr]
+            if outside:
+                print(f"note: this body is outside the training range: {'; '.join(outside)}")
+            if args.damage_at is None:
+                result = simloop.run(controller, body, steps=args.steps, seed=args.seed,
+                                     num_threads=args.threads, recorder=recorder)  # fmt: skip
+            else:
+                k = controller.episodes_per_step
+                count = args.episodes or args.damage_at + 3 * k
+                deployment = deploy(controller, body, args.damage_at, count, seed=args.seed,
+                                    recorder=recorder)  # fmt: skip
+    finally:
+        if recorder is not None:
+            recorder.close()
+    names = family.task_space.motor_names  # type: ignore[union-attr]
     out.mkdir(parents=True, exist_ok=True)
+    video = None
     if args.damage_at is None:
         document = result.to_json()
         simloop.plot(result, body, out / "adaptation.png")
         text, figure = simloop.format_table(result), out / "adaptation.png"
+        if recorder is not None:
+            video = simloop.write_video(recorder, result, body, out / "adaptation.mp4",
+                                        describe_body(body, names))  # fmt: skip
     else:
         document = deployment.to_json()
         figure = out / "recovery.png"
         plot_deployment(deployment, figure)
         text = format_deployment(deployment)
+        if recorder is not None:
+            video = write_deployment_video(recorder, deployment, body, names,
+                                           out / "recovery.mp4")  # fmt: skip
     (out / "result.json").write_text(json.dumps(document, indent=1) + "\n")
     print(json.dumps(document, indent=1) if args.json else text)
     if not args.json:
         print(f"wrote {out / 'result.json'} and {figure}")
+        if video is not None:
+            films = " | ".join(f.title for f in recorder.films)  # type: ignore[union-attr]
+            print(f"video ({films}, side by side): {video}")
     return 0

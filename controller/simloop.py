@@ -239,8 +239,16 @@ def plot(result: RunResult, task: Task, path: str | Path) -> None:
     plt.close(fig)
 
 
-def write_video(recorder: EpisodeRecorder, result: RunResult, task: Task, path: str | Path) -> Path:
-    """The first and the last phase's filmed episodes side by side, as one MP4 at real time."""
+def write_video(
+    recorder: EpisodeRecorder, result: RunResult, task: Task, path: str | Path,
+    description: str | None = None,
+) -> Path:  # fmt: skip
+    """The first and the last phase's filmed episodes side by side, as one MP4 at real time.
+
+    The header gives the family and the task, with which side is which; a ``description``
+    (a damaged body's, with its motors' names) replaces both, the films' titles then naming
+    the phases.
+    """
     films = recorder.films
     if len(films) < 2:
         raise ValueError("a before/after video needs at least two filmed phases")
@@ -248,4 +256,6 @@ def write_video(recorder: EpisodeRecorder, result: RunResult, task: Task, path: 
     # adapted policy from its journal starts from that policy, and the titles say so.
     films[0].title, films[-1].title = result.phases[0].name, result.phases[-1].name
     header = f"{result.family}: {task.describe()}  |  left: before adaptation, right: after"
+    if description is not None:
+        header = f"{result.family}: {description}"
     return write_side_by_side(path, [films[0], films[-1]], header, recorder.fps)

@@ -88,16 +88,28 @@ def compose(films: Sequence[Film], header: str) -> list[np.ndarray]:
     return out
 
 
-def write_mp4(path: str | Path, frames: Sequence[np.ndarray], fps: float) -> Path:
-    """Encode ``frames`` ([H, W, 3] uint8, sizes multiples of 16) as H.264 MP4 at ``fps``."""
+def require_encoder() -> None:
+    """Raise :class:`VideoError` naming the ``video`` extra unless the encoder packages import.
+
+    Commands that film call it before they run anything, so that a missing package is reported
+    before the episodes are simulated rather than after.
+    """
     try:
-        import imageio.v2 as imageio
+        import imageio.v2  # noqa: F401 - the writer
         import imageio_ffmpeg  # noqa: F401 - the encoder binary imageio's FFMPEG plugin runs
+        import PIL  # noqa: F401 - the captions
     except ImportError as error:
         raise VideoError(
             f"writing a video needs imageio and imageio-ffmpeg ({error}); "
             "install them with: pip install 'adaptctl[video]'"
         ) from error
+
+
+def write_mp4(path: str | Path, frames: Sequence[np.ndarray], fps: float) -> Path:
+    """Encode ``frames`` ([H, W, 3] uint8, sizes multiples of 16) as H.264 MP4 at ``fps``."""
+    require_encoder()
+    import imageio.v2 as imageio
+
     if not frames:
         raise VideoError("no frames to encode")
     if fps <= 0:

@@ -51,6 +51,27 @@ def apply_body(model: mujoco.MjModel, base: mujoco.MjModel, task: BodyTask) -> N
     model.geom_friction[:] = base.geom_friction * task.friction_scale
 
 
+WEAK_MOTOR_RGBA = np.array([0.85, 0.1, 0.1, 1.0])
+"""The colour a dead motor's limb is drawn in (a weakened one's is blended toward it)."""
+
+
+def mark_weakened_motors(model: mujoco.MjModel, motor_gains: Sequence[float]) -> None:
+    """Colour the geoms that each weakened motor moves, for frames of a damaged robot.
+
+    Actuator i drives a joint (``actuator_trnid``); the geoms of that joint's body are blended
+    toward :data:`WEAK_MOTOR_RGBA` by 1 - ``motor_gains[i]`` (a dead motor's limb is red) and
+    drawn with their own colour rather than a material's. Only the model's look changes.
+    """
+    for actuator, gain in enumerate(motor_gains):
+        if gain >= 1.0:
+            continue
+        body = model.jnt_bodyid[model.actuator_trnid[actuator, 0]]
+        geoms = np.flatnonzero(model.geom_bodyid == body)
+        weight = min(1.0, 1.0 - float(gain))
+        model.geom_rgba[geoms] = (1.0 - weight) * model.geom_rgba[geoms] + weight * WEAK_MOTOR_RGBA
+        model.geom_matid[geoms] = -1
+
+
 class DamageSimulator(LocomotionSimulator):
     """N simulations of one robot running forward, each with its own body (a BodyTask)."""
 
@@ -93,6 +114,10 @@ class DamageSimulator(LocomotionSimulator):
         self._batch.set_const(ids=ids)  # masses -> subtree masses, invweights, actuator_acc0
         for i in changed:
             self._bodies[i] = bodies[i]
+
+    def body(self, index: int) -> BodyTask | None:
+        """Simulation ``index``'s body (None before its first reset)."""
+        return self._bodies[index]
 
     def get_model(self, index: int) -> mujoco.MjModel:
         """A copy of simulation ``index``'s model, with its body's fields (for tests, rendering)."""

@@ -20,9 +20,11 @@ from typing import Protocol
 import mujoco
 import numpy as np
 
+from sim.damage import DamageSimulator, mark_weakened_motors
 from sim.locomotion import LocomotionSimulator
 from sim.navigation import NavigationSimulator
 from sim.simulator import Simulator
+from sim.tasks import BodyTask
 
 DEFAULT_SIZE = (240, 320)
 """(height, width) of a frame in pixels unless asked otherwise."""
@@ -89,7 +91,13 @@ def _open_renderer(model: mujoco.MjModel, height: int, width: int) -> mujoco.Ren
 
 
 class MujocoFrameRenderer:
-    """Frames of a :class:`LocomotionSimulator` by ``mujoco.Renderer`` (off-screen)."""
+    """Frames of a :class:`LocomotionSimulator` by ``mujoco.Renderer`` (off-screen).
+
+    A :class:`~sim.damage.DamageSimulator`'s simulation is drawn with its own body's model
+    (``get_model``: its motor gains, payload and friction, and the limbs of weakened motors
+    coloured by :func:`~sim.damage.mark_weakened_motors`); the renderer is reopened on that
+    model whenever the simulation's body changes.
+    """
 
     def __init__(
         self,
@@ -97,17 +105,38 @@ class MujocoFrameRenderer:
         size: tuple[int, int] = DEFAULT_SIZE,
         camera: TrackingCamera | None = None,
     ) -> None:
+        self._source = model
+        self._size = size
         self._model = model
+        self._body: BodyTask | None = None
         self._renderer = _open_renderer(model, size[0], size[1])
         self._camera = (camera or TrackingCamera()).mjv_camera()
 
+    @property
+    def model(self) -> mujoco.MjModel:
+        """The model the last frame was drawn with (a damaged simulation's own)."""
+        return self._model
+
     def frame(self, simulator: Simulator, index: int = 0) -> np.ndarray:
-        if not isinstance(simulator, LocomotionSimulator) or simulator.model is not self._model:
+        if not isinstance(simulator, LocomotionSimulator) or simulator.model is not self._source:
             raise RenderError("this renderer draws the MuJoCo simulator it was made for")
+        if isinstance(simulator, DamageSimulator):
+            self._follow_body(simulator, index)
         data = simulator.get_data(index)
         mujoco.mj_forward(self._model, data)  # positions of bodies and geoms for the scene
         self._renderer.update_scene(data, camera=self._camera)
         return np.asarray(self._renderer.render(), dtype=np.uint8).copy()
+
+    def _follow_body(self, simulator: DamageSimulator, index: int) -> None:
+        """Draw with simulation ``index``'s own body from now on, if it changed."""
+        body = simulator.body(index)
+        if body is None or body == self._body:
+            return
+        model = simulator.get_model(index)
+        mark_weakened_motors(model, body.motor_gains)
+        renderer = _open_renderer(model, self._size[0], self._size[1])
+        self._renderer.close()
+        self._renderer, self._model, self._body = renderer, model, body
 
     def new_episode(self) -> None:
         pass
