@@ -47,8 +47,13 @@ def kl_hvp(
     chains: Sequence[InnerChain],
     old_all: Sequence[OldPolicy],
     settings: MetaSettings,
+    num_valid: float | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """v [P] -> Hessian of the pooled mean KL at theta times v, as ``settings.hvp`` names it.
+
+    The KL is summed over these tasks' valid steps and divided by ``num_valid`` (None: their
+    own count, the pooled mean; a shard of a meta-batch passes the whole batch's,
+    :mod:`meta_train.shard`).
 
     ``chains`` (theta_1 .. theta_n of each task, values only) and ``old_all`` come from
     :func:`meta_train.maml.meta_gradient`.
@@ -63,9 +68,12 @@ def kl_hvp(
     if settings.hvp == "finite_difference":
         # The inner steps keep all train episodes: theta_n(theta) must stay pi_old's parameters
         # at theta for the KL's gradient to vanish there.
-        kl_gradient = _kl_gradient_fn(spec, theta, rounds, valid, chains, old_all, settings)
+        kl_gradient = _kl_gradient_fn(
+            spec, theta, rounds, valid, chains, old_all, settings, num_valid
+        )
         return finite_difference_hvp(kl_gradient, flatten(theta), settings.fd_relative_eps)
-    num_valid = sum(float(v.valid.sum()) for v in valid)
+    if num_valid is None:
+        num_valid = sum(float(v.valid.sum()) for v in valid)
     tasks = []
     for train_i, valid_i, chain in zip(rounds, valid, chains, strict=True):
         steps: list[derivatives.LossCurvature] = []
@@ -142,12 +150,14 @@ def _kl_gradient_fn(
     chains: Sequence[InnerChain],
     old_all: Sequence[OldPolicy],
     settings: MetaSettings,
+    num_valid: float | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """theta [P] -> gradient of the pooled mean KL through the inner steps, for finite differences.
 
     First order: theta_n moves with theta one to one (J = I), consistent with the gradient.
     """
-    num_valid = sum(float(v.valid.sum()) for v in valid)
+    if num_valid is None:
+        num_valid = sum(float(v.valid.sum()) for v in valid)
     origin = detached(theta)
 
     def kl_gradient(flat: torch.Tensor) -> torch.Tensor:
@@ -170,12 +180,17 @@ def _kl_gradient_fn(
 
 
 def fisher_hvp(
-    spec: PolicySpec, params: Params, batches: Sequence[TaskBatch]
+    spec: PolicySpec,
+    params: Params,
+    batches: Sequence[TaskBatch],
+    num_valid: float | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """v [P] -> Hessian of the pooled mean KL(pi_params || pi) at pi = pi_params, times v: the
-    TRPO step of one policy without adaptation (the comparators'), i.e. J = I above."""
+    TRPO step of one policy without adaptation (the comparators'), i.e. J = I above. The KL is
+    divided by ``num_valid`` (None: these batches' valid steps)."""
     packed = [pack_steps(b) for b in batches]
-    num_valid = sum(float(b.valid.sum()) for b in packed)
+    if num_valid is None:
+        num_valid = sum(float(b.valid.sum()) for b in packed)
     point = detached(params)
     tasks = [
         _TaskCurvature([], derivatives.forward(spec, point, b.observations), 0.0) for b in packed

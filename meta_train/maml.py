@@ -14,8 +14,10 @@ not differentiated, only the path theta -> theta_1 -> ... -> theta_n.
 Layout: :mod:`meta_train.objective` holds the per-task pieces (the settings, the inner
 steps, the surrogate and KL of one task, pi_old); :mod:`meta_train.curvature` the Hessian-vector
 products of the pooled KL (the exact J^T F J product or the paper's finite differences),
-written out in closed form by :mod:`meta_train.derivatives`; this module the meta-gradient, the
-optional E-MAML exploration term and the TRPO step.
+written out in closed form by :mod:`meta_train.derivatives`; :mod:`meta_train.shard` the
+meta-gradient, the optional E-MAML exploration term and the line search's values of some tasks,
+as shares that add up over the meta-batch; this module runs the TRPO step on their sum
+(:func:`trpo_on`), on this machine or with the shards on Ray workers.
 
 Tasks are processed in a Python loop over their packed valid steps: per-task tensors stay
 small enough for the cache, where one batched bmm over all tasks would stream from memory
@@ -25,27 +27,20 @@ small enough for the cache, where one batched bmm over all tasks would stream fr
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
-import torch
-
-from controller.adaptation import TaskBatch, pack_steps, task_batch
-from controller.policy import Params, PolicySpec, gaussian_log_prob, mean_action
-from meta_train.curvature import kl_hvp, timed_hvp
-from meta_train.objective import (
-    InnerBatches,
-    InnerChain,
-    MetaSettings,
-    OldPolicy,
-    detached,
-    episode_rounds,
-    inner_chain,
-    old_policy,
-    task_rounds,
-    valid_objectives,
+from controller.policy import Params, PolicySpec
+from meta_train.curvature import timed_hvp
+from meta_train.objective import MetaSettings, episode_rounds
+from meta_train.shard import (
+    MetaShard,
+    ObjectiveTerms,
+    ShardSum,
+    exploration_weights,
+    meta_totals,
 )
-from meta_train.trpo import TRPOStepReport, flatten, trpo_step, unflatten
+from meta_train.trpo import TRPOSettings, TRPOStepReport, flatten, trpo_step, unflatten
 from sim.episodes import Episodes
 
 
@@ -56,7 +51,7 @@ class MetaStepReport(NamedTuple):
     num_tasks: int
     hvp_calls: int
     batch_seconds: float
-    """Returns, baseline fits and advantages of train and valid episodes."""
+    """Returns, baseline fits and advantages of train and valid episodes (the shards' setup)."""
     gradient_seconds: float
     """Inner steps, sampling distributions and the meta-gradient."""
     hvp_seconds: float
@@ -70,53 +65,43 @@ def meta_step(
     train_episodes: Episodes | Sequence[Episodes],
     valid_episodes: Episodes,
     settings: MetaSettings,
+    terms: ObjectiveTerms | None = None,
 ) -> tuple[Params, MetaStepReport]:
     """One TRPO step on the MAML meta-objective of a meta-batch; new parameters and a report.
 
     ``train_episodes``: one Episodes per inner step (round k sampled with theta_k), or a single
-    Episodes when ``settings.inner_steps`` is 1.
+    Episodes when ``settings.inner_steps`` is 1. ``terms``: the objective's terms where the
+    episodes are (e.g. :meth:`meta_train.ray_sampler.RaySampler.meta_terms`); None: one
+    :class:`~meta_train.shard.MetaShard` of all tasks, here.
     """
     start = time.perf_counter()
-    rounds = episode_rounds(train_episodes)
-    if len(rounds) != settings.inner_steps:
-        raise ValueError(
-            f"{len(rounds)} rounds of train episodes, but settings.inner_steps is "
-            f"{settings.inner_steps}: pass one round per inner step"
-        )
-    if any(r.num_tasks != valid_episodes.num_tasks for r in rounds):
-        raise ValueError(
-            f"train episodes cover {[r.num_tasks for r in rounds]} tasks, valid episodes "
-            f"{valid_episodes.num_tasks}: they must come from the same meta-batch"
-        )
-    num_tasks = valid_episodes.num_tasks
-    # Valid steps only from here on: no arithmetic on the padding after early terminations.
-    train = [
-        [pack_steps(task_batch(r, i, settings.adaptation)) for r in rounds]
-        for i in range(num_tasks)
-    ]
-    valid = [
-        pack_steps(task_batch(valid_episodes, i, settings.adaptation)) for i in range(num_tasks)
-    ]
+    if terms is None:
+        totals = meta_totals(valid_episodes, settings)
+        weights = exploration_weights(valid_episodes) if settings.exploration_weight else None
+        rounds = episode_rounds(train_episodes)
+        shard = MetaShard(spec, params, rounds, valid_episodes, settings, totals, weights)
+        terms = ShardSum([shard])
+    return trpo_on(terms, params, settings.trpo, valid_episodes.num_tasks, start)
+
+
+def trpo_on(
+    terms: ObjectiveTerms,
+    params: Params,
+    settings: TRPOSettings,
+    num_tasks: int,
+    start: float,
+) -> tuple[Params, MetaStepReport]:
+    """One TRPO step from ``params`` on ``terms``; the report times each part from ``start``
+    (when the step began: the terms' setup counts as its batch time)."""
     batch_done = time.perf_counter()
-
-    theta = {name: p.detach().requires_grad_(True) for name, p in params.items()}
-    gradient, surrogate_before, chains, old_all = meta_gradient(spec, theta, train, valid, settings)
+    gradient, surrogate_before = terms.gradient()
     gradient_done = time.perf_counter()
-
-    evaluate = _evaluator(spec, theta, train, valid, old_all, settings)
-    if settings.exploration_weight > 0.0:
-        explore = _exploration_term(spec, theta, rounds[0], valid_episodes, settings)
-        flat = flatten(theta).detach().requires_grad_(True)
-        value = explore(flat)
-        gradient = gradient + torch.autograd.grad(value, flat)[0]
-        surrogate_before += float(value.detach())
-        evaluate = _with_term(evaluate, explore)
-    hvp, hvp_clock = timed_hvp(kl_hvp(spec, theta, train, valid, chains, old_all, settings))
+    hvp, hvp_clock = timed_hvp(terms.hvp)
     new_flat, trpo_report = trpo_step(
-        flatten(theta), gradient, hvp, evaluate, surrogate_before, settings.trpo
+        flatten(params).detach(), gradient, hvp, terms.evaluate, surrogate_before, settings
     )
     end = time.perf_counter()
-    new_params = {name: p.detach().clone() for name, p in unflatten(new_flat, theta).items()}
+    new_params = {name: p.detach().clone() for name, p in unflatten(new_flat, params).items()}
     report = MetaStepReport(
         trpo=trpo_report,
         num_tasks=num_tasks,
@@ -128,119 +113,3 @@ def meta_step(
         total_seconds=end - start,
     )
     return new_params, report
-
-
-def meta_gradient(
-    spec: PolicySpec,
-    theta: Params,
-    train: Sequence[InnerBatches],
-    valid: Sequence[TaskBatch],
-    settings: MetaSettings,
-) -> tuple[torch.Tensor, float, list[InnerChain], list[OldPolicy]]:
-    """Gradient [P] of the mean surrogate at theta, its value, each task's chain theta_1..theta_n
-    (values, no graph) and pi_old.
-
-    ``theta`` must require grad.
-    """
-    num_tasks = len(train)
-    theta_list = list(theta.values())
-    gradient = [torch.zeros_like(p) for p in theta_list]
-    surrogate_total = 0.0
-    chains, old_all = [], []
-    for train_i, valid_i in zip(task_rounds(train, settings), valid, strict=True):
-        chain = inner_chain(
-            spec, theta, train_i, settings.adaptation.step_size, settings.first_order
-        )
-        old = old_policy(spec, chain[-1], valid_i)
-        surrogate, _ = valid_objectives(spec, chain[-1], valid_i, old)
-        grads = torch.autograd.grad(surrogate / num_tasks, theta_list)
-        for total, g in zip(gradient, grads, strict=True):
-            total += g
-        surrogate_total += float(surrogate.detach()) / num_tasks
-        chains.append([detached(a) for a in chain])
-        old_all.append(old)
-    return torch.cat([g.reshape(-1) for g in gradient]), surrogate_total, chains, old_all
-
-
-def _exploration_term(
-    spec: PolicySpec,
-    theta: Params,
-    train_episodes: Episodes,
-    valid_episodes: Episodes,
-    settings: MetaSettings,
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """theta [P] -> -w * mean_i z_i * mean_t pi_theta(a_t|s_t) / pi_old(a_t|s_t) on task i's
-    pre-update (round 0) episodes, z_i its standardised post-update return.
-
-    Its gradient at theta_old is the E-MAML score-function term, -w * mean_i z_i * mean_t
-    grad log pi(a_t|s_t): it rewards pre-update behaviour that led to good adapted policies.
-    """
-    post_update = valid_episodes.task_returns()
-    z = (post_update - post_update.mean()) / (post_update.std() + 1e-8)
-    weights = torch.as_tensor(z, dtype=torch.float32)
-    batches = [task_batch(train_episodes, i, settings.adaptation) for i in range(len(z))]
-    with torch.no_grad():
-        old_log_prob = [
-            gaussian_log_prob(mean_action(spec, theta, b.observations), theta["log_std"], b.actions)
-            for b in batches
-        ]
-
-    def term(flat: torch.Tensor) -> torch.Tensor:
-        candidate = unflatten(flat, theta)
-        total = flat.new_zeros(())
-        for weight, batch, old in zip(weights, batches, old_log_prob, strict=True):
-            mean = mean_action(spec, candidate, batch.observations)
-            log_prob = gaussian_log_prob(mean, candidate["log_std"], batch.actions)
-            ratio = torch.exp(log_prob - old)
-            total = total + weight * (ratio * batch.valid).sum() / batch.valid.sum()
-        return -settings.exploration_weight * total / len(batches)
-
-    return term
-
-
-def _with_term(
-    evaluate: Callable[[torch.Tensor], tuple[float, float]],
-    term: Callable[[torch.Tensor], torch.Tensor],
-) -> Callable[[torch.Tensor], tuple[float, float]]:
-    """The line search's (surrogate, KL) with ``term`` added to the surrogate."""
-
-    def evaluate_with(flat: torch.Tensor) -> tuple[float, float]:
-        surrogate, kl = evaluate(flat)
-        with torch.no_grad():
-            return surrogate + float(term(flat)), kl
-
-    return evaluate_with
-
-
-def _evaluator(
-    spec: PolicySpec,
-    theta: Params,
-    train: Sequence[InnerBatches],
-    valid: Sequence[TaskBatch],
-    old_all: Sequence[OldPolicy],
-    settings: MetaSettings,
-) -> Callable[[torch.Tensor], tuple[float, float]]:
-    """theta [P] -> (mean surrogate, pooled mean KL) with no graph, for the line search."""
-    rounds = task_rounds(train, settings)
-    num_tasks = len(rounds)
-    num_valid = sum(float(v.valid.sum()) for v in valid)
-
-    def evaluate(flat: torch.Tensor) -> tuple[float, float]:
-        candidate = unflatten(flat, theta)
-        surrogate_total, kl_total = 0.0, 0.0
-        for train_i, valid_i, old_i in zip(rounds, valid, old_all, strict=True):
-            adapted = inner_chain(
-                spec,
-                candidate,
-                train_i,
-                settings.adaptation.step_size,
-                first_order=False,
-                create_graph=False,
-            )[-1]
-            with torch.no_grad():
-                surrogate, kl_sum = valid_objectives(spec, adapted, valid_i, old_i)
-            surrogate_total += float(surrogate) / num_tasks
-            kl_total += float(kl_sum)
-        return surrogate_total, kl_total / num_valid
-
-    return evaluate

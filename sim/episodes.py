@@ -89,7 +89,13 @@ class Episodes(NamedTuple):
 
     def task(self, index: int) -> Episodes:
         """The episodes of one task, keeping a leading task axis of size 1."""
-        sl = slice(index, index + 1)
+        return self.tasks_between(index, index + 1)
+
+    def tasks_between(self, start: int, stop: int) -> Episodes:
+        """The episodes of tasks ``start:stop`` (views, not copies)."""
+        if not 0 <= start < stop <= self.num_tasks:
+            raise ValueError(f"cannot take tasks {start}:{stop} of {self.num_tasks}")
+        sl = slice(start, stop)
         return Episodes(
             observations=self.observations[sl],
             actions=self.actions[sl],
@@ -98,5 +104,5 @@ class Episodes(NamedTuple):
             valid=self.valid[sl],
             terminated=self.terminated[sl],
             infos={k: v[sl] for k, v in self.infos.items()},
-            tasks=[self.tasks[index]],
+            tasks=list(self.tasks[sl]),
         )

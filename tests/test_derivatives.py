@@ -17,8 +17,8 @@ from controller.adaptation import (
 from controller.policy import PolicySpec, gaussian_kl, init_params, mean_action
 from meta_train import derivatives
 from meta_train.curvature import fisher_hvp, kl_hvp
-from meta_train.maml import _evaluator, meta_gradient
 from meta_train.objective import MetaSettings, meta_objective
+from meta_train.shard import evaluator, meta_gradient
 from meta_train.trpo import exact_hvp, flatten, trpo_step, unflatten
 
 
@@ -106,7 +106,7 @@ def _meta_problem(dtype: torch.dtype):
 
     # autograd's exact Hessian of the pooled KL through the inner step (third derivatives)
     reference = exact_hvp(pooled_kl, flatten(theta))
-    evaluate = _evaluator(SPEC_RELU, theta, train, valid, old_all, settings)
+    evaluate = evaluator(SPEC_RELU, theta, train, valid, old_all, settings)
 
     def step(hvp):
         return trpo_step(flatten(theta).detach(), gradient, hvp, evaluate, surrogate, settings.trpo)

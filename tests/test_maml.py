@@ -23,7 +23,7 @@ from controller.policy import (
     stack_params,
 )
 from meta_train.curvature import kl_hvp
-from meta_train.maml import meta_gradient, meta_step
+from meta_train.maml import meta_step
 from meta_train.objective import (
     MetaSettings,
     adapted_params_for_tasks,
@@ -31,6 +31,7 @@ from meta_train.objective import (
     old_policy,
     valid_objectives,
 )
+from meta_train.shard import meta_gradient
 from meta_train.trpo import exact_hvp, flatten, unflatten
 from sim.episodes import Episodes
 from sim.tasks import VelocityTask
@@ -362,13 +363,14 @@ def test_adapted_params_for_tasks_chains_adapt_over_rounds() -> None:
 
 def test_exploration_term_is_the_e_maml_score_function() -> None:
     """Its gradient at theta_old is -w * mean_i z_i * mean_t grad log pi on round-0 episodes."""
-    from meta_train.maml import _exploration_term
+    from meta_train.shard import exploration_term, exploration_weights, meta_totals
     from meta_train.trpo import flatten, unflatten
 
     settings = MetaSettings(exploration_weight=0.5)
     params = init_params(SPEC, 0)
     train, valid = _meta_batch(settings, params)
-    term = _exploration_term(SPEC, params, train, valid, settings)
+    weights = exploration_weights(valid)
+    term = exploration_term(SPEC, params, train, weights, settings, meta_totals(valid, settings))
     flat = flatten(params).detach().requires_grad_(True)
     value = term(flat)
     assert float(value.detach()) == pytest.approx(0.0, abs=1e-6)  # ratios 1, weights centred

@@ -200,9 +200,18 @@ class RecordingSampler:
         self.sampler = sampler
         self.calls: list[tuple[SamplingPolicy, int, Episodes]] = []
 
-    def sample(self, tasks, episodes_per_task, policy, seed, horizon=None, task_features=False):
+    def sample(
+        self,
+        tasks,
+        episodes_per_step,
+        policy,
+        seed,
+        horizon=None,
+        task_features=False,
+        batch_unit="episodes",
+    ):
         episodes = self.sampler.sample(
-            tasks, episodes_per_task, policy, seed, horizon, task_features
+            tasks, episodes_per_step, policy, seed, horizon, task_features, batch_unit
         )
         self.calls.append((policy, seed, episodes))
         return episodes

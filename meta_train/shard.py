@@ -1,0 +1,356 @@
+"""The TRPO meta-step's terms, split by tasks: what each holder of some tasks' episodes adds up.
+
+The MAML meta-objective and its constraint are sums over the tasks of a meta-batch: the
+surrogate is the mean over tasks of each task's surrogate, the KL is pooled over all valid steps
+of all tasks (Finn et al. 2017, sec. 5.3; the authors' ``maml_npo.py``). So are their gradient,
+their Hessian-vector products and the line search's values. A :class:`MetaShard` holds the
+episodes of some tasks and computes its share of each, already divided by the meta-batch's
+totals (:class:`Totals`): the shares of all shards add up to the meta-step's terms, and whoever
+runs TRPO (:func:`meta_train.maml.trpo_on`) only adds vectors of the policy's size. On one
+machine a single shard holds every task; with the Ray backend each rollout worker holds the
+shard of the tasks it sampled (:mod:`meta_train.ray_sampler`).
+
+A :class:`PolicyShard` is the same for one policy without adaptation (the pretrained and oracle
+comparators): the surrogate and KL of the policy itself, whose KL Hessian is the Fisher matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from controller.adaptation import TaskBatch, pack_steps, task_batch
+from controller.policy import Params, PolicySpec, gaussian_log_prob, mean_action
+from meta_train.curvature import fisher_hvp, kl_hvp
+from meta_train.objective import (
+    InnerBatches,
+    InnerChain,
+    MetaSettings,
+    OldPolicy,
+    detached,
+    inner_chain,
+    old_policy,
+    task_rounds,
+    valid_objectives,
+)
+from meta_train.trpo import flatten, unflatten
+from sim.episodes import Episodes
+
+
+class ObjectiveTerms(Protocol):
+    """What TRPO needs of the meta-objective at the current parameters theta (flat [P])."""
+
+    def gradient(self) -> tuple[torch.Tensor, float]:
+        """(gradient [P] of the surrogate at theta, its value); first call, before the others."""
+        ...
+
+    def hvp(self, vector: torch.Tensor) -> torch.Tensor:
+        """The KL constraint's Hessian at theta times ``vector`` [P]."""
+        ...
+
+    def evaluate(self, flat: torch.Tensor) -> tuple[float, float]:
+        """(surrogate, KL) at the candidate parameters ``flat`` [P], no graph."""
+        ...
+
+
+@dataclass(frozen=True)
+class Totals:
+    """The meta-batch's sizes that every shard divides its share by."""
+
+    num_tasks: int
+    """Tasks in the meta-batch (the surrogate is their mean)."""
+    num_valid: float
+    """Valid steps of all tasks' valid episodes (the pooled KL's denominator)."""
+    num_valid_hvp: float
+    """The same, over the first rows the Hessian-vector products use (``hvp_subsample``)."""
+
+
+def meta_totals(valid: Episodes, settings: MetaSettings) -> Totals:
+    """The totals of a meta-batch whose valid (post-update) episodes are ``valid``."""
+    steps = valid.lengths.sum(axis=1)  # [T] valid steps per task
+    fraction = settings.hvp_subsample
+    # the products use the first rows of each task's packed steps (curvature._first_rows)
+    hvp_steps = steps if fraction >= 1.0 else [max(1, math.ceil(fraction * n)) for n in steps]
+    return Totals(valid.num_tasks, float(steps.sum()), float(sum(hvp_steps)))
+
+
+def exploration_weights(valid: Episodes) -> np.ndarray:
+    """[T] E-MAML weights: each task's post-update return, standardised over the meta-batch."""
+    post_update = valid.task_returns()
+    return (post_update - post_update.mean()) / (post_update.std() + 1e-8)
+
+
+class MetaShard:
+    """The MAML meta-objective's share of some tasks of a meta-batch, at theta = ``params``.
+
+    ``rounds``: one Episodes per inner step (round k sampled with theta_k) and ``valid`` the
+    post-update episodes, of this shard's tasks only. ``exploration`` [tasks]: their E-MAML
+    weights (:func:`exploration_weights` over the whole meta-batch) when
+    ``settings.exploration_weight`` > 0.
+    """
+
+    def __init__(
+        self,
+        spec: PolicySpec,
+        params: Params,
+        rounds: Sequence[Episodes],
+        valid: Episodes,
+        settings: MetaSettings,
+        totals: Totals,
+        exploration: np.ndarray | None = None,
+    ) -> None:
+        if len(rounds) != settings.inner_steps:
+            raise ValueError(
+                f"{len(rounds)} rounds of train episodes, but settings.inner_steps is "
+                f"{settings.inner_steps}: pass one round per inner step"
+            )
+        if any(r.num_tasks != valid.num_tasks for r in rounds):
+            raise ValueError(
+                f"train episodes cover {[r.num_tasks for r in rounds]} tasks, valid episodes "
+                f"{valid.num_tasks}: they must come from the same meta-batch"
+            )
+        self.spec, self.settings, self.totals = spec, settings, totals
+        self.theta = {name: p.detach().requires_grad_(True) for name, p in params.items()}
+        adaptation = settings.adaptation
+        # Valid steps only from here on: no arithmetic on the padding after early terminations.
+        self.train = [
+            [pack_steps(task_batch(r, i, adaptation)) for r in rounds]
+            for i in range(valid.num_tasks)
+        ]
+        self.valid = [pack_steps(task_batch(valid, i, adaptation)) for i in range(valid.num_tasks)]
+        self.explore: Callable[[torch.Tensor], torch.Tensor] | None = None
+        if settings.exploration_weight > 0.0:
+            if exploration is None or len(exploration) != valid.num_tasks:
+                raise ValueError("exploration_weight > 0 needs one E-MAML weight per task")
+            self.explore = exploration_term(
+                spec, self.theta, rounds[0], exploration, settings, totals
+            )
+        self._chains: list[InnerChain] = []
+        self._old: list[OldPolicy] = []
+        self._hvp: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._evaluate: Callable[[torch.Tensor], tuple[float, float]] | None = None
+
+    def gradient(self) -> tuple[torch.Tensor, float]:
+        """This shard's share of the meta-gradient at theta and of the surrogate's value."""
+        gradient, value, self._chains, self._old = meta_gradient(
+            self.spec, self.theta, self.train, self.valid, self.settings, self.totals.num_tasks
+        )
+        if self.explore is not None:
+            flat = flatten(self.theta).detach().requires_grad_(True)
+            term = self.explore(flat)
+            gradient = gradient + torch.autograd.grad(term, flat)[0]
+            value += float(term.detach())
+        return gradient, value
+
+    def hvp(self, vector: torch.Tensor) -> torch.Tensor:
+        if not self._old:
+            raise RuntimeError("call gradient() first: the products need pi_old and the chains")
+        if self._hvp is None:
+            self._hvp = kl_hvp(
+                self.spec,
+                self.theta,
+                self.train,
+                self.valid,
+                self._chains,
+                self._old,
+                self.settings,
+                num_valid=self.totals.num_valid_hvp,
+            )
+        return self._hvp(vector)
+
+    def evaluate(self, flat: torch.Tensor) -> tuple[float, float]:
+        if not self._old:
+            raise RuntimeError("call gradient() first: the KL is measured from pi_old")
+        if self._evaluate is None:
+            self._evaluate = evaluator(
+                self.spec,
+                self.theta,
+                self.train,
+                self.valid,
+                self._old,
+                self.settings,
+                self.totals.num_tasks,
+                self.totals.num_valid,
+            )
+        surrogate, kl = self._evaluate(flat)
+        if self.explore is not None:
+            with torch.no_grad():
+                surrogate += float(self.explore(flat))
+        return surrogate, kl
+
+
+class PolicyShard:
+    """The share of some tasks in the TRPO step of one policy without adaptation: surrogate and
+    KL of ``params`` itself on ``episodes`` (the comparators' step, J = I in the meta-step)."""
+
+    def __init__(
+        self,
+        spec: PolicySpec,
+        params: Params,
+        episodes: Episodes,
+        settings: MetaSettings,
+        totals: Totals,
+    ) -> None:
+        self.spec, self.params, self.totals = spec, params, totals
+        self.batches = [
+            pack_steps(task_batch(episodes, i, settings.adaptation))
+            for i in range(episodes.num_tasks)
+        ]
+        self.old = [old_policy(spec, params, b) for b in self.batches]
+        self._hvp: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def _objectives(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        candidate = unflatten(flat, self.params)
+        surrogate, kl = torch.zeros(()), torch.zeros(())
+        for batch, old in zip(self.batches, self.old, strict=True):
+            s, k = valid_objectives(self.spec, candidate, batch, old)
+            surrogate = surrogate + s
+            kl = kl + k
+        return surrogate / self.totals.num_tasks, kl / self.totals.num_valid
+
+    def gradient(self) -> tuple[torch.Tensor, float]:
+        x = flatten(self.params).detach().requires_grad_(True)
+        surrogate, _ = self._objectives(x)
+        (gradient,) = torch.autograd.grad(surrogate, x)
+        return gradient, float(surrogate.detach())
+
+    def hvp(self, vector: torch.Tensor) -> torch.Tensor:
+        if self._hvp is None:
+            self._hvp = fisher_hvp(self.spec, self.params, self.batches, self.totals.num_valid)
+        return self._hvp(vector)
+
+    def evaluate(self, flat: torch.Tensor) -> tuple[float, float]:
+        with torch.no_grad():
+            surrogate, kl = self._objectives(flat)
+        return float(surrogate), float(kl)
+
+
+class ShardSum:
+    """Terms of several shards held here, added: the local meta-step (one shard) or a test's."""
+
+    def __init__(self, shards: Sequence[ObjectiveTerms]) -> None:
+        if not shards:
+            raise ValueError("no shards to add up")
+        self.shards = list(shards)
+
+    def gradient(self) -> tuple[torch.Tensor, float]:
+        parts = [s.gradient() for s in self.shards]
+        return torch.stack([g for g, _ in parts]).sum(0), sum(v for _, v in parts)
+
+    def hvp(self, vector: torch.Tensor) -> torch.Tensor:
+        return torch.stack([s.hvp(vector) for s in self.shards]).sum(0)
+
+    def evaluate(self, flat: torch.Tensor) -> tuple[float, float]:
+        parts = [s.evaluate(flat) for s in self.shards]
+        return sum(s for s, _ in parts), sum(k for _, k in parts)
+
+
+def meta_gradient(
+    spec: PolicySpec,
+    theta: Params,
+    train: Sequence[InnerBatches],
+    valid: Sequence[TaskBatch],
+    settings: MetaSettings,
+    num_tasks: int | None = None,
+) -> tuple[torch.Tensor, float, list[InnerChain], list[OldPolicy]]:
+    """Gradient [P] of the surrogate summed over these tasks / ``num_tasks`` (None: their
+    count, the mean) at theta, its value, each task's chain theta_1..theta_n (values, no graph)
+    and pi_old. ``theta`` must require grad."""
+    num_tasks = len(train) if num_tasks is None else num_tasks
+    theta_list = list(theta.values())
+    gradient = [torch.zeros_like(p) for p in theta_list]
+    surrogate_total = 0.0
+    chains, old_all = [], []
+    for train_i, valid_i in zip(task_rounds(train, settings), valid, strict=True):
+        chain = inner_chain(
+            spec, theta, train_i, settings.adaptation.step_size, settings.first_order
+        )
+        old = old_policy(spec, chain[-1], valid_i)
+        surrogate, _ = valid_objectives(spec, chain[-1], valid_i, old)
+        grads = torch.autograd.grad(surrogate / num_tasks, theta_list)
+        for total, g in zip(gradient, grads, strict=True):
+            total += g
+        surrogate_total += float(surrogate.detach()) / num_tasks
+        chains.append([detached(a) for a in chain])
+        old_all.append(old)
+    return torch.cat([g.reshape(-1) for g in gradient]), surrogate_total, chains, old_all
+
+
+def evaluator(
+    spec: PolicySpec,
+    theta: Params,
+    train: Sequence[InnerBatches],
+    valid: Sequence[TaskBatch],
+    old_all: Sequence[OldPolicy],
+    settings: MetaSettings,
+    num_tasks: int | None = None,
+    num_valid: float | None = None,
+) -> Callable[[torch.Tensor], tuple[float, float]]:
+    """theta [P] -> (surrogate summed over these tasks / ``num_tasks``, KL summed over their
+    valid steps / ``num_valid``) with no graph, for the line search (None: these tasks' own
+    counts, i.e. the mean surrogate and the pooled mean KL)."""
+    rounds = task_rounds(train, settings)
+    tasks = len(rounds) if num_tasks is None else num_tasks
+    steps = sum(float(v.valid.sum()) for v in valid) if num_valid is None else num_valid
+
+    def evaluate(flat: torch.Tensor) -> tuple[float, float]:
+        candidate = unflatten(flat, theta)
+        surrogate_total, kl_total = 0.0, 0.0
+        for train_i, valid_i, old_i in zip(rounds, valid, old_all, strict=True):
+            adapted = inner_chain(
+                spec,
+                candidate,
+                train_i,
+                settings.adaptation.step_size,
+                first_order=False,
+                create_graph=False,
+            )[-1]
+            with torch.no_grad():
+                surrogate, kl_sum = valid_objectives(spec, adapted, valid_i, old_i)
+            surrogate_total += float(surrogate)
+            kl_total += float(kl_sum)
+        return surrogate_total / tasks, kl_total / steps
+
+    return evaluate
+
+
+def exploration_term(
+    spec: PolicySpec,
+    theta: Params,
+    train_episodes: Episodes,
+    weights: np.ndarray,
+    settings: MetaSettings,
+    totals: Totals,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """theta [P] -> -w * sum_i z_i * mean_t pi_theta(a_t|s_t) / pi_old(a_t|s_t) / T over these
+    tasks' pre-update (round 0) episodes, z_i = ``weights[i]`` (:func:`exploration_weights`).
+
+    Its gradient at theta_old is the E-MAML score-function term (Stadie et al. 2018),
+    -w * mean_i z_i * mean_t grad log pi(a_t|s_t): it rewards pre-update behaviour that led to
+    good adapted policies.
+    """
+    z = torch.as_tensor(weights, dtype=torch.float32)
+    batches = [
+        pack_steps(task_batch(train_episodes, i, settings.adaptation)) for i in range(len(weights))
+    ]
+    with torch.no_grad():
+        old_log_prob = [
+            gaussian_log_prob(mean_action(spec, theta, b.observations), theta["log_std"], b.actions)
+            for b in batches
+        ]
+
+    def term(flat: torch.Tensor) -> torch.Tensor:
+        candidate = unflatten(flat, theta)
+        total = flat.new_zeros(())
+        for weight, batch, old in zip(z, batches, old_log_prob, strict=True):
+            mean = mean_action(spec, candidate, batch.observations)
+            log_prob = gaussian_log_prob(mean, candidate["log_std"], batch.actions)
+            total = total + weight * torch.exp(log_prob - old).mean()
+        return -settings.exploration_weight * total / totals.num_tasks
+
+    return term
