@@ -9,6 +9,7 @@ without a journal: nothing is recorded here. Run: ``.venv/bin/python -m bench ru
 
 from __future__ import annotations
 
+import gc
 import itertools
 import multiprocessing
 import tempfile
@@ -41,6 +42,35 @@ def fresh_artifact(path: Path, family: Family, seed: int) -> Path:
         path, family.name, seed=seed, episodes_per_step=EPISODES, horizon=HORIZON,
         training={"note": f"fresh initialization, seed {seed} (benchmark)"},
     )  # fmt: skip
+
+
+class GcPauses:
+    """Garbage collections (any thread) while active: how many, and the longest, in µs.
+
+    A collection holds the interpreter lock throughout, so one that runs while acting delays
+    the act call waiting for the lock by its whole length.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.longest_us = 0.0
+        self._started: dict[int, int] = {}
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        thread = threading.get_ident()
+        if phase == "start":
+            self._started[thread] = time.perf_counter_ns()
+        elif thread in self._started:
+            pause = (time.perf_counter_ns() - self._started.pop(thread)) / 1e3
+            self.count += 1
+            self.longest_us = max(self.longest_us, pause)
 
 
 def latencies(call: Callable[[np.ndarray], Any], observations: np.ndarray, n: int) -> np.ndarray:
@@ -155,13 +185,14 @@ def act_while(
     chunks: list[np.ndarray] = []
     errors = 0
     thread = threading.Thread(target=background)
-    thread.start()
-    while not chunks or not done.is_set():
-        try:
-            chunks.append(latencies(ctl.act, observations, 200))
-        except Exception:  # a failed call is what this benchmark counts
-            errors += 1
-    thread.join()
+    with GcPauses() as pauses:
+        thread.start()
+        while not chunks or not done.is_set():
+            try:
+                chunks.append(latencies(ctl.act, observations, 200))
+            except Exception:  # a failed call is what this benchmark counts
+                errors += 1
+        thread.join()
     busy = np.concatenate(chunks)
     return {
         "p99_swapping_us": float(np.percentile(busy, 99)),
@@ -170,6 +201,8 @@ def act_while(
         "calls_while_swapping": float(busy.size),
         "share_slow": float(np.mean(busy > slow_us)),
         "failures": float(errors + len(failures)),
+        "gc_collections": float(pauses.count),
+        "gc_longest_us": pauses.longest_us,
     }
 
 
@@ -199,7 +232,8 @@ def act_while_swapping(paths: list[Path], swaps: int, observations: np.ndarray) 
         report = ctl.swap(path)
         if not report.accepted:
             raise RuntimeError(f"swap refused in the benchmark: {report.reason}")
-    quiet = latencies(ctl.act, observations, 100_000)
+    with GcPauses() as pauses:
+        quiet = latencies(ctl.act, observations, 100_000)
     p99_quiet = float(np.percentile(quiet, 99))
     counter = itertools.count()
 
@@ -230,6 +264,8 @@ def act_while_swapping(paths: list[Path], swaps: int, observations: np.ndarray) 
         "p99_quiet_us": p99_quiet,
         "p999_quiet_us": float(np.percentile(quiet, 99.9)),
         "max_quiet_us": float(quiet.max()),
+        "gc_collections_quiet": float(pauses.count),
+        "gc_longest_quiet_us": pauses.longest_us,
     }
     try:
         for name, work in parts.items():
@@ -303,17 +339,26 @@ def print_table(results: dict[str, Any], calls: int, swaps: int, family: str) ->
     swap = results["swap"]
     print(f"\nact while another thread works {swaps} times back to back, µs")
     print(f"  {'work':22s} {'p99':>8s} {'p99.9':>8s} {'max':>8s} {'> 2x quiet':>10s} {'calls':>8s} "
-          f"{'failures':>8s}")  # fmt: skip
+          f"{'failures':>8s} {'gc runs':>7s} {'gc max':>7s}")  # fmt: skip
     print(f"  {'nothing (quiet)':22s} {swap['p99_quiet_us']:8.1f} {swap['p999_quiet_us']:8.1f} "
-          f"{swap['max_quiet_us']:8.0f}")  # fmt: skip
+          f"{swap['max_quiet_us']:8.0f} {'':10s} {'':8s} {'':8s} "
+          f"{int(swap['gc_collections_quiet']):7d} {swap['gc_longest_quiet_us']:7.0f}")  # fmt: skip
     for name, row in swap.items():
         if isinstance(row, dict):
             print(
                 f"  {name:22s} {row['p99_swapping_us']:8.1f} {row['p999_swapping_us']:8.1f} "
                 f"{row['max_swapping_us']:8.0f} {100 * row['share_slow']:9.2f}% "
-                f"{int(row['calls_while_swapping']):8d} {int(row['failures']):8d}"
+                f"{int(row['calls_while_swapping']):8d} {int(row['failures']):8d} "
+                f"{int(row['gc_collections']):7d} {row['gc_longest_us']:7.0f}"
             )
-    print("\ngoals met: " + ", ".join(f"{k} {v}" for k, v in results["goals_met"].items()))
+    whole = swap["swap"]
+    print(
+        f"\nswap goals, against the quiet run above: p99.9 {whole['p999_swapping_us']:.1f} µs "
+        f"<= 2 x {swap['p999_quiet_us']:.1f} = {2 * swap['p999_quiet_us']:.1f} µs; "
+        f"max {whole['max_swapping_us']:.0f} µs <= {swap['max_quiet_us']:.0f} + 1000 = "
+        f"{swap['max_quiet_us'] + 1000:.0f} µs; failures {int(whole['failures'])} == 0"
+    )
+    print("goals met: " + ", ".join(f"{k} {v}" for k, v in results["goals_met"].items()))
 
 
 if __name__ == "__main__":
