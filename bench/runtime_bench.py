@@ -39,9 +39,13 @@ EPISODES, HORIZON = 20, 200  # the paper's K and horizon (Finn et al. 2017, appe
 def fresh_artifact(path: Path, family: Family, seed: int) -> Path:
     """A freshly initialized 2x100 ReLU policy for ``family`` saved as an artifact."""
     return export.fresh_artifact(
-        path, family.name, seed=seed, episodes_per_step=EPISODES, horizon=HORIZON,
+        path,
+        family.name,
+        seed=seed,
+        episodes_per_step=EPISODES,
+        horizon=HORIZON,
         training={"note": f"fresh initialization, seed {seed} (benchmark)"},
-    )  # fmt: skip
+    )
 
 
 class GcPauses:
@@ -338,11 +342,15 @@ def print_table(results: dict[str, Any], calls: int, swaps: int, family: str) ->
     )
     swap = results["swap"]
     print(f"\nact while another thread works {swaps} times back to back, µs")
-    print(f"  {'work':22s} {'p99':>8s} {'p99.9':>8s} {'max':>8s} {'> 2x quiet':>10s} {'calls':>8s} "
-          f"{'failures':>8s} {'gc runs':>7s} {'gc max':>7s}")  # fmt: skip
-    print(f"  {'nothing (quiet)':22s} {swap['p99_quiet_us']:8.1f} {swap['p999_quiet_us']:8.1f} "
-          f"{swap['max_quiet_us']:8.0f} {'':10s} {'':8s} {'':8s} "
-          f"{int(swap['gc_collections_quiet']):7d} {swap['gc_longest_quiet_us']:7.0f}")  # fmt: skip
+    print(
+        f"  {'work':22s} {'p99':>8s} {'p99.9':>8s} {'max':>8s} {'> 2x quiet':>10s} {'calls':>8s} "
+        f"{'failures':>8s} {'gc runs':>7s} {'gc max':>7s}"
+    )
+    print(
+        f"  {'nothing (quiet)':22s} {swap['p99_quiet_us']:8.1f} {swap['p999_quiet_us']:8.1f} "
+        f"{swap['max_quiet_us']:8.0f} {'':10s} {'':8s} {'':8s} "
+        f"{int(swap['gc_collections_quiet']):7d} {swap['gc_longest_quiet_us']:7.0f}"
+    )
     for name, row in swap.items():
         if isinstance(row, dict):
             print(

@@ -50,8 +50,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     recorder = simloop.EpisodeRecorder() if args.video else None
     try:
         with Controller(artifact, config) as controller:
-            result = simloop.run(controller, task, steps=args.steps, seed=args.seed,
-                                 num_threads=args.threads, recorder=recorder)  # fmt: skip
+            result = simloop.run(
+                controller,
+                task,
+                steps=args.steps,
+                seed=args.seed,
+                num_threads=args.threads,
+                recorder=recorder,
+            )
     finally:
         if recorder is not None:
             recorder.close()
@@ -83,15 +89,23 @@ def add_subcommands(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=2, help="MuJoCo batch threads")
     p.add_argument("--out", default="runs/run", help="where result.json and the plot go")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--damage-at", type=int, metavar="EPISODE",
-                   help="damage families: deploy one robot episode after episode, healthy until "
-                   "EPISODE, then with the body given; the controller's monitor must notice the "
-                   "drop and re-adapt (writes recovery.png)")  # fmt: skip
-    p.add_argument("--episodes", type=int,
-                   help="with --damage-at: episodes in all (default EPISODE + 3 K)")  # fmt: skip
-    p.add_argument("--video", action="store_true",
-                   help="also write adaptation.mp4: an episode before and after adaptation, "
-                   "side by side (needs the video extra)")  # fmt: skip
+    p.add_argument(
+        "--damage-at",
+        type=int,
+        metavar="EPISODE",
+        help="damage families: deploy one robot episode after episode, healthy until "
+        "EPISODE, then with the body given; the controller's monitor must notice the "
+        "drop and re-adapt (writes recovery.png)",
+    )
+    p.add_argument(
+        "--episodes", type=int, help="with --damage-at: episodes in all (default EPISODE + 3 K)"
+    )
+    p.add_argument(
+        "--video",
+        action="store_true",
+        help="also write adaptation.mp4: an episode before and after adaptation, "
+        "side by side (needs the video extra)",
+    )
     add_config_arguments(p)
     p.set_defaults(func=cmd_run)
     from controller.link import cli as link_cli

@@ -71,12 +71,17 @@ class Deployment:
         damaged = [e for e in self.episodes if e.damaged and e.index < end]
         after = [e for e in self.episodes if e.index >= end]
         out: dict[str, Any] = {
-            "return_healthy": _mean(before), "return_damaged": _mean(damaged),
+            "return_healthy": _mean(before),
+            "return_damaged": _mean(damaged),
             "return_adapted": _mean(after),
-            "drop_noticed_after_episodes": None if drop is None else drop["index"] - self.damage_at + 1,
-            "recovery_episodes": None, "recovery_robot_s": None, "recovery_wall_s": None,
+            "drop_noticed_after_episodes": None
+            if drop is None
+            else drop["index"] - self.damage_at + 1,
+            "recovery_episodes": None,
+            "recovery_robot_s": None,
+            "recovery_wall_s": None,
             "recovered_fraction": None,
-        }  # fmt: skip
+        }
         if adapted is not None:
             out["recovery_episodes"] = len(damaged)
             out["recovery_robot_s"] = sum(e.length for e in damaged) * self.control_dt
@@ -96,9 +101,13 @@ def _mean(episodes: list[DeployedEpisode]) -> float | None:
 
 
 def deploy(
-    controller: Controller, body: BodyTask, damage_at: int, episodes: int, seed: int = 0,
+    controller: Controller,
+    body: BodyTask,
+    damage_at: int,
+    episodes: int,
+    seed: int = 0,
     recorder: EpisodeRecorder | None = None,
-) -> Deployment:  # fmt: skip
+) -> Deployment:
     """Run ``episodes`` episodes one after another on one robot, damaged from ``damage_at``.
 
     With a ``recorder``, three episodes are filmed (``recorder.films``, in this order): the last
@@ -126,17 +135,30 @@ def deploy(
         title = _film_title(index, damage_at, steps, adapted_filmed)
         adapted_filmed = adapted_filmed or (title is not None and steps > 0)
         film = None if recorder is None or title is None else (recorder, title)
-        total, length = _episode(controller, sim, healthy if index < damage_at else body, rng,
-                                 horizon, film)  # fmt: skip
-        rows.append(DeployedEpisode(index, index >= damage_at, steps, total, length,
-                                    time.monotonic() - start))  # fmt: skip
+        total, length = _episode(
+            controller, sim, healthy if index < damage_at else body, rng, horizon, film
+        )
+        rows.append(
+            DeployedEpisode(
+                index, index >= damage_at, steps, total, length, time.monotonic() - start
+            )
+        )
         for event in controller.recovery.events[seen:]:
             wall = event["time"] - start
-            events.append({**{k: v for k, v in event.items() if k != "time"}, "index": index,
-                           "wall_s": wall})  # fmt: skip
+            events.append(
+                {**{k: v for k, v in event.items() if k != "time"}, "index": index, "wall_s": wall}
+            )
     dt = float(getattr(sim, "dt", 0.0))
-    return Deployment(family.name, task_to_dict(healthy), task_to_dict(body), damage_at,
-                      controller.episodes_per_step, dt, rows, events)  # fmt: skip
+    return Deployment(
+        family.name,
+        task_to_dict(healthy),
+        task_to_dict(body),
+        damage_at,
+        controller.episodes_per_step,
+        dt,
+        rows,
+        events,
+    )
 
 
 def _film_title(index: int, damage_at: int, steps: int, adapted_filmed: bool) -> str | None:
@@ -151,9 +173,13 @@ def _film_title(index: int, damage_at: int, steps: int, adapted_filmed: bool) ->
 
 
 def _episode(
-    controller: Controller, sim: Simulator, body: BodyTask, rng: np.random.Generator,
-    horizon: int, film: tuple[EpisodeRecorder, str] | None = None,
-) -> tuple[float, int]:  # fmt: skip
+    controller: Controller,
+    sim: Simulator,
+    body: BodyTask,
+    rng: np.random.Generator,
+    horizon: int,
+    film: tuple[EpisodeRecorder, str] | None = None,
+) -> tuple[float, int]:
     """One episode through act/record; the Controller's monitor sees it when it ends.
 
     ``film``: a recorder and a title, to film this episode.
@@ -180,21 +206,26 @@ def _episode(
 
 def format_deployment(result: Deployment) -> str:
     s = result.summary()
-    lines = [f"{result.family}: healthy for {result.damage_at} episodes, then "
-             f"{_describe(result.damaged)}; K = {result.episodes_per_step}",
-             f"{'phase':<34}{'episodes':>9}{'return (mean)':>16}"]  # fmt: skip
+    lines = [
+        f"{result.family}: healthy for {result.damage_at} episodes, then "
+        f"{_describe(result.damaged)}; K = {result.episodes_per_step}",
+        f"{'phase':<34}{'episodes':>9}{'return (mean)':>16}",
+    ]
     end = next((e["index"] + 1 for e in result.events if e["kind"] == "adapted"), None)
     counts = {
         "healthy (before the damage)": result.damage_at,
         "damaged, initialization": (end or len(result.episodes)) - result.damage_at,
         "damaged, adapted": len(result.episodes) - end if end else 0,
     }
-    for (name, count), value in zip(counts.items(), (s["return_healthy"], s["return_damaged"],
-                                                    s["return_adapted"]), strict=True):  # fmt: skip
+    for (name, count), value in zip(
+        counts.items(), (s["return_healthy"], s["return_damaged"], s["return_adapted"]), strict=True
+    ):
         lines.append(f"{name:<34}{count:>9}{'-' if value is None else f'{value:.1f}':>16}")
     for event in result.events:
-        lines.append(f"episode {event['index']}: {event['kind']}"
-                     + (f" ({event['reason']})" if "reason" in event else ""))  # fmt: skip
+        lines.append(
+            f"episode {event['index']}: {event['kind']}"
+            + (f" ({event['reason']})" if "reason" in event else "")
+        )
     if s["recovery_episodes"] is None:
         lines.append("the adapted policy never served: no drop noticed, or adaptation refused")
     else:
@@ -204,8 +235,10 @@ def format_deployment(result: Deployment) -> str:
             f"here); drop noticed after {s['drop_noticed_after_episodes']} episodes"
         )
     if s["recovered_fraction"] is not None:
-        lines.append(f"adaptation regained {100 * s['recovered_fraction']:.0f} % of the return "
-                     "the damage cost")  # fmt: skip
+        lines.append(
+            f"adaptation regained {100 * s['recovered_fraction']:.0f} % of the return "
+            "the damage cost"
+        )
     return "\n".join(lines)
 
 
@@ -216,8 +249,11 @@ def _describe(body: dict[str, Any]) -> str:
 def describe_body(body: BodyTask, motor_names: tuple[str, ...]) -> str:
     """The perturbation in words, motors by name: 'motors bthigh x0, fshin x0.5; payload 2.5
     kg; friction x0.5' (the parts that differ from a healthy body; 'healthy' if none do)."""
-    weak = [f"{name} x{gain:g}" for name, gain in zip(motor_names, body.motor_gains, strict=True)
-            if gain != 1.0]  # fmt: skip
+    weak = [
+        f"{name} x{gain:g}"
+        for name, gain in zip(motor_names, body.motor_gains, strict=True)
+        if gain != 1.0
+    ]
     parts = [f"motors {', '.join(weak)}"] if weak else []
     if body.payload_kg:
         parts.append(f"payload {body.payload_kg:g} kg")
@@ -227,16 +263,21 @@ def describe_body(body: BodyTask, motor_names: tuple[str, ...]) -> str:
 
 
 def write_deployment_video(
-    recorder: EpisodeRecorder, deployment: Deployment, body: BodyTask,
-    motor_names: tuple[str, ...], path: str | Path,
-) -> Path:  # fmt: skip
+    recorder: EpisodeRecorder,
+    deployment: Deployment,
+    body: BodyTask,
+    motor_names: tuple[str, ...],
+    path: str | Path,
+) -> Path:
     """The deployment's filmed episodes (healthy, damaged, adapted) side by side, one MP4.
 
     The header names the perturbation and the episode it starts at; each film's title gives its
     episode and phase, and its captions the step and the velocity.
     """
-    header = (f"{deployment.family}: from episode {deployment.damage_at}, "
-              f"{describe_body(body, motor_names)}")  # fmt: skip
+    header = (
+        f"{deployment.family}: from episode {deployment.damage_at}, "
+        f"{describe_body(body, motor_names)}"
+    )
     return write_side_by_side(path, recorder.films, header, recorder.fps)
 
 
@@ -253,8 +294,11 @@ def plot_deployment(result: Deployment, path: str | Path) -> None:
     returns = np.array([e.episode_return for e in result.episodes])
     adapted = np.array([e.adaptation_steps > 0 for e in result.episodes])
     damaged = np.array([e.damaged for e in result.episodes])
-    phases = (("healthy", ~damaged, "tab:blue"), ("damaged", damaged & ~adapted, "tab:red"),
-              ("damaged, adapted", damaged & adapted, "tab:green"))  # fmt: skip
+    phases = (
+        ("healthy", ~damaged, "tab:blue"),
+        ("damaged", damaged & ~adapted, "tab:red"),
+        ("damaged, adapted", damaged & adapted, "tab:green"),
+    )
     for label, mask, color in phases:
         ax.plot(index[mask], returns[mask], "o", markersize=3.5, color=color, label=label)
     ax.axvline(result.damage_at - 0.5, color="black", linewidth=1.0, label="damage")
@@ -269,8 +313,10 @@ def plot_deployment(result: Deployment, path: str | Path) -> None:
     s = result.summary()
     title = f"{result.family}: {_describe(result.damaged)}"
     if s["recovery_episodes"] is not None:
-        title += (f"\nadapted policy serving {s['recovery_episodes']} episodes "
-                  f"({s['recovery_robot_s']:.0f} s of robot time) after the damage")  # fmt: skip
+        title += (
+            f"\nadapted policy serving {s['recovery_episodes']} episodes "
+            f"({s['recovery_robot_s']:.0f} s of robot time) after the damage"
+        )
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("episode")
     ax.set_ylabel("return")
@@ -305,13 +351,20 @@ def cmd_run(args: argparse.Namespace) -> int:
             if outside:
                 print(f"note: this body is outside the training range: {'; '.join(outside)}")
             if args.damage_at is None:
-                result = simloop.run(controller, body, steps=args.steps, seed=args.seed,
-                                     num_threads=args.threads, recorder=recorder)  # fmt: skip
+                result = simloop.run(
+                    controller,
+                    body,
+                    steps=args.steps,
+                    seed=args.seed,
+                    num_threads=args.threads,
+                    recorder=recorder,
+                )
             else:
-                k = controller.episodes_per_step
-                count = args.episodes or args.damage_at + 3 * k
-                deployment = deploy(controller, body, args.damage_at, count, seed=args.seed,
-                                    recorder=recorder)  # fmt: skip
+                episodes_per_step = controller.episodes_per_step
+                count = args.episodes or args.damage_at + 3 * episodes_per_step
+                deployment = deploy(
+                    controller, body, args.damage_at, count, seed=args.seed, recorder=recorder
+                )
     finally:
         if recorder is not None:
             recorder.close()
@@ -323,16 +376,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         simloop.plot(result, body, out / "adaptation.png")
         text, figure = simloop.format_table(result), out / "adaptation.png"
         if recorder is not None:
-            video = simloop.write_video(recorder, result, body, out / "adaptation.mp4",
-                                        describe_body(body, names))  # fmt: skip
+            video = simloop.write_video(
+                recorder, result, body, out / "adaptation.mp4", describe_body(body, names)
+            )
     else:
         document = deployment.to_json()
         figure = out / "recovery.png"
         plot_deployment(deployment, figure)
         text = format_deployment(deployment)
         if recorder is not None:
-            video = write_deployment_video(recorder, deployment, body, names,
-                                           out / "recovery.mp4")  # fmt: skip
+            video = write_deployment_video(recorder, deployment, body, names, out / "recovery.mp4")
     (out / "result.json").write_text(json.dumps(document, indent=1) + "\n")
     print(json.dumps(document, indent=1) if args.json else text)
     if not args.json:

@@ -117,9 +117,15 @@ def write_mp4(path: str | Path, frames: Sequence[np.ndarray], fps: float) -> Pat
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = imageio.get_writer(
-        path, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p",
-        macro_block_size=_MACRO_BLOCK, output_params=["-movflags", "+faststart"],
-    )  # fmt: skip
+        path,
+        format="FFMPEG",
+        mode="I",
+        fps=fps,
+        codec="libx264",
+        pixelformat="yuv420p",
+        macro_block_size=_MACRO_BLOCK,
+        output_params=["-movflags", "+faststart"],
+    )
     try:
         for frame in frames:
             writer.append_data(frame)

@@ -30,11 +30,29 @@ FILM_H, FILM_W = DEFAULT_SIZE
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 1-iteration cheetah_damage artifact (as tests/test_recovery.py trains it)."""
     out = tmp_path_factory.mktemp("train") / "run"
-    code = main(["train", str(ROOT / "configs" / "cheetah_damage.yaml"), "--out", str(out),
-                 "--quiet", "--set", "iterations=1", "--set", "meta_batch_size=2",
-                 "--set", f"episodes_per_step={K}", "--set", f"horizon={HORIZON}",
-                 "--set", "policy.hidden_sizes=[16, 16]", "--set", "torch_threads=1",
-                 "--set", "sampler.num_threads=1"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            str(ROOT / "configs" / "cheetah_damage.yaml"),
+            "--out",
+            str(out),
+            "--quiet",
+            "--set",
+            "iterations=1",
+            "--set",
+            "meta_batch_size=2",
+            "--set",
+            f"episodes_per_step={K}",
+            "--set",
+            f"horizon={HORIZON}",
+            "--set",
+            "policy.hidden_sizes=[16, 16]",
+            "--set",
+            "torch_threads=1",
+            "--set",
+            "sampler.num_threads=1",
+        ]
+    )
     assert code == 0
     return out / "artifact"
 
@@ -96,8 +114,11 @@ def test_the_renderer_draws_the_damaged_body() -> None:
 def test_deployment_films_healthy_damaged_and_adapted_episodes(
     artifact: Path, tmp_path: Path
 ) -> None:
-    config = ControllerConfig(journal=False, max_kl=1e6,
-                              monitor=MonitorSettings(window=6, threshold_sd=0.001, consecutive=1))  # fmt: skip
+    config = ControllerConfig(
+        journal=False,
+        max_kl=1e6,
+        monitor=MonitorSettings(window=6, threshold_sd=0.001, consecutive=1),
+    )
     body = space().make({"bthigh": 0.0}, payload_kg=2.5)
     recorder = EpisodeRecorder()
     try:
@@ -107,14 +128,18 @@ def test_deployment_films_healthy_damaged_and_adapted_episodes(
         recorder.close()
     adapted = next(e["index"] for e in deployment.events if e["kind"] == "adapted")
     titles = [film.title for film in recorder.films]
-    assert titles == ["episode 5: healthy", "episode 6: damaged",
-                      f"episode {adapted + 1}: damaged, adapted"]  # fmt: skip
+    assert titles == [
+        "episode 5: healthy",
+        "episode 6: damaged",
+        f"episode {adapted + 1}: damaged, adapted",
+    ]
     assert all(len(film.frames) == FRAMES for film in recorder.films)
     assert "v = " in recorder.films[2].captions[-1]
     header = describe_body(body, space().motor_names)
     assert header == "motors bthigh x0; payload 2.5 kg"
-    path = write_deployment_video(recorder, deployment, body, space().motor_names,
-                                  tmp_path / "recovery.mp4")  # fmt: skip
+    path = write_deployment_video(
+        recorder, deployment, body, space().motor_names, tmp_path / "recovery.mp4"
+    )
     frames, seconds, size = mp4_size(path)
     assert frames == FRAMES and seconds == pytest.approx(FRAMES * 0.05, abs=0.06)
     assert size == (padded(3 * FILM_W), padded(HEADER_HEIGHT + CAPTION_HEIGHT + FILM_H))
@@ -123,8 +148,23 @@ def test_deployment_films_healthy_damaged_and_adapted_episodes(
 def test_cli_run_with_a_body_and_video_writes_the_before_after_mp4(
     artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["run", str(artifact), "--motor", "fshin=0.5", "--friction", "0.5", "--video",
-                 "--threads", "1", "--out", str(tmp_path), "--set", "max_kl=1e6"])  # fmt: skip
+    code = main(
+        [
+            "run",
+            str(artifact),
+            "--motor",
+            "fshin=0.5",
+            "--friction",
+            "0.5",
+            "--video",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--set",
+            "max_kl=1e6",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     path = tmp_path / "adaptation.mp4"
@@ -137,9 +177,25 @@ def test_cli_run_with_a_body_and_video_writes_the_before_after_mp4(
 def test_cli_run_with_damage_at_and_video_writes_the_deployment_mp4(
     artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["run", str(artifact), "--motor", "bthigh=0", "--damage-at", "4", "--episodes",
-                 "12", "--video", "--out", str(tmp_path), "--set", "max_kl=1e6", "--set",
-                 "monitor={window: 4, threshold_sd: 0.001, consecutive: 1}"])  # fmt: skip
+    code = main(
+        [
+            "run",
+            str(artifact),
+            "--motor",
+            "bthigh=0",
+            "--damage-at",
+            "4",
+            "--episodes",
+            "12",
+            "--video",
+            "--out",
+            str(tmp_path),
+            "--set",
+            "max_kl=1e6",
+            "--set",
+            "monitor={window: 4, threshold_sd: 0.001, consecutive: 1}",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     path = tmp_path / "recovery.mp4"
