@@ -1,15 +1,26 @@
 """The Hopper velocity family (docs/own-robot.md): gymnasium Hopper-v5's physics, the reward
-formula, termination outside the healthy range, and no NaN over whole episodes."""
+formula, termination outside the healthy range, no NaN over whole episodes, the pipeline from a
+training run to ``adaptctl run --video``, and the brief meta-training run's adaptation."""
 
 from __future__ import annotations
 
-import gymnasium
-import numpy as np
+import json
+from pathlib import Path
 
+import gymnasium
+import imageio_ffmpeg
+import numpy as np
+import pytest
+
+from controller import Controller, ControllerConfig
+from controller.simloop import run
+from meta_train.cli import main
 from sim.families import get_family
 from sim.locomotion import HOPPER, LocomotionSimulator
 from sim.sampler import BatchSampler
 from sim.tasks import VelocityTask
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _simulator(num_sims: int) -> LocomotionSimulator:
@@ -84,3 +95,58 @@ def test_sampled_episodes_are_finite_and_end_when_the_hopper_falls() -> None:
     assert np.isfinite(episodes.observations[episodes.valid]).all()
     assert np.isfinite(episodes.rewards[episodes.valid]).all()
     assert episodes.terminated.any()  # random actions topple it within 200 steps
+
+
+def test_the_own_robot_pipeline_trains_exports_and_runs_it_with_video(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/own-robot.md, sections 6 and 9, at the scale of seconds: a training run exports an
+    artifact, and ``adaptctl run --video`` adapts it through the Controller and films it (the
+    hopper may fall early: its film then holds its last frame)."""
+    out = tmp_path / "run"
+    code = main(["train", str(ROOT / "configs" / "hopper_velocity.yaml"), "--out", str(out),
+                 "--quiet", "--set", "iterations=1", "--set", "meta_batch_size=2",
+                 "--set", "episodes_per_step=2", "--set", "horizon=20",
+                 "--set", "torch_threads=1", "--set", "sampler.num_threads=1"])  # fmt: skip
+    assert code == 0
+    capsys.readouterr()
+    code = main(["run", str(out / "artifact"), "--target-velocity", "1.0", "--threads", "1",
+                 "--video", "--out", str(tmp_path / "sim"), "--json", "--set", "max_kl=1e6"])  # fmt: skip
+    assert code == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["family"] == "hopper_velocity" and document["task"]["velocity"] == 1.0
+    assert [p["name"] for p in document["phases"]] == ["initialization", "after 1 step"]
+    assert all(np.isfinite(p["returns"]).all() and len(p["returns"]) == 2
+               for p in document["phases"])  # fmt: skip
+    assert document["adaptations"][0]["accepted"]
+    frames, seconds = imageio_ffmpeg.count_frames_and_secs(str(tmp_path / "sim" / "adaptation.mp4"))
+    assert 2 <= frames <= 21 and seconds == pytest.approx(frames * 0.008, abs=0.02)
+
+
+BRIEF_RUN = ROOT / "records" / "hopper_velocity-maml-brief" / "artifact"
+
+
+def _brief_run_finished() -> bool:
+    metadata = BRIEF_RUN / "metadata.json"
+    if not metadata.exists():
+        return False
+    training = json.loads(metadata.read_text())["training"]
+    return bool(training["iterations_done"] == training["iterations"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _brief_run_finished(), reason=f"no finished brief run at {BRIEF_RUN}")
+def test_the_brief_run_adapts_toward_unseen_target_velocities() -> None:
+    """The brief meta-training run (docs/own-robot.md, section 6): one step by the Controller
+    brings the hopper closer to a slow and to a fast target velocity, neither a training task."""
+    for velocity in (0.2, 1.4):
+        config = ControllerConfig(journal=False, seed=11)
+        with Controller.load(BRIEF_RUN, config) as controller:
+            result = run(controller, VelocityTask(velocity), steps=1, seed=5, num_threads=1)
+        before, after = (p.velocity_error for p in result.phases)
+        assert result.adaptations[0]["accepted"]
+        assert before is not None and after is not None and after < before, (
+            velocity,
+            before,
+            after,
+        )
