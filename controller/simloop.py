@@ -20,7 +20,7 @@ from controller.video import Film, write_side_by_side
 from sim.families import Family, get_family
 from sim.render import DEFAULT_SIZE, FrameRenderer, frame_seconds, renderer_for
 from sim.simulator import Simulator, StepResult
-from sim.tasks import Task, VelocityTask, task_from_dict, task_to_dict
+from sim.tasks import GoalTask, Task, VelocityTask, task_from_dict, task_to_dict
 
 
 @dataclass
@@ -49,7 +49,8 @@ class Phase:
 class RunResult:
     family: str
     task: dict[str, Any]
-    episodes_per_phase: int
+    episodes_per_step: int
+    """K, the episodes of each phase (one adaptation step's worth)."""
     phases: list[Phase]
     adaptations: list[dict[str, Any]]
 
@@ -102,20 +103,83 @@ class EpisodeRecorder:
             self._renderer = None
 
 
+class VelocityTrace:
+    """A locomotion phase, for the plot: the mean forward velocity per step and, when the task is a
+    target velocity, the mean |v - v*| over the episodes' steps."""
+
+    def __init__(self, target: float | None) -> None:
+        self.target = target
+        self.x_velocity: list[float] = []
+        self._error_sum, self._error_count = 0.0, 0
+
+    def add(self, result: StepResult, alive: np.ndarray) -> None:
+        """Record a step of the simulations still running (``alive``)."""
+        v = result.infos["x_velocity"][alive]
+        self.x_velocity.append(float(v.mean()) if v.size else math.nan)
+        if self.target is not None:
+            self._error_sum += float(np.abs(v - self.target).sum())
+            self._error_count += int(alive.sum())
+
+    def series(self) -> dict[str, list[float]]:
+        return {"x_velocity": self.x_velocity}
+
+    def velocity_error(self) -> float | None:
+        return self._error_sum / self._error_count if self._error_count else None
+
+
+class PathTrace:
+    """A 2D navigation phase, for the plot: the mean position (x, y) per step."""
+
+    def __init__(self) -> None:
+        self.x: list[float] = []
+        self.y: list[float] = []
+
+    def add(self, result: StepResult, alive: np.ndarray) -> None:
+        """Record a step of the simulations still running (``alive``)."""
+        self.x.append(float(result.observations[alive, 0].mean()))
+        self.y.append(float(result.observations[alive, 1].mean()))
+
+    def series(self) -> dict[str, list[float]]:
+        return {"x": self.x, "y": self.y}
+
+    def velocity_error(self) -> float | None:
+        return None
+
+
+PhaseTrace = VelocityTrace | PathTrace
+
+
+def trace_for(task: Task) -> PhaseTrace:
+    """What a phase of ``task`` records for the plot and the table, chosen once per phase: the
+    path for a goal (2D navigation), else the forward velocity (with its error for a target)."""
+    if isinstance(task, GoalTask):
+        return PathTrace()
+    return VelocityTrace(task.velocity if isinstance(task, VelocityTask) else None)
+
+
 def run_phase(
-    controller: Controller, family: Family, task: Task, episodes: int, seed: int, name: str,
-    num_threads: int = 2, recorder: EpisodeRecorder | None = None,
-) -> Phase:  # fmt: skip
-    """K episodes of ``task`` in K simulations, acting and recording through the controller."""
-    sim = family.make_simulator(episodes, num_threads)
-    observation = sim.reset([task] * episodes, np.random.default_rng(seed))
+    controller: Controller,
+    family: Family,
+    task: Task,
+    episodes_per_step: int,
+    seed: int,
+    name: str,
+    num_threads: int = 2,
+    recorder: EpisodeRecorder | None = None,
+) -> Phase:
+    """K episodes of ``task`` in K simulations, acting and recording through the controller.
+
+    The robot's loop: act on each observation, step, record each transition, close the
+    episodes still running at the horizon. ``trace_for(task)`` keeps what the plot shows.
+    """
+    sim = family.make_simulator(episodes_per_step, num_threads)
+    observation = sim.reset([task] * episodes_per_step, np.random.default_rng(seed))
     horizon = controller.artifact.metadata.adaptation.horizon
     if recorder is not None:
         recorder.start(sim, name, horizon)
-    alive = np.ones(episodes, dtype=bool)
-    returns = np.zeros(episodes)
-    velocity_sum, velocity_count = 0.0, 0
-    trace: dict[str, list[float]] = {}
+    trace = trace_for(task)
+    alive = np.ones(episodes_per_step, dtype=bool)
+    returns = np.zeros(episodes_per_step)
     policy_id = controller.status()["policy_id"]
     for _ in range(horizon):
         action = controller.act(observation)  # streams 0..K-1, exploring as on the robot
@@ -127,38 +191,31 @@ def run_phase(
             done = bool(result.terminated[i])
             controller.record(observation[i], action[i], float(reward[i]), done, stream=i)
         returns += np.where(alive, reward, 0.0)
-        if isinstance(task, VelocityTask):
-            v = result.infos["x_velocity"][alive]
-            velocity_sum += float(np.abs(v - task.velocity).sum())
-            velocity_count += int(alive.sum())
-            trace.setdefault("x_velocity", []).append(float(v.mean()) if v.size else math.nan)
-        elif "x_velocity" in result.infos:
-            v = result.infos["x_velocity"][alive]
-            trace.setdefault("x_velocity", []).append(float(v.mean()) if v.size else math.nan)
-        else:  # 2D navigation: the mean path
-            trace.setdefault("x", []).append(float(result.observations[alive, 0].mean()))
-            trace.setdefault("y", []).append(float(result.observations[alive, 1].mean()))
+        trace.add(result, alive)
         alive &= ~result.terminated
         if not alive.any():
             break
         observation = result.observations
     for i in np.flatnonzero(alive).tolist():
         controller.end_episode(stream=i, truncated=True)
-    error = velocity_sum / velocity_count if velocity_count else None
-    return Phase(name, policy_id, returns.tolist(), error, trace)
+    return Phase(name, policy_id, returns.tolist(), trace.velocity_error(), trace.series())
 
 
 def run(
-    controller: Controller, task: Task, steps: int = 1, seed: int = 0, num_threads: int = 2,
+    controller: Controller,
+    task: Task,
+    steps: int = 1,
+    seed: int = 0,
+    num_threads: int = 2,
     recorder: EpisodeRecorder | None = None,
-) -> RunResult:  # fmt: skip
+) -> RunResult:
     """Initialization episodes, ``steps`` adaptation steps, then evaluation episodes.
 
     With a ``recorder``, the first episode of every phase is filmed (``recorder.films``).
     """
     family = get_family(controller.artifact.metadata.family)
     task = family.validate(task)
-    k = controller.episodes_per_step
+    episodes_per_step = controller.episodes_per_step
     phases: list[Phase] = []
     adaptations: list[dict[str, Any]] = []
     for step in range(steps + 1):
@@ -166,23 +223,35 @@ def run(
         name = "initialization" if taken == 0 else f"after {taken} step{'s' * (taken > 1)}"
         name += " (again)" if step > 0 and not adaptations[-1]["accepted"] else ""
         phases.append(
-            run_phase(controller, family, task, k, seed + step, name, num_threads, recorder)
+            run_phase(
+                controller,
+                family,
+                task,
+                episodes_per_step,
+                seed + step,
+                name,
+                num_threads,
+                recorder,
+            )
         )
         if step < steps:
             report: AdaptReport = controller.adapt()
             adaptations.append(_report_dict(report))
             # A rejected step keeps the current policy serving, as on a robot: the next phase
             # runs it again and the table says why the step was refused.
-    return RunResult(family.name, task_to_dict(task), k, phases, adaptations)
+    return RunResult(family.name, task_to_dict(task), episodes_per_step, phases, adaptations)
 
 
 def _report_dict(report: AdaptReport) -> dict[str, Any]:
     timings = report.timings
     return {
-        "accepted": report.accepted, "reason": report.reason, "step": report.step,
-        "step_size": report.step_size, "kl": report.kl,
+        "accepted": report.accepted,
+        "reason": report.reason,
+        "step": report.step,
+        "step_size": report.step_size,
+        "kl": report.kl,
         "to_serving_ms": None if timings is None else 1000 * timings.to_serving_s,
-    }  # fmt: skip
+    }
 
 
 def format_table(result: RunResult) -> str:
@@ -190,8 +259,7 @@ def format_table(result: RunResult) -> str:
     header = f"{'phase':<16}{'return (mean ± se)':>22}"
     header += f"{'mean |v - v*|':>16}" if velocity else ""
     task = task_from_dict(result.task).describe()
-    lines = [f"{result.family}, {task}: {result.episodes_per_phase} episodes per phase",
-             header]  # fmt: skip
+    lines = [f"{result.family}, {task}: {result.episodes_per_step} episodes per phase", header]
     for p in result.phases:
         line = f"{p.name:<16}{f'{p.mean_return:.1f} ± {p.stderr:.1f}':>22}"
         if p.velocity_error is not None:
@@ -201,8 +269,10 @@ def format_table(result: RunResult) -> str:
         if not a["accepted"]:
             lines.append(f"adaptation step {a['step'] + 1}: REJECTED, {a['reason']}")
             continue
-        lines.append(f"adaptation step {a['step'] + 1}: alpha {a['step_size']}, KL {a['kl']:.4f}, "
-                     f"{a['to_serving_ms']:.1f} ms to serving")  # fmt: skip
+        lines.append(
+            f"adaptation step {a['step'] + 1}: step size α {a['step_size']}, KL {a['kl']:.4f}, "
+            f"{a['to_serving_ms']:.1f} ms to serving"
+        )
     return "\n".join(lines)
 
 
@@ -240,9 +310,12 @@ def plot(result: RunResult, task: Task, path: str | Path) -> None:
 
 
 def write_video(
-    recorder: EpisodeRecorder, result: RunResult, task: Task, path: str | Path,
+    recorder: EpisodeRecorder,
+    result: RunResult,
+    task: Task,
+    path: str | Path,
     description: str | None = None,
-) -> Path:  # fmt: skip
+) -> Path:
     """The first and the last phase's filmed episodes side by side, as one MP4 at real time.
 
     The header gives the family and the task, with which side is which; a ``description``
