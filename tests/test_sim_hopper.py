@@ -104,20 +104,52 @@ def test_the_own_robot_pipeline_trains_exports_and_runs_it_with_video(
     artifact, and ``adaptctl run --video`` adapts it through the Controller and films it (the
     hopper may fall early: its film then holds its last frame)."""
     out = tmp_path / "run"
-    code = main(["train", str(ROOT / "configs" / "hopper_velocity.yaml"), "--out", str(out),
-                 "--quiet", "--set", "iterations=1", "--set", "meta_batch_size=2",
-                 "--set", "episodes_per_step=2", "--set", "horizon=20",
-                 "--set", "torch_threads=1", "--set", "sampler.num_threads=1"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            str(ROOT / "configs" / "hopper_velocity.yaml"),
+            "--out",
+            str(out),
+            "--quiet",
+            "--set",
+            "iterations=1",
+            "--set",
+            "meta_batch_size=2",
+            "--set",
+            "episodes_per_step=2",
+            "--set",
+            "horizon=20",
+            "--set",
+            "torch_threads=1",
+            "--set",
+            "sampler.num_threads=1",
+        ]
+    )
     assert code == 0
     capsys.readouterr()
-    code = main(["run", str(out / "artifact"), "--target-velocity", "1.0", "--threads", "1",
-                 "--video", "--out", str(tmp_path / "sim"), "--json", "--set", "max_kl=1e6"])  # fmt: skip
+    code = main(
+        [
+            "run",
+            str(out / "artifact"),
+            "--target-velocity",
+            "1.0",
+            "--threads",
+            "1",
+            "--video",
+            "--out",
+            str(tmp_path / "sim"),
+            "--json",
+            "--set",
+            "max_kl=1e6",
+        ]
+    )
     assert code == 0
     document = json.loads(capsys.readouterr().out)
     assert document["family"] == "hopper_velocity" and document["task"]["velocity"] == 1.0
     assert [p["name"] for p in document["phases"]] == ["initialization", "after 1 step"]
-    assert all(np.isfinite(p["returns"]).all() and len(p["returns"]) == 2
-               for p in document["phases"])  # fmt: skip
+    assert all(
+        np.isfinite(p["returns"]).all() and len(p["returns"]) == 2 for p in document["phases"]
+    )
     assert document["adaptations"][0]["accepted"]
     frames, seconds = imageio_ffmpeg.count_frames_and_secs(str(tmp_path / "sim" / "adaptation.mp4"))
     assert 2 <= frames <= 21 and seconds == pytest.approx(frames * 0.008, abs=0.02)
