@@ -145,6 +145,9 @@ class LinkServer:
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.MAXMSGSIZE, self.config.socket_max_bytes)
+        # A reply to a connection that is gone fails (EHOSTUNREACH) instead of vanishing, so a
+        # HELLO whose WELCOME cannot be delivered is undone (_on_hello).
+        self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._authenticator: ThreadAuthenticator | None = None
         try:
             if curve_keys is not None:
@@ -264,7 +267,20 @@ class LinkServer:
             failure = f"{type(error).__name__}: {error}"
             reply = self._error_reply(envelope, ErrorCode.INTERNAL, failure, None)
         if reply is not None:
-            send_frames(self._socket, envelope + encode(*reply))
+            self._send(envelope + encode(*reply))
+
+    def _send(self, frames: list[bytes]) -> bool:
+        """Send a reply without blocking; False when it cannot be delivered: its connection is
+        gone (ZMQ_ROUTER_MANDATORY makes the socket say so) or not reading (queue full)."""
+        try:
+            send_frames(self._socket, frames, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as error:
+            if error.errno != zmq.EHOSTUNREACH:
+                raise
+            return False
+        return True
 
     def _error_reply(
         self, envelope: list[bytes], code: ErrorCode, message: str, seq: int | None
@@ -282,7 +298,8 @@ class LinkServer:
     ) -> Reply | None:
         message = decode_request(body, self.config.max_message_bytes)
         if message.type is MessageType.HELLO:
-            return self._on_hello(message, envelope[0], peer_key)
+            self._on_hello(message, envelope, peer_key)
+            return None
         session = self._sessions.get(message.fields["session"], envelope[0])
         if session is None:
             raise ProtocolError(
@@ -331,7 +348,10 @@ class LinkServer:
         self._sessions.close(session, "said bye", ended=True)  # BYE, the only type left
         return {"type": MessageType.OK, "seq": seq}, ()
 
-    def _on_hello(self, message: Message, connection: bytes, peer_key: str | None) -> Reply:
+    def _on_hello(self, message: Message, envelope: list[bytes], peer_key: str | None) -> None:
+        """Open or resume the session and send WELCOME; a WELCOME that cannot be delivered (the
+        connection is gone: a HELLO the robot gave up on, read after its later HELLO) undoes
+        the HELLO, so a session stays bound to the robot's newer connection."""
         fields = message.fields
         if fields["version"] != PROTOCOL_VERSION:
             raise ProtocolError(
@@ -340,9 +360,10 @@ class LinkServer:
                 f"the client asked for {fields['version']}",
                 message.seq,
             )
-        session, _ = self._sessions.open(
-            str(fields.get("client", "")), message.seq, fields.get("resume"), connection, peer_key
+        change = self._sessions.open(
+            str(fields.get("client", "")), message.seq, fields.get("resume"), envelope[0], peer_key
         )
+        session = change.session
         status = session.lane.status()
         steps, ready = int(status["adaptation_steps"]), int(status["episodes_ready"])
         header = {
@@ -356,7 +377,8 @@ class LinkServer:
             "max_message_bytes": self.config.max_message_bytes,
             "watchdog_timeout_s": self.config.watchdog_timeout_s,
         }  # fmt: skip
-        return header, ()
+        if not self._send(envelope + encode(header)):
+            self._sessions.undo(change, "its WELCOME could not be delivered (connection gone)")
 
     def _on_step(self, message: Message, session: Session) -> Reply:
         observation = read_array(message, 0, self._observation_size, "observation")
@@ -403,7 +425,7 @@ class LinkServer:
             else:
                 finished = FINISHED_REPLY[MessageType(job.kind)]
                 header = {"type": finished.value, "seq": job.seq, "report": report}
-            send_frames(self._socket, job.reply_to + encode(header))
+            self._send(job.reply_to + encode(header))
 
     # ---- watchdog and status ----------------------------------------------------------------
     def _scan(self) -> None:

@@ -61,6 +61,19 @@ class Session:
     """The watchdog found no request for longer than its timeout."""
 
 
+class Rebinding(NamedTuple):
+    """What a HELLO changed in a session, so that it can be undone."""
+
+    session: Session
+    created: bool
+    """The HELLO made the session (new, or restored from the journal)."""
+    connection: bytes
+    """The connection the session was bound to before (b"": none)."""
+    last_seq: int
+    client: str
+    origin: str
+
+
 class WatchdogEvent(NamedTuple):
     """A robot that stopped sending."""
 
@@ -109,18 +122,22 @@ class SessionTable:
 
     def open(
         self, client: str, seq: int, resume: str | None, connection: bytes, peer_key: str | None
-    ) -> tuple[Session, bool]:
-        """(the session, resumed?): ``resume`` names this robot's earlier session to continue
-        (in memory, or restored from the journal after a restart); else a new session with a
-        new lane that starts from the current initialization."""
+    ) -> Rebinding:
+        """The session of a HELLO on ``connection``, bound to it, and what that changed:
+        ``resume`` names this robot's earlier session to continue (in memory, or restored from
+        the journal after a restart); else a new session with a new lane that starts from the
+        current initialization. :meth:`undo` takes the change back."""
         now = time.monotonic()
         known = self._sessions.get(resume) if resume is not None else None
         if known is not None and known.peer_key == peer_key:
+            before = Rebinding(
+                known, False, known.connection, known.last_seq, known.client, known.origin
+            )
             known.last_seq, known.last_seen, known.client = seq, now, client
             known.origin = "resumed"
             self._bind(known, connection)
             self._wake(known)
-            return known, True
+            return before
         if len(self._sessions) >= self._max_sessions:
             self.close(min(self._sessions.values(), key=lambda s: s.last_seen), "evicted")
         lane = None
@@ -137,7 +154,25 @@ class SessionTable:
         log.info(
             "robot %r: session %s (%s), lane %d", client, shown(token), lane.origin, session.stream
         )
-        return session, lane.origin == "restored"
+        return Rebinding(session, True, b"", seq, client, lane.origin)
+
+    def undo(self, change: Rebinding, why: str) -> None:
+        """Take back what a HELLO did (its WELCOME could not be delivered): a session it made
+        is closed, a session it moved goes back to its connection and counter."""
+        session = change.session
+        if change.created:
+            self.close(session, why, ended=session.origin == "initialization")
+            return
+        if self._connections.get(session.connection) is session:
+            del self._connections[session.connection]
+        session.connection = b""
+        if change.connection:
+            self._bind(session, change.connection)
+        session.last_seq, session.client, session.origin = (
+            change.last_seq, change.client, change.origin
+        )  # fmt: skip
+        log.info("robot %r: session %s stays where it was: %s", session.client,
+                 shown(session.id), why)  # fmt: skip
 
     def _bind(self, session: Session, connection: bytes) -> None:
         previous = self._connections.pop(session.connection, None)

@@ -15,9 +15,11 @@ import zmq
 _SNDMORE = int(zmq.SNDMORE)
 
 
-def send_frames(socket: zmq.Socket[bytes], frames: Sequence[bytes]) -> None:
-    """Send ``frames`` as one multipart message (blocking, copying: small frames)."""
+def send_frames(socket: zmq.Socket[bytes], frames: Sequence[bytes], flags: int = 0) -> None:
+    """Send ``frames`` as one multipart message (copying: small frames); ``flags`` is added
+    to every frame's (e.g. ``zmq.NOBLOCK``)."""
     send = socket.send
     last = len(frames) - 1
+    more = _SNDMORE | int(flags)
     for index, frame in enumerate(frames):
-        send(frame, _SNDMORE if index < last else 0)
+        send(frame, more if index < last else int(flags))
