@@ -43,14 +43,34 @@ from sim.gym_envs import ENV_IDS
 pytestmark = pytest.mark.timeout(1800)
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["pyproject.toml", "setup.py", "README.md", "adaptctl_gymnasium.py",
-           "adaptctl_gymnasium.pth", "sim", "controller", "meta_train"]  # fmt: skip
+SOURCES = [
+    "pyproject.toml",
+    "setup.py",
+    "README.md",
+    "adaptctl_gymnasium.py",
+    "adaptctl_gymnasium.pth",
+    "sim",
+    "controller",
+    "meta_train",
+]
 ARTIFACT = ROOT / "artifacts" / "cheetah_velocity"
 BOOTSTRAP = {"pip", "setuptools", "wheel"}
 """What ``python -m venv`` may put in an environment before any install."""
-TINY_TRAINING = ["--set", "iterations=1", "--set", "meta_batch_size=2", "--set",
-                 "episodes_per_step=2", "--set", "horizon=20", "--set", "torch_threads=1",
-                 "--set", "sampler.num_threads=1", "--quiet"]  # fmt: skip
+TINY_TRAINING = [
+    "--set",
+    "iterations=1",
+    "--set",
+    "meta_batch_size=2",
+    "--set",
+    "episodes_per_step=2",
+    "--set",
+    "horizon=20",
+    "--set",
+    "torch_threads=1",
+    "--set",
+    "sampler.num_threads=1",
+    "--quiet",
+]
 """A training run of seconds (docs/own-robot.md's pipeline check)."""
 
 
@@ -107,8 +127,20 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             shutil.copy2(path, source / name)
     dist = tmp_path_factory.mktemp("dist")
     isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
-    done = run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "--quiet",
-                "-w", str(dist), str(source)])  # fmt: skip
+    done = run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            *isolation,
+            "--quiet",
+            "-w",
+            str(dist),
+            str(source),
+        ]
+    )
     assert done.returncode == 0, done.stderr
     (built,) = dist.glob("adaptctl-*.whl")
     return built
@@ -125,8 +157,10 @@ def required_closure(venv: Path, extras: set[str]) -> set[str]:
     Read from the installed metadata, markers evaluated for this interpreter and each extra
     asked for (a package's own extras, such as ``gymnasium[mujoco]``, included).
     """
-    dists = {canonicalize_name(d.metadata["Name"]): d
-             for d in metadata.distributions(path=[str(site_packages(venv))])}  # fmt: skip
+    dists = {
+        canonicalize_name(d.metadata["Name"]): d
+        for d in metadata.distributions(path=[str(site_packages(venv))])
+    }
     seen: set[tuple[str, str]] = set()
     todo = [("adaptctl", "")] + [("adaptctl", extra) for extra in extras]
     while todo:
@@ -143,8 +177,10 @@ def required_closure(venv: Path, extras: set[str]) -> set[str]:
 
 
 def installed_distributions(venv: Path) -> set[str]:
-    return {canonicalize_name(d.metadata["Name"])
-            for d in metadata.distributions(path=[str(site_packages(venv))])}  # fmt: skip
+    return {
+        canonicalize_name(d.metadata["Name"])
+        for d in metadata.distributions(path=[str(site_packages(venv))])
+    }
 
 
 def assert_exactly(venv: Path, extras: set[str]) -> None:
@@ -166,8 +202,17 @@ def fresh_env(path: Path, wheel: Path, extras: set[str]) -> Path:
 
 def install(venv: Path, wheel: Path, extras: set[str]) -> None:
     requirement = f"{wheel}[{','.join(sorted(extras))}]" if extras else str(wheel)
-    done = run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                "--disable-pip-version-check", requirement])  # fmt: skip
+    done = run(
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            requirement,
+        ]
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert_exactly(venv, extras)
 
@@ -220,10 +265,13 @@ def layers(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Layers:
 
 
 def installed(venv: Path, modules: list[str]) -> dict[str, bool]:
-    done = python_code(venv, f"""
+    done = python_code(
+        venv,
+        f"""
         import importlib.util, json
         print(json.dumps({{m: importlib.util.find_spec(m) is not None for m in {modules!r}}}))
-    """)  # fmt: skip
+    """,
+    )
     assert done.returncode == 0, done.stderr
     return dict(json.loads(done.stdout))
 
@@ -236,8 +284,21 @@ gymnasium[mujoco], in the sim extra)."""
 
 def torch_is_local() -> bool:
     """pip would take torch==2.13.0 from a local file (not download a multi-GB build)."""
-    done = run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
-                "--no-deps", "--quiet", "--report", "-", "torch==2.13.0"])  # fmt: skip
+    done = run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--ignore-installed",
+            "--no-deps",
+            "--quiet",
+            "--report",
+            "-",
+            "torch==2.13.0",
+        ]
+    )
     if done.returncode != 0:
         return False
     items = json.loads(done.stdout)["install"]
@@ -277,14 +338,17 @@ def test_runtime_install_serves_without_mujoco_gymnasium_or_matplotlib(
     have = installed(venv, [*HEAVY, *OPTIONAL, "imageio"])
     assert have["torch"] and have["onnxruntime"] and have["pydantic"]
     assert not any(have[m] for m in ["mujoco", "gymnasium", "matplotlib", "imageio", *OPTIONAL])
-    done = python_code(venv, f"""
+    done = python_code(
+        venv,
+        f"""
         import numpy as np
         from controller import Controller
         with Controller.load({str(ARTIFACT)!r}) as controller:
             action = controller.act(np.zeros(17, dtype=np.float32))
         assert action.shape == (6,)
         print("ok")
-    """)  # fmt: skip
+    """,
+    )
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr
     assert adaptctl(venv, "serve", "--help").returncode == 0
     done = adaptctl(venv, "run", str(ARTIFACT), "--target-velocity", "1.0")
@@ -301,24 +365,43 @@ def test_train_install_trains_and_runs_the_sim_loop_without_video_tensorboard_or
     assert not any(have[m] for m in OPTIONAL)
     assert adaptctl(venv, "--help").returncode == 0
     out = tmp_path / "hopper"
-    done = adaptctl(venv, "train", str(ROOT / "configs" / "hopper_velocity.yaml"), "--out",
-                    str(out), *TINY_TRAINING)  # fmt: skip
+    done = adaptctl(
+        venv,
+        "train",
+        str(ROOT / "configs" / "hopper_velocity.yaml"),
+        "--out",
+        str(out),
+        *TINY_TRAINING,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "artifact" / "metadata.json").is_file() and (out / "log.jsonl").is_file()
     done = adaptctl(venv, "curves", str(out), "--out", str(tmp_path / "curves.png"))
     assert done.returncode == 0 and (tmp_path / "curves.png").stat().st_size > 0, done.stderr
-    done = adaptctl(venv, "run", str(out / "artifact"), "--target-velocity", "1.0", "--out",
-                    str(tmp_path / "run"), "--threads", "1", "--video")  # fmt: skip
+    done = adaptctl(
+        venv,
+        "run",
+        str(out / "artifact"),
+        "--target-velocity",
+        "1.0",
+        "--out",
+        str(tmp_path / "run"),
+        "--threads",
+        "1",
+        "--video",
+    )
     assert done.returncode == 2 and "pip install 'adaptctl[video]'" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
 
 
 def mp4_frames_and_seconds(venv: Path, path: Path) -> tuple[int, float]:
     """Frames and seconds of an MP4, as ffmpeg (imageio-ffmpeg's binary) decodes it."""
-    done = python_code(venv, f"""
+    done = python_code(
+        venv,
+        f"""
         import imageio_ffmpeg
         print(*imageio_ffmpeg.count_frames_and_secs({str(path)!r}))
-    """)  # fmt: skip
+    """,
+    )
     assert done.returncode == 0, done.stderr
     frames, seconds = done.stdout.split()
     return int(frames), float(seconds)
@@ -334,8 +417,18 @@ def test_train_and_video_install_runs_the_demo_with_its_video(
     assert have["imageio"] and have["imageio_ffmpeg"]
     assert not any(have[m] for m in ["tensorboard", "ray", "pytest", "mypy", "ruff"])
     out = tmp_path / "demo"
-    done = adaptctl(venv, "run", str(ARTIFACT), "--target-velocity", "1.37", "--out", str(out),
-                    "--threads", "1", "--video")  # fmt: skip
+    done = adaptctl(
+        venv,
+        "run",
+        str(ARTIFACT),
+        "--target-velocity",
+        "1.37",
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+        "--video",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (
         f"video (before | after adaptation, side by side): {out / 'adaptation.mp4'}" in done.stdout
@@ -351,8 +444,16 @@ def test_tensorboard_install_writes_the_training_scalars(
     venv = layers.at({"train", "video", "tensorboard"})
     assert not any(installed(venv, ["ray", "pytest", "mypy", "ruff"]).values())
     board = tmp_path / "tb"
-    done = adaptctl(venv, "train", str(ROOT / "configs" / "hopper_velocity.yaml"), "--out",
-                    str(tmp_path / "run"), "--tensorboard", str(board), *TINY_TRAINING)  # fmt: skip
+    done = adaptctl(
+        venv,
+        "train",
+        str(ROOT / "configs" / "hopper_velocity.yaml"),
+        "--out",
+        str(tmp_path / "run"),
+        "--tensorboard",
+        str(board),
+        *TINY_TRAINING,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert list(board.rglob("events.out.tfevents.*"))
 
@@ -363,11 +464,14 @@ def test_ray_install_has_the_ray_backend(layers: Layers, torch_local: None) -> N
     tests/test_ray_sampler.py, which runs the backend in the dev environment."""
     venv = layers.at({"train", "video", "tensorboard", "ray"})
     assert not any(installed(venv, ["pytest", "mypy", "ruff"]).values())
-    done = python_code(venv, """
+    done = python_code(
+        venv,
+        """
         import ray
         from meta_train import ray_sampler
         print("ok", ray.__version__)
-    """)  # fmt: skip
+    """,
+    )
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr
 
 
@@ -381,8 +485,9 @@ def test_dev_install_has_every_layer_and_the_tools(
         done = run([str(venv / "bin" / tool), "--version"], cwd=venv)
         assert done.returncode == 0, f"{tool}: {done.stderr}"
     (tmp_path / "bad.py").write_text("import os\n")
-    done = run([str(venv / "bin" / "ruff"), "check", "--no-cache", "--isolated", "bad.py"],
-               cwd=tmp_path)  # fmt: skip
+    done = run(
+        [str(venv / "bin" / "ruff"), "check", "--no-cache", "--isolated", "bad.py"], cwd=tmp_path
+    )
     assert done.returncode == 1 and "F401" in done.stdout, done.stdout + done.stderr
 
 
@@ -419,7 +524,9 @@ def test_video_install_encodes_captioned_films_without_torch_or_mujoco(
     assert have["imageio"] and have["imageio_ffmpeg"] and have["PIL"]
     assert not any(have[m] for m in [*HEAVY, "tensorboard", "pytest"])
     path = tmp_path / "films.mp4"
-    done = python_code(venv, f"""
+    done = python_code(
+        venv,
+        f"""
         import sys
         import numpy as np
         from controller.video import Film, write_side_by_side
@@ -430,7 +537,8 @@ def test_video_install_encodes_captioned_films_without_torch_or_mujoco(
         write_side_by_side({str(path)!r}, films, "two films", fps=6.0)
         assert not any(m in sys.modules for m in ("torch", "mujoco", "sim"))
         print("ok")
-    """)  # fmt: skip
+    """,
+    )
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr
     frames, seconds = mp4_frames_and_seconds(venv, path)
     assert frames == 12 and seconds == pytest.approx(2.0, abs=0.1)

@@ -325,12 +325,13 @@ class LinkServer:
             return self._on_step(message, session)
         if message.type is MessageType.EPISODE_END:
             receipt = self._sessions.end_episode(
-                session, read_reward(message), fields["terminated"],
+                session,
+                read_reward(message),
+                fields["terminated"],
                 fields.get("interrupted", False),
-            )  # fmt: skip
+            )
             ready = lane.status()["episodes_ready"]
-            return {"type": MessageType.EPISODE, "seq": seq, **receipt,
-                    "episodes_ready": ready}, ()  # fmt: skip
+            return {"type": MessageType.EPISODE, "seq": seq, **receipt, "episodes_ready": ready}, ()
         if message.type is MessageType.ADAPT:
             return self._submit(message, session.id, lane.adapt, envelope)
         if message.type is MessageType.SWAP:
@@ -367,16 +368,22 @@ class LinkServer:
         status = session.lane.status()
         steps, ready = int(status["adaptation_steps"]), int(status["episodes_ready"])
         header = {
-            "type": MessageType.WELCOME, "seq": message.seq, "version": PROTOCOL_VERSION,
-            "session": session.id, "resumed": session.origin != "initialization",
-            "stream": session.stream, **self._layout,
-            "policy": status["policy_id"], "policy_origin": session.origin,
-            "adaptation_steps": steps, "episodes_ready": ready,
+            "type": MessageType.WELCOME,
+            "seq": message.seq,
+            "version": PROTOCOL_VERSION,
+            "session": session.id,
+            "resumed": session.origin != "initialization",
+            "stream": session.stream,
+            **self._layout,
+            "policy": status["policy_id"],
+            "policy_origin": session.origin,
+            "adaptation_steps": steps,
+            "episodes_ready": ready,
             "policy_note": policy_note(session.origin, steps, ready),
             "episodes_per_step": status["episodes_per_step"],
             "max_message_bytes": self.config.max_message_bytes,
             "watchdog_timeout_s": self.config.watchdog_timeout_s,
-        }  # fmt: skip
+        }
         if not self._send(envelope + encode(header)):
             self._sessions.undo(change, "its WELCOME could not be delivered (connection gone)")
 
@@ -385,16 +392,25 @@ class LinkServer:
         reward = read_reward(message)
         fields, lane = message.fields, session.lane
         self._sessions.before_act(
-            session, reward, fields["done"], fields.get("start", False),
-            fields.get("interrupted", False), message.seq,
-        )  # fmt: skip
+            session,
+            reward,
+            fields["done"],
+            fields.get("start", False),
+            fields.get("interrupted", False),
+            message.seq,
+        )
         command = lane.act(observation, fields.get("deterministic", False))
         served = lane.served()
         self._sessions.after_act(session, observation, command, served)
         busy = self._worker.busy
-        header = {"type": MessageType.ACTION, "seq": message.seq, "dtype": WIRE_DTYPE,
-                  "policy": lane.policy_id, "adapting": session.id in busy or "*" in busy,
-                  "safe": served == "safe"}  # fmt: skip
+        header = {
+            "type": MessageType.ACTION,
+            "seq": message.seq,
+            "dtype": WIRE_DTYPE,
+            "policy": lane.policy_id,
+            "adapting": session.id in busy or "*" in busy,
+            "safe": served == "safe",
+        }
         return header, (command,)
 
     # ---- adapt, swap and reset in the worker ----------------------------------------------
@@ -438,13 +454,21 @@ class LinkServer:
         counts, and the last ADAPT/RESET report of session ``token`` and the last SWAP's."""
         now = time.monotonic()
         sessions = [
-            {"session": shown(s.id), "stream": s.stream, "client": s.client, "silent": s.silent,
-             "silent_s": round(now - s.last_seen, 3), "steps": s.steps,
-             "policy_origin": s.origin, "adaptation_steps": s.lane.generation,
-             "recording_steps": s.episode_steps if s.recording else None,
-             "episodes_recorded": s.episodes_recorded, "episodes_dropped": s.episodes_dropped}
+            {
+                "session": shown(s.id),
+                "stream": s.stream,
+                "client": s.client,
+                "silent": s.silent,
+                "silent_s": round(now - s.last_seen, 3),
+                "steps": s.steps,
+                "policy_origin": s.origin,
+                "adaptation_steps": s.lane.generation,
+                "recording_steps": s.episode_steps if s.recording else None,
+                "episodes_recorded": s.episodes_recorded,
+                "episodes_dropped": s.episodes_dropped,
+            }
             for s in self._sessions
-        ]  # fmt: skip
+        ]
         return {
             "endpoint": self.endpoint,
             "secure": self.secure,

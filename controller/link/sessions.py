@@ -147,8 +147,17 @@ class SessionTable:
             token = secrets.token_hex(16)
             lane = self.lanes.new(token, peer_key)
         self._streams += 1
-        session = Session(token, lane.controller, self._streams - 1, client, connection,
-                          peer_key, lane.origin, seq, now)  # fmt: skip
+        session = Session(
+            token,
+            lane.controller,
+            self._streams - 1,
+            client,
+            connection,
+            peer_key,
+            lane.origin,
+            seq,
+            now,
+        )
         self._sessions[token] = session
         self._bind(session, connection)
         log.info(
@@ -169,10 +178,13 @@ class SessionTable:
         if change.connection:
             self._bind(session, change.connection)
         session.last_seq, session.client, session.origin = (
-            change.last_seq, change.client, change.origin
-        )  # fmt: skip
-        log.info("robot %r: session %s stays where it was: %s", session.client,
-                 shown(session.id), why)  # fmt: skip
+            change.last_seq,
+            change.client,
+            change.origin,
+        )
+        log.info(
+            "robot %r: session %s stays where it was: %s", session.client, shown(session.id), why
+        )
 
     def _bind(self, session: Session, connection: bytes) -> None:
         previous = self._connections.pop(session.connection, None)
@@ -205,9 +217,14 @@ class SessionTable:
 
     # ---- episodes -------------------------------------------------------------------------
     def before_act(
-        self, session: Session, reward: float, done: bool, start: bool, interrupted: bool,
+        self,
+        session: Session,
+        reward: float,
+        done: bool,
+        start: bool,
+        interrupted: bool,
         seq: int,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """Complete the previous transition of a STEP, or drop/close the episode it belongs to.
         Raises EPISODE_TOO_LONG when this STEP's action would exceed the horizon."""
         if interrupted:
@@ -303,8 +320,11 @@ class SessionTable:
             )
             log.warning(
                 "watchdog: robot %r (lane %d) silent for %.2f s; dropped %d steps in progress",
-                session.client, session.stream, silent_s, dropped,
-            )  # fmt: skip
+                session.client,
+                session.stream,
+                silent_s,
+                dropped,
+            )
             events.append(event)
         return events
 
