@@ -13,6 +13,11 @@ each on ``cores`` CPUs in all:
 Worker start-up (once per training run) and simulator construction (once per worker) are
 excluded and reported apart. Goal: Ray's time over the local sampler's <= 1.15. The episodes
 of every contender are checked against the local sampler's (docs/scaling.md, "Determinism").
+
+Then whole meta-iterations (``meta_train.trainer.run_iteration``: sampling, inner steps, the
+TRPO meta-step) with each contender: with Ray each worker computes its tasks' share of the
+meta-step where its episodes are (meta_train/shard.py) and the driver adds vectors. Same goal
+for the iteration's time; the new parameters are compared with the local run's.
 """
 
 from __future__ import annotations
@@ -25,8 +30,9 @@ import numpy as np
 import torch
 
 from controller.policy import Params, PolicySpec, SamplingPolicy, init_params, stack_params
+from meta_train.config import TrainConfig
 from meta_train.ray_sampler import RaySampler, import_ray
-from meta_train.trainer import EpisodeSampler
+from meta_train.trainer import EpisodeSampler, OneTorchThreadSampler, policy_spec, run_iteration
 from sim.episodes import Episodes
 from sim.families import get_family
 from sim.sampler import BatchSampler
@@ -139,6 +145,7 @@ def bench_ray(
         startup[f"ray {workers} x {threads}"] = time.perf_counter() - start
     try:
         best, identical, steps = _measure(samplers, iteration, rounds)
+        iterations = _measure_iterations(samplers, num_tasks, episodes_per_task, horizon, cores)
     finally:
         for sampler in samplers.values():
             if isinstance(sampler, RaySampler):
@@ -159,6 +166,7 @@ def bench_ray(
             for name in samplers
         },
         "env_steps": steps,
+        "iterations": iterations,
         "settings": {
             "family": family.name,
             "num_tasks": num_tasks,
@@ -174,6 +182,55 @@ def bench_ray(
     }
     print(format_table(results))
     return results
+
+
+def _measure_iterations(
+    samplers: dict[str, EpisodeSampler], num_tasks: int, episodes: int, horizon: int, cores: int
+) -> dict[str, dict[str, Any]]:
+    """Whole meta-iterations with each sampler (the local one on one torch thread while it
+    samples, ``cores`` for the meta-step); best of two interleaved rounds, by name."""
+    config = TrainConfig.model_validate(
+        {
+            "family": "cheetah_velocity",
+            "meta_batch_size": num_tasks,
+            "episodes_per_step": episodes,
+            "horizon": horizon,
+            "torch_threads": cores,
+        }
+    )
+    family = get_family(config.family)
+    spec = policy_spec(config, family)
+    params = init_params(spec, 0)
+    wrapped = {
+        name: OneTorchThreadSampler(s) if isinstance(s, BatchSampler) else s
+        for name, s in samplers.items()
+    }
+    rows: dict[str, dict[str, Any]] = {}
+    reference: Params | None = None
+    with_threads = torch.get_num_threads()
+    torch.set_num_threads(cores)
+    try:
+        for _round in range(2):
+            for name, sampler in wrapped.items():
+                new, record = run_iteration(config, family, spec, sampler, params, iteration=0)
+                if reference is None:
+                    reference = new
+                same = all(torch.equal(new[k], reference[k]) for k in new)
+                row = rows.setdefault(name, {"seconds": float("inf"), "same_step": True})
+                row["same_step"] &= same
+                if record["total_s"] < row["seconds"]:
+                    row.update(
+                        seconds=record["total_s"],
+                        sampling_s=record["sampling_s"],
+                        inner_s=record["inner_s"],
+                        outer_s=record["outer_s"],
+                        hvp_calls=record["hvp_calls"],
+                    )
+    finally:
+        torch.set_num_threads(with_threads)
+    for row in rows.values():
+        row["overhead_vs_local"] = row["seconds"] / rows["local"]["seconds"] - 1.0
+    return rows
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -192,6 +249,22 @@ def format_table(results: dict[str, Any]) -> str:
             f"| {name} | {r['seconds']:.2f} | {r['steps_per_s']:,.0f} "
             f"| {r['steps_per_s_per_core']:,.0f} | {r['overhead_vs_local']:+.1%}{verdict} "
             f"| {'bit for bit' if r['identical_to_local'] else 'NO'} | {r['startup_s']:.1f} |"
+        )
+    lines += [
+        "",
+        "| sampler | s per meta-iteration | sampling | inner | meta-step | over local "
+        "| same step as local |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.get("iterations", {}).items():
+        verdict = ""
+        if name != "local":
+            ok = r["overhead_vs_local"] <= OVERHEAD_GOAL
+            verdict = f" (goal <= {OVERHEAD_GOAL:.0%}: {'ok' if ok else 'NOT met'})"
+        lines.append(
+            f"| {name} | {r['seconds']:.2f} | {r['sampling_s']:.2f} | {r['inner_s']:.2f} "
+            f"| {r['outer_s']:.2f} | {r['overhead_vs_local']:+.1%}{verdict} "
+            f"| {'bit for bit' if r['same_step'] else 'to float rounding'} |"
         )
     s = results["settings"]
     load = ", ".join(f"{x:.1f}" for x in s["load_average_1min"])

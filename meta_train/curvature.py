@@ -48,8 +48,10 @@ def kl_hvp(
     old_all: Sequence[OldPolicy],
     settings: MetaSettings,
     num_valid: float | None = None,
+    per_task: bool = False,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """v [P] -> Hessian of the pooled mean KL at theta times v, as ``settings.hvp`` names it.
+    ``per_task``: each task's term, [tasks, P] (finite differences: their sum, [1, P]).
 
     The KL is summed over these tasks' valid steps and divided by ``num_valid`` (None: their
     own count, the pooled mean; a shard of a meta-batch passes the whole batch's,
@@ -71,7 +73,8 @@ def kl_hvp(
         kl_gradient = _kl_gradient_fn(
             spec, theta, rounds, valid, chains, old_all, settings, num_valid
         )
-        return finite_difference_hvp(kl_gradient, flatten(theta), settings.fd_relative_eps)
+        fd = finite_difference_hvp(kl_gradient, flatten(theta), settings.fd_relative_eps)
+        return (lambda v: fd(v).unsqueeze(0)) if per_task else fd
     if num_valid is None:
         num_valid = sum(float(v.valid.sum()) for v in valid)
     tasks = []
@@ -86,7 +89,7 @@ def kl_hvp(
         observations = pack_steps(valid_i).observations
         fisher = derivatives.forward(spec, detached(chain[-1]), observations)
         tasks.append(_TaskCurvature(steps, fisher, settings.adaptation.step_size))
-    return _gauss_newton_hvp(spec, theta, tasks, num_valid)
+    return _gauss_newton_hvp(spec, theta, tasks, num_valid, per_task)
 
 
 @dataclass(frozen=True)
@@ -109,21 +112,37 @@ def _first_rows(batch: TaskBatch, fraction: float) -> TaskBatch:
 
 
 def _gauss_newton_hvp(
-    spec: PolicySpec, theta: Params, tasks: Sequence[_TaskCurvature], num_valid: float
+    spec: PolicySpec,
+    theta: Params,
+    tasks: Sequence[_TaskCurvature],
+    num_valid: float,
+    per_task: bool = False,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """v -> sum_i J_i^T F_i J_i v / num_valid, the exact Hessian of the pooled mean KL at theta."""
+    """v -> sum_i J_i^T F_i J_i v / num_valid, the exact Hessian of the pooled mean KL at theta
+    (``per_task``: the terms [tasks, P] instead, for a caller that adds them in its order)."""
 
     def product(v_flat: torch.Tensor) -> torch.Tensor:
         v = unflatten(v_flat, theta)
-        total = torch.zeros_like(v_flat)
+        rows = []
         for task in tasks:
             u = _through_steps(spec, task, task.steps, v)  # J v
             fu = derivatives.kl_hessian_product(spec, task.fisher, u, 1.0 / num_valid)
             w = _through_steps(spec, task, task.steps[::-1], fu)  # J^T F J v
-            total += torch.cat([w[name].reshape(-1) for name in theta])
-        return total
+            rows.append(torch.cat([w[name].reshape(-1) for name in theta]))
+        if per_task:
+            return torch.stack(rows)
+        return add_rows(rows, v_flat)
 
     return product
+
+
+def add_rows(rows: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """rows[0] + rows[1] + ... from zeros, in order: every sum over tasks is taken this way, so
+    tasks computed apart (:mod:`meta_train.shard`) add up to the same bits."""
+    total = torch.zeros_like(like)
+    for row in rows:
+        total += row
+    return total
 
 
 def _through_steps(
@@ -184,6 +203,7 @@ def fisher_hvp(
     params: Params,
     batches: Sequence[TaskBatch],
     num_valid: float | None = None,
+    per_task: bool = False,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """v [P] -> Hessian of the pooled mean KL(pi_params || pi) at pi = pi_params, times v: the
     TRPO step of one policy without adaptation (the comparators'), i.e. J = I above. The KL is
@@ -195,7 +215,7 @@ def fisher_hvp(
     tasks = [
         _TaskCurvature([], derivatives.forward(spec, point, b.observations), 0.0) for b in packed
     ]
-    return _gauss_newton_hvp(spec, params, tasks, num_valid)
+    return _gauss_newton_hvp(spec, params, tasks, num_valid, per_task)
 
 
 @dataclass

@@ -27,7 +27,7 @@ small enough for the cache, where one batched bmm over all tasks would stream fr
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from controller.policy import Params, PolicySpec
@@ -65,17 +65,19 @@ def meta_step(
     train_episodes: Episodes | Sequence[Episodes],
     valid_episodes: Episodes,
     settings: MetaSettings,
-    terms: ObjectiveTerms | None = None,
+    where_sampled: Callable[[], ObjectiveTerms] | None = None,
 ) -> tuple[Params, MetaStepReport]:
     """One TRPO step on the MAML meta-objective of a meta-batch; new parameters and a report.
 
     ``train_episodes``: one Episodes per inner step (round k sampled with theta_k), or a single
-    Episodes when ``settings.inner_steps`` is 1. ``terms``: the objective's terms where the
-    episodes are (e.g. :meth:`meta_train.ray_sampler.RaySampler.meta_terms`); None: one
-    :class:`~meta_train.shard.MetaShard` of all tasks, here.
+    Episodes when ``settings.inner_steps`` is 1. ``where_sampled``: builds the objective's
+    terms where the episodes are (e.g. :meth:`meta_train.ray_sampler.RaySampler.meta_terms`);
+    None: one :class:`~meta_train.shard.MetaShard` of all tasks, here.
     """
     start = time.perf_counter()
-    if terms is None:
+    if where_sampled is not None:
+        terms = where_sampled()
+    else:
         totals = meta_totals(valid_episodes, settings)
         weights = exploration_weights(valid_episodes) if settings.exploration_weight else None
         rounds = episode_rounds(train_episodes)

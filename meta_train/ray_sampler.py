@@ -22,12 +22,28 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from controller.policy import Params, PolicySpec, SamplingPolicy
+from controller.threads import torch_threads
+from meta_train.objective import MetaSettings
+from meta_train.shard import (
+    GradientShare,
+    LineShare,
+    MetaShard,
+    ObjectiveTerms,
+    PolicyShard,
+    Shard,
+    Totals,
+    add_gradient_shares,
+    add_hvp_shares,
+    add_line_shares,
+    exploration_weights,
+    meta_totals,
+)
 from sim.episodes import BatchUnit, Episodes
 from sim.families import Family, get_family
 from sim.sampler import BatchSampler
@@ -115,16 +131,81 @@ class _Job:
     horizon: int | None
     task_features: bool
     batch_unit: BatchUnit = "episodes"
+    key: int = 0
+    """Names the call's episodes on the workers, which keep them for the meta-step."""
+
+
+KEPT_SAMPLES = 8
+"""Sample calls whose episodes a worker keeps for a meta-step (train rounds and valid of the
+latest iterations)."""
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """What a worker builds its share of a TRPO step from (:mod:`meta_train.shard`)."""
+
+    kind: Literal["meta", "policy"]
+    """'meta': a MetaShard on train rounds then valid episodes; 'policy': a PolicyShard."""
+    keys: tuple[int, ...]
+    """The sample calls whose episodes it uses, in that order (0: not sampled here)."""
+    spec: PolicySpec
+    params: Params
+    settings: MetaSettings
+    totals: Totals
+    weights: np.ndarray | None
+    """E-MAML weights of all tasks of the meta-batch (a shard takes its own)."""
+
+    def build(self, parts: Sequence[Episodes], start: int, stop: int) -> Shard:
+        if self.kind == "policy":
+            return PolicyShard(self.spec, self.params, parts[0], self.settings, self.totals)
+        weights = None if self.weights is None else self.weights[start:stop]
+        *rounds, valid = parts
+        return MetaShard(self.spec, self.params, rounds, valid, self.settings, self.totals, weights)
 
 
 class RolloutWorker:
-    """What each Ray actor holds: a batched sampler of one family, built once."""
+    """What each Ray actor holds: a batched sampler of one family, built once, the episodes of
+    its latest shards, and its share of the current TRPO step."""
 
     def __init__(self, family_name: str, num_threads: int) -> None:
         # One torch thread: the policy runs between simulation steps, never alongside them, and
         # idle OpenMP threads spin on the cores the MuJoCo threads need (bench/sampler_bench.py).
         torch.set_num_threads(1)
         self.sampler = BatchSampler(get_family(family_name), num_threads)
+        self.num_threads = num_threads
+        """Its CPUs: the meta-step's share runs on this many torch threads."""
+        self._kept: dict[int, Episodes] = {}
+        self._shard: Shard | None = None
+
+    def build_terms(
+        self, plan: ShardPlan, start: int, stop: int, given: Sequence[Episodes] | None = None
+    ) -> bool:
+        """Build this worker's share of a TRPO step on tasks ``start:stop`` from the episodes it
+        kept (``given``: from these instead). False: some are not here (a replaced worker)."""
+        if given is None:
+            if any(key not in self._kept for key in plan.keys):
+                return False
+            given = [self._kept[key] for key in plan.keys]
+        with torch_threads(self.num_threads):
+            self._shard = plan.build(given, start, stop)
+        return True
+
+    def gradient_share(self) -> GradientShare:
+        with torch_threads(self.num_threads):
+            return self._built().gradient_share()
+
+    def hvp_share(self, vector: torch.Tensor) -> torch.Tensor:
+        with torch_threads(self.num_threads):
+            return self._built().hvp_share(vector)
+
+    def line_share(self, flat: torch.Tensor) -> LineShare:
+        with torch_threads(self.num_threads):
+            return self._built().line_share(flat)
+
+    def _built(self) -> Shard:
+        if self._shard is None:
+            raise RuntimeError("no shard built on this worker: call build_terms first")
+        return self._shard
 
     def pid(self) -> int:
         """The worker's process id (also: the actor has started)."""
@@ -133,7 +214,7 @@ class RolloutWorker:
     def sample(self, job: _Job, params: Params, start: int, stop: int) -> Episodes:
         """Episodes of tasks ``start:stop`` of the job; ``params`` are the whole job's."""
         policy = SamplingPolicy(job.spec, params, job.policy_seed, job.policy_offset)
-        return self.sampler.sample(
+        episodes = self.sampler.sample(
             job.tasks[start:stop],
             job.episodes_per_step,
             policy.shard(start, stop),
@@ -143,6 +224,83 @@ class RolloutWorker:
             task_offset=start,
             batch_unit=job.batch_unit,
         )
+        if job.key:
+            self._kept[job.key] = episodes
+            for old in sorted(self._kept)[:-KEPT_SAMPLES]:
+                del self._kept[old]
+        return episodes
+
+
+class RayTerms:
+    """A TRPO step's terms as the sum of the workers' shares: every call goes to all workers
+    and the driver adds their vectors. A worker that dies is replaced, given its tasks'
+    episodes from here, and brought to the same point (its gradient is taken again)."""
+
+    def __init__(self, sampler: RaySampler, plan: ShardPlan, parts: Sequence[Episodes]) -> None:
+        self.sampler, self.parts = sampler, list(parts)
+        self.shards = contiguous_shards(parts[-1].num_tasks, len(sampler.workers))
+        self.plan_ref = sampler._ray.put(plan)
+        self.totals = plan.totals
+        self._gradient_taken = False
+        ray = sampler._ray
+        kept = bool(plan.keys) and len(self.shards) == len(sampler.workers)
+        built = [
+            worker.build_terms.remote(self.plan_ref, a, b, None if kept else self._given(i))
+            for i, (worker, (a, b)) in enumerate(zip(sampler.workers, self.shards, strict=False))
+        ]
+        for index, ref in enumerate(built):
+            try:
+                if ray.get(ref):
+                    continue
+            except ray.exceptions.RayActorError:
+                self.sampler._replace_worker(index)
+            self._rebuild(index)
+
+    def _given(self, index: int) -> list[Episodes]:
+        start, stop = self.shards[index]
+        return [p.tasks_between(start, stop) for p in self.parts]
+
+    def _rebuild(self, index: int) -> None:
+        start, stop = self.shards[index]
+        worker = self.sampler.workers[index]
+        self.sampler._ray.get(
+            worker.build_terms.remote(self.plan_ref, start, stop, self._given(index))
+        )
+        if self._gradient_taken:  # products and line search need pi_old and the chains
+            self.sampler._ray.get(worker.gradient_share.remote())
+
+    def _on_all(self, method: str, *args: Any) -> list[Any]:
+        ray = self.sampler._ray
+        workers = self.sampler.workers[: len(self.shards)]
+        refs = [getattr(worker, method).remote(*args) for worker in workers]
+        results = []
+        for index, ref in enumerate(refs):
+            for _attempt in range(self.sampler.max_replacements + 1):
+                try:
+                    results.append(ray.get(ref))
+                    break
+                except ray.exceptions.RayActorError as error:
+                    lost = error
+                    self.sampler._replace_worker(index)
+                    self._rebuild(index)
+                    ref = getattr(self.sampler.workers[index], method).remote(*args)
+            else:
+                raise WorkerLostError(
+                    f"the worker holding tasks {self.shards[index]} died "
+                    f"{self.sampler.max_replacements + 1} times in a row; last error: {lost}"
+                )
+        return results
+
+    def gradient(self) -> tuple[torch.Tensor, float]:
+        shares: list[GradientShare] = self._on_all("gradient_share")
+        self._gradient_taken = True
+        return add_gradient_shares(shares, shares[0].rows[0])
+
+    def hvp(self, vector: torch.Tensor) -> torch.Tensor:
+        return add_hvp_shares(self._on_all("hvp_share", vector), vector)
+
+    def evaluate(self, flat: torch.Tensor) -> tuple[float, float]:
+        return add_line_shares(self._on_all("line_share", flat), self.totals)
 
 
 @dataclass
@@ -191,6 +349,9 @@ class RaySampler:
         self.workers: list[Any] = [self._start_worker() for _ in range(workers)]
         """The actor handles, one per shard position."""
         self._wait_ready(self.workers)
+        self._keys = itertools.count(1)
+        self._recent: list[tuple[Episodes, Submission]] = []
+        """The latest gathered calls, whose episodes the workers keep."""
 
     def sample(
         self,
@@ -244,6 +405,7 @@ class RaySampler:
             horizon,
             task_features,
             batch_unit,
+            next(self._keys),
         )
         params_ref = self._ray.put(policy.params)  # once per call; workers read it by reference
         shards = contiguous_shards(len(tasks), len(self.workers))
@@ -255,7 +417,43 @@ class RaySampler:
     def gather(self, submission: Submission) -> Episodes:
         """Wait for every shard, replacing dead workers and re-running their shards."""
         parts = [self._shard_result(submission, i) for i in range(len(submission.shards))]
-        return concatenate_episodes(parts)
+        episodes = concatenate_episodes(parts)
+        self._recent = [*self._recent, (episodes, submission)][-KEPT_SAMPLES:]
+        return episodes
+
+    def meta_terms(
+        self,
+        spec: PolicySpec,
+        params: Params,
+        rounds: Sequence[Episodes],
+        valid: Episodes,
+        settings: MetaSettings,
+    ) -> ObjectiveTerms:
+        """The MAML meta-step's terms computed where the episodes are: each worker builds the
+        :class:`~meta_train.shard.MetaShard` of the tasks it sampled (episodes this sampler
+        did not return, or lost with a worker, are sent from here)."""
+        totals = meta_totals(valid, settings)
+        weights = exploration_weights(valid) if settings.exploration_weight > 0 else None
+        parts = [*rounds, valid]
+        plan = ShardPlan("meta", self._keys_of(parts), spec, params, settings, totals, weights)
+        return RayTerms(self, plan, parts)
+
+    def policy_terms(
+        self, spec: PolicySpec, params: Params, episodes: Episodes, settings: MetaSettings
+    ) -> ObjectiveTerms:
+        """The comparators' TRPO step's terms, computed where the episodes are."""
+        totals = meta_totals(episodes, settings.model_copy(update={"hvp_subsample": 1.0}))
+        plan = ShardPlan("policy", self._keys_of([episodes]), spec, params, settings, totals, None)
+        return RayTerms(self, plan, [episodes])
+
+    def _keys_of(self, parts: Sequence[Episodes]) -> tuple[int, ...]:
+        """Each Episodes' sample call key if this sampler returned it with today's workers."""
+        keys = []
+        for episodes in parts:
+            found = [s for e, s in self._recent if e is episodes]
+            same = found and len(found[0].shards) == len(self.workers)
+            keys.append(found[0].job.key if same else 0)
+        return tuple(keys) if all(keys) else ()
 
     def close(self) -> None:
         """Stop the workers (Ray itself stays up for others in this process)."""

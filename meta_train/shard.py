@@ -19,14 +19,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
 
 from controller.adaptation import TaskBatch, pack_steps, task_batch
 from controller.policy import Params, PolicySpec, gaussian_log_prob, mean_action
-from meta_train.curvature import fisher_hvp, kl_hvp
+from meta_train.curvature import add_rows, fisher_hvp, kl_hvp
 from meta_train.objective import (
     InnerBatches,
     InnerChain,
@@ -56,6 +56,82 @@ class ObjectiveTerms(Protocol):
     def evaluate(self, flat: torch.Tensor) -> tuple[float, float]:
         """(surrogate, KL) at the candidate parameters ``flat`` [P], no graph."""
         ...
+
+
+class GradientShare(NamedTuple):
+    """A shard's share of the gradient: one row and one value per task."""
+
+    rows: torch.Tensor
+    """[tasks, P]: each task's gradient of its surrogate / T (plus its E-MAML term)."""
+    values: list[float]
+    """Each task's surrogate / T (plus its E-MAML term)."""
+
+
+class LineShare(NamedTuple):
+    """A shard's share of the line search's values at a candidate, per task."""
+
+    surrogates: list[float]
+    """Each task's surrogate (not yet divided by T)."""
+    exploration: list[float]
+    """Each task's E-MAML term (empty without it)."""
+    kl_sums: list[float]
+    """Each task's KL summed over its valid steps."""
+
+
+class Shard(Protocol):
+    """Some tasks' shares; every sum over tasks is taken by :class:`ShardSum`'s rules, in task
+    order from zeros, so shards computed apart add up to the bits of one shard of all tasks."""
+
+    totals: Totals
+
+    def gradient_share(self) -> GradientShare: ...
+
+    def hvp_share(self, vector: torch.Tensor) -> torch.Tensor:
+        """[tasks, P] (finite differences: [1, P], the shard's sum)."""
+        ...
+
+    def line_share(self, flat: torch.Tensor) -> LineShare: ...
+
+
+def add_gradient_shares(
+    shares: Sequence[GradientShare], like: torch.Tensor
+) -> tuple[torch.Tensor, float]:
+    """(gradient [P], surrogate) of shards in task order."""
+    rows = [row for share in shares for row in share.rows]
+    return add_rows(rows, like), math.fsum(v for share in shares for v in share.values)
+
+
+def add_hvp_shares(shares: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    return add_rows([row for share in shares for row in share], like)
+
+
+def add_line_shares(shares: Sequence[LineShare], totals: Totals) -> tuple[float, float]:
+    """(surrogate mean over tasks + E-MAML term, pooled KL) of shards in task order."""
+    surrogate = math.fsum(v for s in shares for v in s.surrogates) / totals.num_tasks
+    surrogate += math.fsum(v for s in shares for v in s.exploration)
+    return surrogate, math.fsum(v for s in shares for v in s.kl_sums) / totals.num_valid
+
+
+class ShardSum:
+    """The TRPO step's terms as the sum of shards held here (the local meta-step: one shard)."""
+
+    def __init__(self, shards: Sequence[Shard]) -> None:
+        if not shards:
+            raise ValueError("no shards to add up")
+        self.shards = list(shards)
+        self.totals = self.shards[0].totals
+        self._like: torch.Tensor | None = None
+
+    def gradient(self) -> tuple[torch.Tensor, float]:
+        shares = [s.gradient_share() for s in self.shards]
+        self._like = shares[0].rows[0]
+        return add_gradient_shares(shares, self._like)
+
+    def hvp(self, vector: torch.Tensor) -> torch.Tensor:
+        return add_hvp_shares([s.hvp_share(vector) for s in self.shards], vector)
+
+    def evaluate(self, flat: torch.Tensor) -> tuple[float, float]:
+        return add_line_shares([s.line_share(flat) for s in self.shards], self.totals)
 
 
 @dataclass(frozen=True)
@@ -127,29 +203,46 @@ class MetaShard:
         if settings.exploration_weight > 0.0:
             if exploration is None or len(exploration) != valid.num_tasks:
                 raise ValueError("exploration_weight > 0 needs one E-MAML weight per task")
-            self.explore = exploration_term(
+            self.explore = exploration_terms(
                 spec, self.theta, rounds[0], exploration, settings, totals
             )
         self._chains: list[InnerChain] = []
         self._old: list[OldPolicy] = []
         self._hvp: Callable[[torch.Tensor], torch.Tensor] | None = None
-        self._evaluate: Callable[[torch.Tensor], tuple[float, float]] | None = None
 
-    def gradient(self) -> tuple[torch.Tensor, float]:
-        """This shard's share of the meta-gradient at theta and of the surrogate's value."""
-        gradient, value, self._chains, self._old = meta_gradient(
-            self.spec, self.theta, self.train, self.valid, self.settings, self.totals.num_tasks
-        )
-        if self.explore is not None:
-            flat = flatten(self.theta).detach().requires_grad_(True)
-            term = self.explore(flat)
-            gradient = gradient + torch.autograd.grad(term, flat)[0]
-            value += float(term.detach())
-        return gradient, value
+    def gradient_share(self) -> GradientShare:
+        """Each task's meta-gradient at theta and surrogate value, divided by T."""
+        theta_list = list(self.theta.values())
+        rows, values = [], []
+        self._chains, self._old = [], []
+        flat = flatten(self.theta).detach().requires_grad_(True)
+        terms = self.explore(flat) if self.explore is not None else None
+        for i, (train_i, valid_i) in enumerate(zip(self.train, self.valid, strict=True)):
+            chain = inner_chain(
+                self.spec,
+                self.theta,
+                train_i,
+                self.settings.adaptation.step_size,
+                self.settings.first_order,
+            )
+            old = old_policy(self.spec, chain[-1], valid_i)
+            surrogate, _ = valid_objectives(self.spec, chain[-1], valid_i, old)
+            surrogate = surrogate / self.totals.num_tasks
+            grads = torch.autograd.grad(surrogate, theta_list)
+            row = torch.cat([g.reshape(-1) for g in grads])
+            value = float(surrogate.detach())
+            if terms is not None:
+                row = row + torch.autograd.grad(terms[i], flat, retain_graph=True)[0]
+                value += float(terms[i].detach())
+            rows.append(row)
+            values.append(value)
+            self._chains.append([detached(a) for a in chain])
+            self._old.append(old)
+        return GradientShare(torch.stack(rows), values)
 
-    def hvp(self, vector: torch.Tensor) -> torch.Tensor:
+    def hvp_share(self, vector: torch.Tensor) -> torch.Tensor:
         if not self._old:
-            raise RuntimeError("call gradient() first: the products need pi_old and the chains")
+            raise RuntimeError("take the gradient first: the products need pi_old and the chains")
         if self._hvp is None:
             self._hvp = kl_hvp(
                 self.spec,
@@ -160,28 +253,33 @@ class MetaShard:
                 self._old,
                 self.settings,
                 num_valid=self.totals.num_valid_hvp,
+                per_task=True,
             )
         return self._hvp(vector)
 
-    def evaluate(self, flat: torch.Tensor) -> tuple[float, float]:
+    def line_share(self, flat: torch.Tensor) -> LineShare:
         if not self._old:
-            raise RuntimeError("call gradient() first: the KL is measured from pi_old")
-        if self._evaluate is None:
-            self._evaluate = evaluator(
+            raise RuntimeError("take the gradient first: the KL is measured from pi_old")
+        candidate = unflatten(flat, self.theta)
+        surrogates, kl_sums = [], []
+        for train_i, valid_i, old_i in zip(self.train, self.valid, self._old, strict=True):
+            adapted = inner_chain(
                 self.spec,
-                self.theta,
-                self.train,
-                self.valid,
-                self._old,
-                self.settings,
-                self.totals.num_tasks,
-                self.totals.num_valid,
-            )
-        surrogate, kl = self._evaluate(flat)
+                candidate,
+                train_i,
+                self.settings.adaptation.step_size,
+                first_order=False,
+                create_graph=False,
+            )[-1]
+            with torch.no_grad():
+                surrogate, kl_sum = valid_objectives(self.spec, adapted, valid_i, old_i)
+            surrogates.append(float(surrogate))
+            kl_sums.append(float(kl_sum))
+        exploration: list[float] = []
         if self.explore is not None:
             with torch.no_grad():
-                surrogate += float(self.explore(flat))
-        return surrogate, kl
+                exploration = [float(x) for x in self.explore(flat)]
+        return LineShare(surrogates, exploration, kl_sums)
 
 
 class PolicyShard:
@@ -204,50 +302,33 @@ class PolicyShard:
         self.old = [old_policy(spec, params, b) for b in self.batches]
         self._hvp: Callable[[torch.Tensor], torch.Tensor] | None = None
 
-    def _objectives(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        candidate = unflatten(flat, self.params)
-        surrogate, kl = torch.zeros(()), torch.zeros(())
-        for batch, old in zip(self.batches, self.old, strict=True):
-            s, k = valid_objectives(self.spec, candidate, batch, old)
-            surrogate = surrogate + s
-            kl = kl + k
-        return surrogate / self.totals.num_tasks, kl / self.totals.num_valid
-
-    def gradient(self) -> tuple[torch.Tensor, float]:
+    def gradient_share(self) -> GradientShare:
         x = flatten(self.params).detach().requires_grad_(True)
-        surrogate, _ = self._objectives(x)
-        (gradient,) = torch.autograd.grad(surrogate, x)
-        return gradient, float(surrogate.detach())
+        candidate = unflatten(x, self.params)
+        rows, values = [], []
+        for batch, old in zip(self.batches, self.old, strict=True):
+            surrogate, _ = valid_objectives(self.spec, candidate, batch, old)
+            surrogate = surrogate / self.totals.num_tasks
+            rows.append(torch.autograd.grad(surrogate, x, retain_graph=True)[0])
+            values.append(float(surrogate.detach()))
+        return GradientShare(torch.stack(rows), values)
 
-    def hvp(self, vector: torch.Tensor) -> torch.Tensor:
+    def hvp_share(self, vector: torch.Tensor) -> torch.Tensor:
         if self._hvp is None:
-            self._hvp = fisher_hvp(self.spec, self.params, self.batches, self.totals.num_valid)
+            self._hvp = fisher_hvp(
+                self.spec, self.params, self.batches, self.totals.num_valid, per_task=True
+            )
         return self._hvp(vector)
 
-    def evaluate(self, flat: torch.Tensor) -> tuple[float, float]:
+    def line_share(self, flat: torch.Tensor) -> LineShare:
+        candidate = unflatten(flat, self.params)
+        surrogates, kl_sums = [], []
         with torch.no_grad():
-            surrogate, kl = self._objectives(flat)
-        return float(surrogate), float(kl)
-
-
-class ShardSum:
-    """Terms of several shards held here, added: the local meta-step (one shard) or a test's."""
-
-    def __init__(self, shards: Sequence[ObjectiveTerms]) -> None:
-        if not shards:
-            raise ValueError("no shards to add up")
-        self.shards = list(shards)
-
-    def gradient(self) -> tuple[torch.Tensor, float]:
-        parts = [s.gradient() for s in self.shards]
-        return torch.stack([g for g, _ in parts]).sum(0), sum(v for _, v in parts)
-
-    def hvp(self, vector: torch.Tensor) -> torch.Tensor:
-        return torch.stack([s.hvp(vector) for s in self.shards]).sum(0)
-
-    def evaluate(self, flat: torch.Tensor) -> tuple[float, float]:
-        parts = [s.evaluate(flat) for s in self.shards]
-        return sum(s for s, _ in parts), sum(k for _, k in parts)
+            for batch, old in zip(self.batches, self.old, strict=True):
+                surrogate, kl_sum = valid_objectives(self.spec, candidate, batch, old)
+                surrogates.append(float(surrogate))
+                kl_sums.append(float(kl_sum))
+        return LineShare(surrogates, [], kl_sums)
 
 
 def meta_gradient(
@@ -319,7 +400,7 @@ def evaluator(
     return evaluate
 
 
-def exploration_term(
+def exploration_terms(
     spec: PolicySpec,
     theta: Params,
     train_episodes: Episodes,
@@ -327,10 +408,11 @@ def exploration_term(
     settings: MetaSettings,
     totals: Totals,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """theta [P] -> -w * sum_i z_i * mean_t pi_theta(a_t|s_t) / pi_old(a_t|s_t) / T over these
-    tasks' pre-update (round 0) episodes, z_i = ``weights[i]`` (:func:`exploration_weights`).
+    """theta [P] -> [tasks]: -w * z_i * mean_t pi_theta(a_t|s_t) / pi_old(a_t|s_t) / T for each
+    of these tasks, on its pre-update (round 0) episodes, z_i = ``weights[i]``
+    (:func:`exploration_weights`).
 
-    Its gradient at theta_old is the E-MAML score-function term (Stadie et al. 2018),
+    Their sum's gradient at theta_old is the E-MAML score-function term (Stadie et al. 2018),
     -w * mean_i z_i * mean_t grad log pi(a_t|s_t): it rewards pre-update behaviour that led to
     good adapted policies.
     """
@@ -343,14 +425,15 @@ def exploration_term(
             gaussian_log_prob(mean_action(spec, theta, b.observations), theta["log_std"], b.actions)
             for b in batches
         ]
+    scale = -settings.exploration_weight / totals.num_tasks
 
-    def term(flat: torch.Tensor) -> torch.Tensor:
+    def terms(flat: torch.Tensor) -> torch.Tensor:
         candidate = unflatten(flat, theta)
-        total = flat.new_zeros(())
+        values = []
         for weight, batch, old in zip(z, batches, old_log_prob, strict=True):
             mean = mean_action(spec, candidate, batch.observations)
             log_prob = gaussian_log_prob(mean, candidate["log_std"], batch.actions)
-            total = total + weight * torch.exp(log_prob - old).mean()
-        return -settings.exploration_weight * total / totals.num_tasks
+            values.append(scale * weight * torch.exp(log_prob - old).mean())
+        return torch.stack(values)
 
-    return term
+    return terms

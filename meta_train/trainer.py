@@ -35,6 +35,7 @@ from meta_train.export import calibrated_adaptation, family_layout
 from meta_train.maml import meta_step
 from meta_train.objective import adapted_params_for_tasks
 from meta_train.ray_sampler import RaySampler
+from meta_train.shard import ObjectiveTerms
 from sim.episodes import BatchUnit, Episodes
 from sim.families import Family, get_family
 from sim.sampler import BatchSampler
@@ -180,6 +181,36 @@ def sample_adapted_rounds(
     return rounds[:-1], rounds[-1], sampling_s, inner_s
 
 
+def _meta_terms(
+    sampler: EpisodeSampler,
+    spec: PolicySpec,
+    params: Params,
+    rounds: Sequence[Episodes],
+    valid: Episodes,
+    config: TrainConfig,
+) -> Callable[[], ObjectiveTerms] | None:
+    """Where the sampler keeps the episodes (Ray workers), the meta-step's terms are built
+    there (``RaySampler.meta_terms``); None: here."""
+    remote = getattr(sampler, "meta_terms", None)
+    if remote is None:
+        return None
+    return lambda: remote(spec, params, rounds, valid, config.meta)
+
+
+def _policy_terms(
+    sampler: EpisodeSampler,
+    spec: PolicySpec,
+    params: Params,
+    episodes: Episodes,
+    config: TrainConfig,
+) -> Callable[[], ObjectiveTerms] | None:
+    """As :func:`_meta_terms`, for the comparators' step."""
+    remote = getattr(sampler, "policy_terms", None)
+    if remote is None:
+        return None
+    return lambda: remote(spec, params, episodes, config.meta)
+
+
 def draw_tasks(config: TrainConfig, family: Family, seeds: dict[str, int]) -> list[Task]:
     """The meta-batch of the iteration whose ``iteration_seeds`` are ``seeds``."""
     return family.sample_tasks(np.random.default_rng(seeds["tasks"]), config.meta_batch_size)
@@ -213,11 +244,20 @@ def run_iteration(
         rounds, valid, sampling_s, inner_s = sample_adapted_rounds(
             config, spec, sampler, tasks, params, seeds, train
         )
-        new_params, report = meta_step(spec, params, rounds, valid, config.meta)
+        new_params, report = meta_step(
+            spec,
+            params,
+            rounds,
+            valid,
+            config.meta,
+            _meta_terms(sampler, spec, params, rounds, valid, config),
+        )
         sampling_s += sampled - start
         return_after = valid.mean_return()
     else:
-        new_params, report = policy_step(spec, params, train, config.meta)
+        new_params, report = policy_step(
+            spec, params, train, config.meta, _policy_terms(sampler, spec, params, train, config)
+        )
         sampling_s, inner_s = sampled - start, 0.0
         return_after = train.mean_return()
     end = time.perf_counter()

@@ -363,16 +363,16 @@ def test_adapted_params_for_tasks_chains_adapt_over_rounds() -> None:
 
 def test_exploration_term_is_the_e_maml_score_function() -> None:
     """Its gradient at theta_old is -w * mean_i z_i * mean_t grad log pi on round-0 episodes."""
-    from meta_train.shard import exploration_term, exploration_weights, meta_totals
+    from meta_train.shard import exploration_terms, exploration_weights, meta_totals
     from meta_train.trpo import flatten, unflatten
 
     settings = MetaSettings(exploration_weight=0.5)
     params = init_params(SPEC, 0)
     train, valid = _meta_batch(settings, params)
     weights = exploration_weights(valid)
-    term = exploration_term(SPEC, params, train, weights, settings, meta_totals(valid, settings))
+    terms = exploration_terms(SPEC, params, train, weights, settings, meta_totals(valid, settings))
     flat = flatten(params).detach().requires_grad_(True)
-    value = term(flat)
+    value = terms(flat).sum()
     assert float(value.detach()) == pytest.approx(0.0, abs=1e-6)  # ratios 1, weights centred
     (gradient,) = torch.autograd.grad(value, flat)
 

@@ -20,13 +20,16 @@ import pytest
 import torch
 
 from controller.policy import Params, PolicySpec, SamplingPolicy, init_params, stack_params
+from controller.threads import torch_threads
 from meta_train.config import ConfigError, TrainConfig
+from meta_train.objective import MetaSettings, adapted_params_for_tasks
 from meta_train.ray_sampler import (
     RaySampler,
     RayUnavailableError,
     concatenate_episodes,
     contiguous_shards,
 )
+from meta_train.shard import MetaShard, ShardSum, meta_totals
 from meta_train.trainer import make_sampler, train
 from sim.episodes import Episodes
 from sim.families import Family, get_family
@@ -208,6 +211,83 @@ def test_only_a_fresh_sampling_policy_travels(ray_instance: Any) -> None:
         sampler.close()
 
 
+def _local_and_ray_terms(sampler: RaySampler, family: Family, settings: MetaSettings):
+    """The meta-step's terms on one meta-batch sampled by ``sampler``: here, and on its workers."""
+    tasks = family.sample_tasks(np.random.default_rng(5), 4)
+    spec = PolicySpec(
+        observation_size=family.observation_size,
+        action_size=family.action_size,
+        hidden_sizes=(16,),
+    )
+    params = init_params(spec, 0)
+    train = sampler.sample(tasks, 3, SamplingPolicy(spec, params, 1), 2, horizon=30)
+    adapted = stack_params(adapted_params_for_tasks(spec, params, train, settings))
+    valid = sampler.sample(tasks, 3, SamplingPolicy(spec, adapted, 3), 4, horizon=30)
+    totals = meta_totals(valid, settings)
+    local = ShardSum([MetaShard(spec, params, [train], valid, settings, totals)])
+    return local, sampler.meta_terms(spec, params, [train], valid, settings), train, valid
+
+
+def _assert_same_terms(local: Any, remote: Any) -> None:
+    # the workers' per-task terms, added here in task order: the local bits (workers of one
+    # thread; here one thread too, for the same kernels)
+    with torch_threads(1):
+        _assert_same_terms_here(local, remote)
+
+
+def _assert_same_terms_here(local: Any, remote: Any) -> None:
+    (g_local, v_local), (g_remote, v_remote) = local.gradient(), remote.gradient()
+    assert torch.equal(g_remote, g_local) and v_remote == v_local
+    v = torch.randn(g_local.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(remote.hvp(v), local.hvp(v))
+    flat = torch.cat([p.reshape(-1) for p in local.shards[0].theta.values()]).detach()
+    flat = flat - 1e-3 * g_local
+    assert remote.evaluate(flat) == local.evaluate(flat)
+
+
+def test_meta_step_terms_on_the_workers_add_up_to_the_local_ones(ray_instance: Any) -> None:
+    """Each worker builds the shard of the tasks it sampled: gradient, HVP, line search."""
+    family = get_family("cheetah_velocity")
+    for workers in (1, 2):
+        sampler = RaySampler(family, workers, num_threads=1)
+        try:
+            local, remote, _, _ = _local_and_ray_terms(sampler, family, MetaSettings())
+            assert remote.plan_ref is not None and all(ray_instance.get(remote.plan_ref).keys), (
+                "the workers' own episodes should be used"
+            )
+            _assert_same_terms(local, remote)
+        finally:
+            sampler.close()
+
+
+def test_a_worker_lost_during_the_meta_step_is_replaced_with_its_tasks_episodes(
+    ray_instance: Any,
+) -> None:
+    family = get_family("cheetah_velocity")
+    sampler = RaySampler(family, 2, num_threads=1)
+    try:
+        local, remote, train, valid = _local_and_ray_terms(sampler, family, MetaSettings())
+        with torch_threads(1):
+            g_local, _ = local.gradient()
+        g_remote, _ = remote.gradient()
+        ray_instance.kill(sampler.workers[1])  # between the gradient and the products
+        v = torch.randn(g_local.shape, generator=torch.Generator().manual_seed(1))
+        with torch_threads(1):
+            assert torch.equal(remote.hvp(v), local.hvp(v))
+        assert sampler.replacements == 1
+        # episodes this sampler did not return travel from the driver
+        copies = [e._replace(observations=e.observations.copy()) for e in (train, valid)]
+        spec, params = (
+            local.shards[0].spec,
+            {k: v.detach() for k, v in local.shards[0].theta.items()},
+        )
+        sent = sampler.meta_terms(spec, params, [copies[0]], copies[1], MetaSettings())
+        assert not ray_instance.get(sent.plan_ref).keys
+        assert torch.equal(sent.gradient()[0], g_remote)
+    finally:
+        sampler.close()
+
+
 def _tiny_config(**sampler: object) -> TrainConfig:
     return TrainConfig.model_validate(
         {
@@ -248,6 +328,10 @@ def test_bench_measures_local_and_ray(ray_instance: Any) -> None:
     assert rows["ray 1 x 1"]["overhead_vs_local"] == pytest.approx(
         rows["ray 1 x 1"]["seconds"] / rows["local"]["seconds"] - 1
     )
+    iterations = results["iterations"]
+    assert list(iterations) == ["local", "ray 1 x 1"]
+    # one thread on both sides: the workers' shares of the meta-step give the local step
+    assert all(row["same_step"] and row["outer_s"] > 0 for row in iterations.values())
     assert "| ray 1 x 1 |" in format_table(results)
     json.dumps(results)  # JSON-ready for runs/bench.json
 
