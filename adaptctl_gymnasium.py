@@ -47,8 +47,12 @@ def register(gymnasium: Any) -> None:
     env_ids, entry_point = _id_table()
     for env_id, (family, horizon) in env_ids.items():
         if env_id not in gymnasium.registry:
-            gymnasium.register(id=env_id, entry_point=entry_point, max_episode_steps=horizon,
-                               kwargs={"family": family})  # fmt: skip
+            gymnasium.register(
+                id=env_id,
+                entry_point=entry_point,
+                max_episode_steps=horizon,
+                kwargs={"family": family},
+            )
 
 
 class _RegisteringLoader(importlib.abc.Loader):
