@@ -120,12 +120,10 @@ class ShardSum:
             raise ValueError("no shards to add up")
         self.shards = list(shards)
         self.totals = self.shards[0].totals
-        self._like: torch.Tensor | None = None
 
     def gradient(self) -> tuple[torch.Tensor, float]:
         shares = [s.gradient_share() for s in self.shards]
-        self._like = shares[0].rows[0]
-        return add_gradient_shares(shares, self._like)
+        return add_gradient_shares(shares, shares[0].rows[0])
 
     def hvp(self, vector: torch.Tensor) -> torch.Tensor:
         return add_hvp_shares([s.hvp_share(vector) for s in self.shards], vector)
@@ -212,31 +210,20 @@ class MetaShard:
 
     def gradient_share(self) -> GradientShare:
         """Each task's meta-gradient at theta and surrogate value, divided by T."""
-        theta_list = list(self.theta.values())
         rows, values = [], []
         self._chains, self._old = [], []
         flat = flatten(self.theta).detach().requires_grad_(True)
         terms = self.explore(flat) if self.explore is not None else None
         for i, (train_i, valid_i) in enumerate(zip(self.train, self.valid, strict=True)):
-            chain = inner_chain(
-                self.spec,
-                self.theta,
-                train_i,
-                self.settings.adaptation.step_size,
-                self.settings.first_order,
+            row, value, chain, old = _task_gradient(
+                self.spec, self.theta, train_i, valid_i, self.settings, self.totals.num_tasks
             )
-            old = old_policy(self.spec, chain[-1], valid_i)
-            surrogate, _ = valid_objectives(self.spec, chain[-1], valid_i, old)
-            surrogate = surrogate / self.totals.num_tasks
-            grads = torch.autograd.grad(surrogate, theta_list)
-            row = torch.cat([g.reshape(-1) for g in grads])
-            value = float(surrogate.detach())
             if terms is not None:
                 row = row + torch.autograd.grad(terms[i], flat, retain_graph=True)[0]
                 value += float(terms[i].detach())
             rows.append(row)
             values.append(value)
-            self._chains.append([detached(a) for a in chain])
+            self._chains.append(chain)
             self._old.append(old)
         return GradientShare(torch.stack(rows), values)
 
@@ -261,20 +248,11 @@ class MetaShard:
         if not self._old:
             raise RuntimeError("take the gradient first: the KL is measured from pi_old")
         candidate = unflatten(flat, self.theta)
-        surrogates, kl_sums = [], []
-        for train_i, valid_i, old_i in zip(self.train, self.valid, self._old, strict=True):
-            adapted = inner_chain(
-                self.spec,
-                candidate,
-                train_i,
-                self.settings.adaptation.step_size,
-                first_order=False,
-                create_graph=False,
-            )[-1]
-            with torch.no_grad():
-                surrogate, kl_sum = valid_objectives(self.spec, adapted, valid_i, old_i)
-            surrogates.append(float(surrogate))
-            kl_sums.append(float(kl_sum))
+        values = [
+            _task_line_values(self.spec, candidate, train_i, valid_i, old_i, self.settings)
+            for train_i, valid_i, old_i in zip(self.train, self.valid, self._old, strict=True)
+        ]
+        surrogates, kl_sums = [v[0] for v in values], [v[1] for v in values]
         exploration: list[float] = []
         if self.explore is not None:
             with torch.no_grad():
@@ -343,23 +321,54 @@ def meta_gradient(
     count, the mean) at theta, its value, each task's chain theta_1..theta_n (values, no graph)
     and pi_old. ``theta`` must require grad."""
     num_tasks = len(train) if num_tasks is None else num_tasks
-    theta_list = list(theta.values())
-    gradient = [torch.zeros_like(p) for p in theta_list]
-    surrogate_total = 0.0
-    chains, old_all = [], []
-    for train_i, valid_i in zip(task_rounds(train, settings), valid, strict=True):
-        chain = inner_chain(
-            spec, theta, train_i, settings.adaptation.step_size, settings.first_order
-        )
-        old = old_policy(spec, chain[-1], valid_i)
-        surrogate, _ = valid_objectives(spec, chain[-1], valid_i, old)
-        grads = torch.autograd.grad(surrogate / num_tasks, theta_list)
-        for total, g in zip(gradient, grads, strict=True):
-            total += g
-        surrogate_total += float(surrogate.detach()) / num_tasks
-        chains.append([detached(a) for a in chain])
-        old_all.append(old)
-    return torch.cat([g.reshape(-1) for g in gradient]), surrogate_total, chains, old_all
+    parts = [
+        _task_gradient(spec, theta, train_i, valid_i, settings, num_tasks)
+        for train_i, valid_i in zip(task_rounds(train, settings), valid, strict=True)
+    ]
+    gradient = add_rows([row for row, _, _, _ in parts], parts[0][0])
+    value = math.fsum(v for _, v, _, _ in parts)
+    return gradient, value, [c for _, _, c, _ in parts], [o for _, _, _, o in parts]
+
+
+def _task_gradient(
+    spec: PolicySpec,
+    theta: Params,
+    train_i: Sequence[TaskBatch],
+    valid_i: TaskBatch,
+    settings: MetaSettings,
+    num_tasks: int,
+) -> tuple[torch.Tensor, float, InnerChain, OldPolicy]:
+    """One task's gradient [P] of its surrogate / ``num_tasks`` at theta, that value, its chain
+    theta_1..theta_n (values, no graph) and pi_old."""
+    chain = inner_chain(spec, theta, train_i, settings.adaptation.step_size, settings.first_order)
+    old = old_policy(spec, chain[-1], valid_i)
+    surrogate, _ = valid_objectives(spec, chain[-1], valid_i, old)
+    surrogate = surrogate / num_tasks
+    grads = torch.autograd.grad(surrogate, list(theta.values()))
+    row = torch.cat([g.reshape(-1) for g in grads])
+    return row, float(surrogate.detach()), [detached(a) for a in chain], old
+
+
+def _task_line_values(
+    spec: PolicySpec,
+    candidate: Params,
+    train_i: Sequence[TaskBatch],
+    valid_i: TaskBatch,
+    old_i: OldPolicy,
+    settings: MetaSettings,
+) -> tuple[float, float]:
+    """One task's (surrogate, KL summed over its valid steps) at ``candidate``, no graph."""
+    adapted = inner_chain(
+        spec,
+        candidate,
+        train_i,
+        settings.adaptation.step_size,
+        first_order=False,
+        create_graph=False,
+    )[-1]
+    with torch.no_grad():
+        surrogate, kl_sum = valid_objectives(spec, adapted, valid_i, old_i)
+    return float(surrogate), float(kl_sum)
 
 
 def evaluator(
@@ -381,21 +390,11 @@ def evaluator(
 
     def evaluate(flat: torch.Tensor) -> tuple[float, float]:
         candidate = unflatten(flat, theta)
-        surrogate_total, kl_total = 0.0, 0.0
-        for train_i, valid_i, old_i in zip(rounds, valid, old_all, strict=True):
-            adapted = inner_chain(
-                spec,
-                candidate,
-                train_i,
-                settings.adaptation.step_size,
-                first_order=False,
-                create_graph=False,
-            )[-1]
-            with torch.no_grad():
-                surrogate, kl_sum = valid_objectives(spec, adapted, valid_i, old_i)
-            surrogate_total += float(surrogate)
-            kl_total += float(kl_sum)
-        return surrogate_total / tasks, kl_total / steps
+        values = [
+            _task_line_values(spec, candidate, train_i, valid_i, old_i, settings)
+            for train_i, valid_i, old_i in zip(rounds, valid, old_all, strict=True)
+        ]
+        return math.fsum(v[0] for v in values) / tasks, math.fsum(v[1] for v in values) / steps
 
     return evaluate
 
