@@ -160,7 +160,7 @@ class Recovery:
 
     def _maybe_adapt(self, controller: Controller, episode: RecordedEpisode) -> None:
         status = controller.status()
-        if status["episodes_ready"] < status["episodes_per_step"]:
+        if not status["batch_ready"]:
             return
         report = controller.adapt()
         self.events.append(

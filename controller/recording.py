@@ -9,6 +9,7 @@ adaptation step takes them. The journal (controller/journal.py) makes finished o
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import numpy as np
 
@@ -128,10 +129,24 @@ class Recorder:
 
     def take(self, policy_id: str, count: int) -> list[RecordedEpisode] | None:
         """Remove and return the ``count`` oldest episodes of ``policy_id``; None if fewer."""
+        return self.take_batch(policy_id, lambda lengths: count if len(lengths) >= count else None)
+
+    def lengths(self, policy_id: str) -> list[int]:
+        """The step counts of ``policy_id``'s finished episodes, oldest first."""
         with self._lock:
-            mine = [e for e in self.finished if e.policy_id == policy_id][:count]
-            if len(mine) < count:
+            return [e.length for e in self.finished if e.policy_id == policy_id]
+
+    def take_batch(
+        self, policy_id: str, size: Callable[[list[int]], int | None]
+    ) -> list[RecordedEpisode] | None:
+        """Remove and return the oldest episodes of ``policy_id`` that make one batch:
+        ``size(lengths)`` says how many (lengths oldest first; None: not enough, nothing taken)."""
+        with self._lock:
+            mine = [e for e in self.finished if e.policy_id == policy_id]
+            count = size([e.length for e in mine])
+            if count is None:
                 return None
+            mine = mine[:count]
             taken = {e.episode_id for e in mine}
             self.finished = [e for e in self.finished if e.episode_id not in taken]
             return mine

@@ -39,7 +39,8 @@ class AdaptReport:
     """Index of this gradient step from the initialization (0 = first)."""
     step_size: float
     episode_returns: tuple[float, ...]
-    """Undiscounted returns of the K episodes used (empty when none were)."""
+    """Undiscounted returns of the episodes used (K, or a batch counted in steps; empty when
+    none were)."""
     kl: float | None
     """Mean KL(pre-adaptation || adapted) over the episodes' observations (None: not computed)."""
     timings: AdaptTimings | None

@@ -41,6 +41,7 @@ from controller.recording import Recorder
 from controller.reports import AdaptReport, AdaptTimings, SwapReport
 from controller.restoring import restore
 from controller.serving import ServingPolicy
+from sim.episodes import MAX_EPISODES_PER_STEP_FACTOR, BatchUnit, batch_size
 
 __all__ = [
     "INSTALLED_KEPT",
@@ -136,8 +137,20 @@ class Controller:
 
     @property
     def episodes_per_step(self) -> int:
-        """K, the finished on-policy episodes one adaptation step needs."""
+        """K, the finished on-policy episodes one adaptation step needs (with ``batch_unit``
+        ``"steps"``: at least K, whole episodes until K x horizon steps)."""
         return self.config.resolved_episodes_per_step(self._current.artifact.metadata)
+
+    @property
+    def batch_unit(self) -> BatchUnit:
+        """How the artifact counts an adaptation batch: K episodes, or K x horizon steps of
+        whole episodes (at most 4K), as meta-training sampled it (``sim.episodes.batch_size``)."""
+        return self._current.artifact.metadata.adaptation.batch_unit
+
+    def _batch_size(self, lengths: list[int]) -> int | None:
+        """How many of the oldest recorded episodes (``lengths``) make the next batch."""
+        horizon = self._current.artifact.metadata.adaptation.horizon
+        return batch_size(lengths, self.episodes_per_step, self.batch_unit, horizon)
 
     # -- acting ----------------------------------------------------------------------------
 
@@ -248,10 +261,17 @@ class Controller:
             if self.config.steps is not None and step >= self.config.steps:
                 reason = f"already adapted {step} step(s), the configured limit; reset() first"
                 return self._rejected(reason, step, step_size)
-            episodes = self._recorder.take(serving.policy_id, k)
+            episodes = self._recorder.take_batch(serving.policy_id, self._batch_size)
             if episodes is None:
-                have = self._recorder.available(serving.policy_id)
-                reason = f"need {k} finished episodes of the serving policy, have {have}"
+                lengths = self._recorder.lengths(serving.policy_id)
+                have = f"have {len(lengths)}"
+                if self.batch_unit == "steps":
+                    horizon = self._current.artifact.metadata.adaptation.horizon
+                    need = f"{k} x {horizon} steps of whole episodes (or {MAX_EPISODES_PER_STEP_FACTOR * k} episodes)"
+                    have += f" with {sum(lengths)} steps"
+                else:
+                    need = f"{k} finished episodes"
+                reason = f"need {need} of the serving policy, {have}"
                 return self._rejected(reason, step, step_size)
             return self._adapt_on(serving, episodes, step, step_size)
 
@@ -366,6 +386,7 @@ class Controller:
     def status(self) -> dict[str, Any]:
         """A JSON-friendly snapshot: what serves, what is recorded, what happened."""
         serving, artifact = self._serving.policy, self._current.artifact
+        ready = self._recorder.lengths(serving.policy_id)
         return {
             "artifact_path": str(artifact.path),
             "artifact_digest": artifact.digest,
@@ -373,7 +394,9 @@ class Controller:
             "policy_id": serving.policy_id,
             "adaptation_steps": serving.generation,
             "episodes_per_step": self.episodes_per_step,
-            "episodes_ready": self._recorder.available(serving.policy_id),
+            "batch_unit": self.batch_unit,
+            "episodes_ready": len(ready),
+            "batch_ready": self._batch_size(ready) is not None,
             "episodes_in_progress": self._recorder.in_progress,
             "episodes_discarded": self._recorder.discarded,
             "journal": None if self._journal is None else str(self._journal.path),

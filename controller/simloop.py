@@ -17,6 +17,7 @@ import numpy as np
 
 from controller.runtime import AdaptReport, Controller
 from controller.video import Film, write_side_by_side
+from sim.episodes import MAX_EPISODES_PER_STEP_FACTOR
 from sim.families import Family, get_family
 from sim.render import DEFAULT_SIZE, FrameRenderer, frame_seconds, renderer_for
 from sim.simulator import Simulator, StepResult
@@ -170,17 +171,41 @@ def run_phase(
     """K episodes of ``task`` in K simulations, acting and recording through the controller.
 
     The robot's loop: act on each observation, step, record each transition, close the
-    episodes still running at the horizon. ``trace_for(task)`` keeps what the plot shows.
+    episodes still running at the horizon. ``trace_for(task)`` keeps what the plot shows (of
+    the first K). An artifact whose batch counts steps (``Controller.batch_unit``) gets more
+    rounds of K episodes until the controller holds a whole batch, as meta-training sampled it.
     """
     sim = family.make_simulator(episodes_per_step, num_threads)
-    observation = sim.reset([task] * episodes_per_step, np.random.default_rng(seed))
+    policy_id = controller.status()["policy_id"]
+    trace = trace_for(task)
+    returns: list[float] = []
+    for round_index in range(MAX_EPISODES_PER_STEP_FACTOR):
+        first = round_index == 0
+        rng = np.random.default_rng(seed if first else [seed, round_index])
+        filming, traced = (recorder, trace) if first else (None, trace_for(task))
+        returns += _run_round(controller, sim, task, rng, name, filming, traced)
+        if controller.batch_unit == "episodes" or controller.status()["batch_ready"]:
+            break
+    return Phase(name, policy_id, returns, trace.velocity_error(), trace.series())
+
+
+def _run_round(
+    controller: Controller,
+    sim: Simulator,
+    task: Task,
+    rng: np.random.Generator,
+    name: str,
+    recorder: EpisodeRecorder | None,
+    trace: VelocityTrace | PathTrace,
+) -> list[float]:
+    """One episode in each of the simulator's simulations; their returns."""
+    episodes_per_step = sim.num_sims
+    observation = sim.reset([task] * episodes_per_step, rng)
     horizon = controller.artifact.metadata.adaptation.horizon
     if recorder is not None:
         recorder.start(sim, name, horizon)
-    trace = trace_for(task)
     alive = np.ones(episodes_per_step, dtype=bool)
     returns = np.zeros(episodes_per_step)
-    policy_id = controller.status()["policy_id"]
     for _ in range(horizon):
         action = controller.act(observation)  # streams 0..K-1, exploring as on the robot
         result = sim.step(action, None if alive.all() else alive)
@@ -198,7 +223,7 @@ def run_phase(
         observation = result.observations
     for i in np.flatnonzero(alive).tolist():
         controller.end_episode(stream=i, truncated=True)
-    return Phase(name, policy_id, returns.tolist(), trace.velocity_error(), trace.series())
+    return returns.tolist()
 
 
 def run(

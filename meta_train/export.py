@@ -16,6 +16,7 @@ from typing import Any
 from controller.adaptation import AdaptationSettings
 from controller.artifact import ArtifactAdaptation, IOLayout, save_artifact
 from controller.policy import Params, PolicySpec, init_params
+from sim.episodes import BatchUnit
 from sim.families import Family, get_family
 
 
@@ -45,6 +46,7 @@ def fresh_artifact(
     hidden_sizes: tuple[int, ...] = (100, 100),
     settings: AdaptationSettings | None = None,
     training: Mapping[str, Any] | None = None,
+    batch_unit: BatchUnit = "episodes",
 ) -> Path:
     """A freshly initialized (untrained) policy for ``family_name``, saved as an artifact."""
     family = get_family(family_name)
@@ -61,6 +63,7 @@ def fresh_artifact(
         layout=family_layout(family),
         adaptation=ArtifactAdaptation(
             episodes_per_step=episodes_per_step,
+            batch_unit=batch_unit,
             horizon=horizon or family.horizon,
             settings=settings or AdaptationSettings(),
         ),

@@ -17,6 +17,42 @@ BatchUnit = Literal["episodes", "steps"]
 """How a task's batch is counted: K episodes, or whole episodes until K x horizon time steps
 (rllab's batch size; more episodes for a task whose episodes end early)."""
 
+MAX_EPISODES_PER_STEP_FACTOR = 4
+"""A batch counted in steps stops at this many times K episodes even if still short."""
+
+
+def batch_size(
+    lengths: Sequence[int],
+    episodes_per_step: int,
+    unit: BatchUnit,
+    horizon: int,
+    max_episodes: int | None = None,
+) -> int | None:
+    """How many of a task's episodes, oldest first, make one batch; None: not enough yet.
+
+    ``lengths``: the episodes' step counts in the order they were collected. ``"episodes"``:
+    the first K. ``"steps"``: the fewest whose lengths add up to K x ``horizon``, or the first
+    ``max_episodes`` (default ``MAX_EPISODES_PER_STEP_FACTOR`` x K) if those are still short. The sampler
+    (``sim.sampler.BatchSampler.sample``) and the runtime (``controller.Controller.adapt``)
+    both cut batches with this rule.
+    """
+    if episodes_per_step < 1 or horizon < 1:
+        raise ValueError(f"need K >= 1 and horizon >= 1, got {episodes_per_step}, {horizon}")
+    if unit == "episodes":
+        return episodes_per_step if len(lengths) >= episodes_per_step else None
+    if unit != "steps":
+        raise ValueError(f"batch_unit must be 'episodes' or 'steps', got {unit!r}")
+    budget = episodes_per_step * horizon
+    cap = MAX_EPISODES_PER_STEP_FACTOR * episodes_per_step if max_episodes is None else max_episodes
+    if cap < episodes_per_step:
+        raise ValueError(f"max_episodes ({cap}) is below episodes_per_step ({episodes_per_step})")
+    total = 0
+    for count, length in enumerate(lengths[:cap], start=1):
+        total += int(length)
+        if total >= budget:
+            return count
+    return cap if len(lengths) >= cap else None
+
 
 class Episodes(NamedTuple):
     """K on-policy episodes for each of T tasks, padded to the horizon.

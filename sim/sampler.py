@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from sim.episodes import BatchUnit, Episodes
+from sim.episodes import BatchUnit, Episodes, batch_size
 from sim.families import Family
 from sim.simulator import Simulator
 from sim.tasks import Task
@@ -82,12 +82,12 @@ class BatchSampler:
             )
         if batch_unit == "episodes":
             return rollout.run(seed, active=None, to_horizon=False)
-        cap = 4 * episodes_per_step if max_episodes_per_task is None else max_episodes_per_task
-        if cap < episodes_per_step:
+        if max_episodes_per_task is not None and max_episodes_per_task < episodes_per_step:
             raise ValueError(
-                f"max_episodes_per_task ({cap}) is below episodes_per_step ({episodes_per_step})"
+                f"max_episodes_per_task ({max_episodes_per_task}) is below episodes_per_step "
+                f"({episodes_per_step})"
             )
-        return _sample_steps(rollout, seed, episodes_per_step * horizon, cap)
+        return _sample_steps(rollout, seed, max_episodes_per_task)
 
 
 class _Rollout:
@@ -152,11 +152,12 @@ def round_seed(seed: int, round_index: int) -> int:
     return int(np.random.SeedSequence([seed, round_index]).generate_state(1, np.uint64)[0])
 
 
-def _sample_steps(rollout: _Rollout, seed: int, budget: int, cap: int) -> Episodes:
-    """Rounds of K episodes per short task until every task has ``budget`` steps (or ``cap``
-    episodes); each task keeps its episodes in round order, up to the one that meets it."""
+def _sample_steps(rollout: _Rollout, seed: int, cap: int | None) -> Episodes:
+    """Rounds of K episodes per short task until every task has a batch by
+    :func:`sim.episodes.batch_size` (K x horizon steps, or ``cap`` episodes); each task keeps
+    its episodes in round order, up to the one that completes its batch."""
     num_tasks, k = len(rollout.tasks), rollout.k
-    steps = np.zeros(num_tasks, dtype=np.int64)
+    taken: list[list[int]] = [[] for _ in range(num_tasks)]  # kept episodes' lengths
     kept: list[list[tuple[Episodes, int]]] = [[] for _ in range(num_tasks)]
     short = np.ones(num_tasks, dtype=bool)
     round_index = 0
@@ -164,12 +165,12 @@ def _sample_steps(rollout: _Rollout, seed: int, budget: int, cap: int) -> Episod
         episodes = rollout.run(round_seed(seed, round_index), short.copy(), to_horizon=True)
         lengths = episodes.lengths
         for task in np.flatnonzero(short):
-            for j in range(k):
-                if steps[task] >= budget or len(kept[task]) >= cap:
-                    break
-                kept[task].append((episodes, j))
-                steps[task] += lengths[task, j]
-            short[task] = steps[task] < budget and len(kept[task]) < cap
+            candidates = taken[task] + [int(n) for n in lengths[task, :k]]
+            size = batch_size(candidates, k, "steps", rollout.horizon, cap)
+            count = len(candidates) if size is None else size
+            kept[task].extend((episodes, j) for j in range(count - len(taken[task])))
+            taken[task] = candidates[:count]
+            short[task] = size is None
         round_index += 1
     return _gather(kept, rollout.tasks)
 

@@ -239,7 +239,8 @@ class RobotClient:
     def episode_end(self, reward: float, terminated: bool = False) -> dict[str, Any] | None:
         """Close the episode: ``reward`` of its last step; ``terminated`` True when the task
         ended it (a fall), False when it was cut off (time limit). The server's receipt
-        ({"recorded": bool, "steps": int, "episodes_ready": int}), or None after a fault."""
+        ({"recorded": bool, "steps": int, "episodes_ready": int, "batch_ready": bool}), or None
+        after a fault."""
         with self._lock:
             if not self._episode_open:
                 return None

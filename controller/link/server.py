@@ -330,8 +330,12 @@ class LinkServer:
                 fields["terminated"],
                 fields.get("interrupted", False),
             )
-            ready = lane.status()["episodes_ready"]
-            return {"type": MessageType.EPISODE, "seq": seq, **receipt, "episodes_ready": ready}, ()
+            status = lane.status()
+            ready = {
+                "episodes_ready": status["episodes_ready"],
+                "batch_ready": status["batch_ready"],
+            }
+            return {"type": MessageType.EPISODE, "seq": seq, **receipt, **ready}, ()
         if message.type is MessageType.ADAPT:
             return self._submit(message, session.id, lane.adapt, envelope)
         if message.type is MessageType.SWAP:
@@ -381,6 +385,7 @@ class LinkServer:
             "episodes_ready": ready,
             "policy_note": policy_note(session.origin, steps, ready),
             "episodes_per_step": status["episodes_per_step"],
+            "batch_unit": status["batch_unit"],
             "max_message_bytes": self.config.max_message_bytes,
             "watchdog_timeout_s": self.config.watchdog_timeout_s,
         }

@@ -11,6 +11,7 @@ the client module it uses may not.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import numpy as np
 
 from controller.link.client import LinkError, LinkFault, RobotClient
 from controller.link.protocol import ErrorCode
+from sim.episodes import MAX_EPISODES_PER_STEP_FACTOR
 from sim.families import Family, get_family
 from sim.simulator import Simulator
 from sim.tasks import Task, VelocityTask, task_to_dict
@@ -40,6 +42,8 @@ class EpisodeStats(NamedTuple):
     """The server recorded the episode (usable for adaptation)."""
     safe_actions: int
     """Steps of the episode that got the safe action (link faults)."""
+    batch_ready: bool = False
+    """The server's episodes of this policy now make a whole adaptation batch."""
     late: int = 0
     """Steps whose action came later than one control period (paced runs only)."""
 
@@ -128,6 +132,7 @@ def run_episode(
         recorded=bool(receipt and receipt.get("recorded")),
         safe_actions=client.stats().safe_actions - safe_before,
         late=late,
+        batch_ready=bool(receipt and receipt.get("batch_ready")),
     )
 
 
@@ -185,12 +190,19 @@ def run_sim_robot(
         log.info("server: %s", client.welcome.get("policy_note"))
         note = str(client.welcome.get("policy_note", ""))
         simulator = family.make_simulator(1, 1)
+        counts_steps = client.welcome.get("batch_unit", "episodes") == "steps"
         end = None if duration_s is None else time.monotonic() + duration_s
         cycle = 0
         while cycle < adapt_steps if end is None else time.monotonic() < end:
             cycle += 1
-            for _ in range(episodes_per_step):
-                run.episode(client, simulator, task, horizon, "before", on_episode)
+            # K episodes; an artifact counting its batch in steps takes whole episodes until
+            # the server holds K x horizon steps of them (WELCOME's batch_unit, at most 4K).
+            for played in itertools.count(1):
+                stats = run.episode(client, simulator, task, horizon, "before", on_episode)
+                if played >= episodes_per_step and (not counts_steps or stats.batch_ready):
+                    break
+                if played >= MAX_EPISODES_PER_STEP_FACTOR * episodes_per_step:
+                    break
             run.adapt(client, tolerant=end is not None)
         for _ in range(episodes_per_step if adapted_episodes is None else adapted_episodes):
             run.episode(
@@ -234,7 +246,7 @@ class _Run:
         phase: str,
         on_episode: Callable[[str, EpisodeStats], None] | None,
         deterministic: bool = False,
-    ) -> None:
+    ) -> EpisodeStats:
         stats = run_episode(
             client,
             simulator,
@@ -247,6 +259,7 @@ class _Run:
         (self.before if phase == "before" else self.after).append(stats)
         if on_episode is not None:
             on_episode(phase, stats)
+        return stats
 
     def adapt(self, client: RobotClient, tolerant: bool) -> None:
         """ADAPT; with ``tolerant``, a link failure (a server restarting) is a refused step."""
