@@ -41,7 +41,7 @@ from controller.recording import Recorder
 from controller.reports import AdaptReport, AdaptTimings, SwapReport
 from controller.restoring import restore
 from controller.serving import ServingPolicy
-from sim.episodes import MAX_EPISODES_PER_STEP_FACTOR, BatchUnit, batch_size
+from sim.episodes import BatchUnit, batch_size, describe_batch
 
 __all__ = [
     "INSTALLED_KEPT",
@@ -264,13 +264,9 @@ class Controller:
             episodes = self._recorder.take_batch(serving.policy_id, self._batch_size)
             if episodes is None:
                 lengths = self._recorder.lengths(serving.policy_id)
-                have = f"have {len(lengths)}"
-                if self.batch_unit == "steps":
-                    horizon = self._current.artifact.metadata.adaptation.horizon
-                    need = f"{k} x {horizon} steps of whole episodes (or {MAX_EPISODES_PER_STEP_FACTOR * k} episodes)"
-                    have += f" with {sum(lengths)} steps"
-                else:
-                    need = f"{k} finished episodes"
+                horizon = self._current.artifact.metadata.adaptation.horizon
+                need = describe_batch(k, self.batch_unit, horizon)
+                have = f"have {len(lengths)} with {sum(lengths)} steps"
                 reason = f"need {need} of the serving policy, {have}"
                 return self._rejected(reason, step, step_size)
             return self._adapt_on(serving, episodes, step, step_size)

@@ -54,6 +54,14 @@ def batch_size(
     return cap if len(lengths) >= cap else None
 
 
+def describe_batch(episodes_per_step: int, unit: BatchUnit, horizon: int) -> str:
+    """One batch of :func:`batch_size` in words, for messages."""
+    if unit == "steps":
+        most = MAX_EPISODES_PER_STEP_FACTOR * episodes_per_step
+        return f"{episodes_per_step} x {horizon} steps of whole episodes (or {most} episodes)"
+    return f"{episodes_per_step} finished episodes"
+
+
 class Episodes(NamedTuple):
     """K on-policy episodes for each of T tasks, padded to the horizon.
 
