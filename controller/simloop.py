@@ -281,12 +281,12 @@ def _report_dict(report: AdaptReport) -> dict[str, Any]:
 
 def format_table(result: RunResult) -> str:
     velocity = any(p.velocity_error is not None for p in result.phases)
-    header = f"{'phase':<16}{'return (mean ± se)':>22}"
+    header = f"{'phase':<16}{'episodes':>9}{'return (mean ± se)':>22}"
     header += f"{'mean |v - v*|':>16}" if velocity else ""
     task = task_from_dict(result.task).describe()
-    lines = [f"{result.family}, {task}: {result.episodes_per_step} episodes per phase", header]
+    lines = [f"{result.family}, {task}: K = {result.episodes_per_step}", header]
     for p in result.phases:
-        line = f"{p.name:<16}{f'{p.mean_return:.1f} ± {p.stderr:.1f}':>22}"
+        line = f"{p.name:<16}{len(p.returns):>9}{f'{p.mean_return:.1f} ± {p.stderr:.1f}':>22}"
         if p.velocity_error is not None:
             line += f"{p.velocity_error:>16.3f}"
         lines.append(line)
@@ -319,7 +319,8 @@ def plot(result: RunResult, task: Task, path: str | Path) -> None:
     if isinstance(task, VelocityTask):
         ax.axhline(task.velocity, color="tab:red", linestyle="--", label="target v*")
     if "x_velocity" in result.phases[0].trace:
-        ax.set_xlabel("control step (0.05 s)")
+        seconds = frame_seconds(get_family(result.family).make_simulator(1, 1))
+        ax.set_xlabel(f"control step ({seconds:g} s)")
         ax.set_ylabel("forward velocity, mean of the K episodes (m/s)")
     else:
         goal = result.task["goal"]
