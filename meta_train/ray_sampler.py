@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from controller.allocator import keep_freed_memory
-from controller.policy import Params, PolicySpec, SamplingPolicy
+from controller.policy import Params, PolicySpec, SamplingPolicy, stack_params
 from controller.threads import torch_threads
-from meta_train.objective import MetaSettings
+from meta_train.objective import MetaSettings, adapted_params_for_tasks
 from meta_train.shard import (
     GradientShare,
     LineShare,
@@ -134,6 +134,17 @@ class _Job:
     batch_unit: BatchUnit = "episodes"
     key: int = 0
     """Names the call's episodes on the workers, which keep them for the meta-step."""
+    inner: InnerPlan | None = None
+    """Set: the parameters sent are theta, and each worker adapts its own tasks' policies."""
+
+
+@dataclass(frozen=True)
+class InnerPlan:
+    """The inner steps of a sample call, taken on the workers (``RaySampler.sample_adapted``)."""
+
+    keys: tuple[int, ...]
+    """The sample calls of the train rounds, in order (empty: the rounds are sent)."""
+    settings: MetaSettings
 
 
 KEPT_SAMPLES = 8
@@ -213,13 +224,36 @@ class RolloutWorker:
         """The worker's process id (also: the actor has started)."""
         return os.getpid()
 
-    def sample(self, job: _Job, params: Params, start: int, stop: int) -> Episodes:
-        """Episodes of tasks ``start:stop`` of the job; ``params`` are the whole job's."""
-        policy = SamplingPolicy(job.spec, params, job.policy_seed, job.policy_offset)
+    def sample(
+        self,
+        job: _Job,
+        params: Params,
+        start: int,
+        stop: int,
+        rounds: Sequence[Episodes] | None = None,
+    ) -> Episodes | None:
+        """Episodes of tasks ``start:stop`` of the job; ``params`` are the whole job's.
+
+        With ``job.inner``: ``params`` is theta, and the policies of these tasks are adapted
+        here on their train rounds (kept here, or ``rounds``: these tasks' slices); None when
+        some of them are not here (a replaced worker), for the driver to send them.
+        """
+        if job.inner is None:
+            policy = SamplingPolicy(job.spec, params, job.policy_seed, job.policy_offset)
+            policy = policy.shard(start, stop)
+        else:
+            if rounds is None:
+                if any(key not in self._kept for key in job.inner.keys):
+                    return None
+                rounds = [self._kept[key] for key in job.inner.keys]
+            with torch_threads(self.num_threads):
+                adapted = adapted_params_for_tasks(job.spec, params, rounds, job.inner.settings)
+            offset = job.policy_offset + start
+            policy = SamplingPolicy(job.spec, stack_params(adapted), job.policy_seed, offset)
         episodes = self.sampler.sample(
             job.tasks[start:stop],
             job.episodes_per_step,
-            policy.shard(start, stop),
+            policy,
             job.seed,
             job.horizon,
             job.task_features,
@@ -313,6 +347,15 @@ class Submission:
     params_ref: Any
     shards: list[tuple[int, int]]
     refs: list[Any]
+    rounds: Sequence[Episodes] = ()
+    """With ``job.inner``: the train rounds, for a worker that does not hold them."""
+
+    def rounds_of(self, index: int) -> list[Episodes] | None:
+        """Shard ``index``'s slices of the train rounds (None: no inner steps)."""
+        if self.job.inner is None:
+            return None
+        start, stop = self.shards[index]
+        return [r.tasks_between(start, stop) for r in self.rounds]
 
 
 class RaySampler:
@@ -423,6 +466,48 @@ class RaySampler:
         self._recent = [*self._recent, (episodes, submission)][-KEPT_SAMPLES:]
         return episodes
 
+    def sample_adapted(
+        self,
+        spec: PolicySpec,
+        params: Params,
+        rounds: Sequence[Episodes],
+        settings: MetaSettings,
+        tasks: Sequence[Task],
+        episodes_per_step: int,
+        policy_seed: int,
+        seed: int,
+        horizon: int | None = None,
+        batch_unit: BatchUnit = "episodes",
+    ) -> Episodes:
+        """Episodes of ``tasks`` by their adapted policies, adapted where the train ``rounds``
+        are: as ``sample`` with ``SamplingPolicy(spec, stack_params(adapted_params_for_tasks(
+        spec, params, rounds, settings)), policy_seed)``, each worker taking its own tasks'
+        inner steps, so the driver neither computes nor sends the adapted parameters."""
+        tasks = [self.family.validate(t) for t in tasks]
+        keys = self._keys_of(rounds)
+        inner = InnerPlan(keys, settings)
+        job = _Job(
+            tasks,
+            episodes_per_step,
+            spec,
+            policy_seed,
+            0,
+            seed,
+            horizon,
+            False,
+            batch_unit,
+            next(self._keys),
+            inner,
+        )
+        params_ref = self._ray.put(params)
+        shards = contiguous_shards(len(tasks), len(self.workers))
+        submission = Submission(job, params_ref, shards, [], list(rounds))
+        for index, (start, stop) in enumerate(shards):
+            given = None if keys else submission.rounds_of(index)
+            ref = self.workers[index].sample.remote(job, params_ref, start, stop, given)
+            submission.refs.append(ref)
+        return self.gather(submission)
+
     def meta_terms(
         self,
         spec: PolicySpec,
@@ -470,10 +555,18 @@ class RaySampler:
             if attempt:  # the shard's worker died: a new one runs the shard again
                 self._replace_worker(index)
                 submission.refs[index] = self.workers[index].sample.remote(
-                    submission.job, submission.params_ref, start, stop
+                    submission.job, submission.params_ref, start, stop, submission.rounds_of(index)
                 )
             try:
-                result: Episodes = ray.get(submission.refs[index])
+                result: Episodes | None = ray.get(submission.refs[index])
+                if result is None:  # its train rounds are not on that worker: send them
+                    given = submission.rounds_of(index)
+                    ref = self.workers[index].sample.remote(
+                        submission.job, submission.params_ref, start, stop, given
+                    )
+                    result = ray.get(ref)
+                if result is None:
+                    raise RuntimeError(f"the worker of tasks {start}:{stop} lost given rounds")
                 return result
             except ray.exceptions.RayActorError as error:
                 lost = error

@@ -159,25 +159,41 @@ def sample_adapted_rounds(
     """
     rounds, sampling_s, inner_s = [train], 0.0, 0.0
     steps = config.meta.inner_steps
+    on_workers = getattr(sampler, "sample_adapted", None)  # RaySampler: where the rounds are
     for k in range(1, steps + 1):
         start = time.perf_counter()
-        adapted = adapted_params_for_tasks(spec, params, rounds, config.meta)
-        adapted_at = time.perf_counter()
         suffix = "" if k == steps else f"_{k}"
         prefix = "valid" if k == steps else "train"
-        policy = SamplingPolicy(spec, stack_params(adapted), seeds[f"{prefix}_policy{suffix}"])
-        rounds.append(
-            sampler.sample(
+        policy_seed = seeds[f"{prefix}_policy{suffix}"]
+        reset_seed = seeds[f"{prefix}_reset{suffix}"]
+        if on_workers is not None:  # the inner steps count as sampling there
+            episodes = on_workers(
+                spec,
+                params,
+                rounds,
+                config.meta,
+                tasks,
+                config.episodes_per_step,
+                policy_seed,
+                reset_seed,
+                config.horizon,
+                config.batch_unit,
+            )
+        else:
+            adapted = adapted_params_for_tasks(spec, params, rounds, config.meta)
+            inner_s += time.perf_counter() - start
+            policy = SamplingPolicy(spec, stack_params(adapted), policy_seed)
+            episodes = sampler.sample(
                 tasks,
                 config.episodes_per_step,
                 policy,
-                seeds[f"{prefix}_reset{suffix}"],
+                reset_seed,
                 config.horizon,
                 batch_unit=config.batch_unit,
             )
-        )
-        sampling_s += time.perf_counter() - adapted_at
-        inner_s += adapted_at - start
+        rounds.append(episodes)
+        sampling_s += time.perf_counter() - start
+    sampling_s -= inner_s
     return rounds[:-1], rounds[-1], sampling_s, inner_s
 
 

@@ -288,6 +288,37 @@ def test_a_worker_lost_during_the_meta_step_is_replaced_with_its_tasks_episodes(
         sampler.close()
 
 
+def test_inner_steps_on_the_workers_give_the_local_valid_episodes(ray_instance: Any) -> None:
+    """sample_adapted: each worker adapts its own tasks' policies from the train round it kept
+    (or was sent, or lost with a worker) and samples with them, as the driver would."""
+    family = get_family("cheetah_velocity")
+    tasks = family.sample_tasks(np.random.default_rng(3), 4)
+    spec, params = _policy_params(family, 4, stacked=False)
+    settings = MetaSettings()
+    local_sampler = BatchSampler(family, num_threads=1)
+    with torch_threads(1):
+        train = local_sampler.sample(tasks, 5, SamplingPolicy(spec, params, 11), 6, 30)
+        adapted = adapted_params_for_tasks(spec, params, train, settings)
+        local = local_sampler.sample(
+            tasks, 5, SamplingPolicy(spec, stack_params(adapted), 12), 7, 30
+        )
+    sampler = RaySampler(family, 2, num_threads=1)
+    try:
+        kept = sampler.sample(tasks, 5, SamplingPolicy(spec, params, 11), 6, 30)
+        _assert_same(train, kept)
+
+        def valid(rounds: list[Episodes]) -> Episodes:
+            return sampler.sample_adapted(spec, params, rounds, settings, tasks, 5, 12, 7, 30)
+
+        _assert_same(local, valid([kept]))  # the workers' own train round
+        _assert_same(local, valid([train]))  # a round sampled elsewhere: sent to them
+        ray_instance.kill(sampler.workers[0])
+        _assert_same(local, valid([kept]))  # a new worker is given its tasks' round
+        assert sampler.replacements == 1
+    finally:
+        sampler.close()
+
+
 def _tiny_config(**sampler: object) -> TrainConfig:
     return TrainConfig.model_validate(
         {
