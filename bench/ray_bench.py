@@ -252,7 +252,8 @@ def format_table(results: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| sampler | s per meta-iteration | sampling | inner | meta-step | over local "
+        "| sampler | s per meta-iteration | sampling (ray: with the inner steps) "
+        "| inner on the driver | meta-step | over local "
         "| same step as local |",
         "|---|---|---|---|---|---|---|",
     ]
