@@ -216,3 +216,19 @@ def loss_hessian_product(spec: PolicySpec, loss: LossCurvature, vector: Params) 
                 )
             g = loss.grad_pre[layer - 1]
         return _join(spec, layers[::-1], r_log_std)
+
+
+def product_multiply_adds(spec: PolicySpec) -> tuple[int, int]:
+    """Multiply-adds of the matrix products, per input row, of one :func:`loss_hessian_product`
+    and of one :func:`kl_hessian_product`, as written here (the elementwise work is left out).
+
+    A layer of ``m`` = in x out weights costs: tangent 1 product (the first layer) or 2 (its
+    input's tangent too); backward with the R-operator 1 or 4 more (the loss) and 1 or 2 (the
+    KL's Gauss-Newton product). ``python -m bench meta`` turns this into the floor of a meta-step's
+    Hessian-vector products at the machine's measured matrix-product rate.
+    """
+    sizes = [spec.observation_size, *spec.hidden_sizes, spec.action_size]
+    layers = [a * b for a, b in zip(sizes[:-1], sizes[1:], strict=False)]
+    first, rest = layers[0], sum(layers[1:])
+    return 2 * first + 6 * rest, 2 * first + 4 * rest
+

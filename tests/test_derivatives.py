@@ -169,3 +169,32 @@ def test_fisher_hvp_equals_autograds_kl_hessian_of_one_policy() -> None:
             dtype=torch.float64,
         )
         torch.testing.assert_close(ours(v), reference(v), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("hidden", [(100, 100), (32,), (64, 48, 16)])
+def test_product_multiply_adds_count_what_the_products_multiply(hidden: tuple[int, ...]) -> None:
+    """The count the meta bench's floor uses equals the matrix products' multiply-adds as
+    torch's profiler counts them (2 flops each), per input row."""
+    from torch.profiler import profile
+
+    spec = PolicySpec(observation_size=20, action_size=6, hidden_sizes=hidden)
+    theta = init_params(spec, 0)
+    rows, g = 300, torch.Generator().manual_seed(0)
+    loss = derivatives.loss_curvature(
+        spec,
+        theta,
+        torch.randn(rows, 20, generator=g),
+        torch.randn(rows, 6, generator=g),
+        torch.randn(rows, generator=g),
+    )
+    vector = {name: torch.randn(p.shape, generator=g) for name, p in theta.items()}
+    counted = []
+    for product in (
+        lambda: derivatives.loss_hessian_product(spec, loss, vector),
+        lambda: derivatives.kl_hessian_product(spec, loss.run, vector, 1.0),
+    ):
+        with profile(with_flops=True) as prof:
+            product()
+        flops = sum(e.flops for e in prof.key_averages() if e.key in ("aten::mm", "aten::addmm"))
+        counted.append(flops / 2 / rows)
+    assert tuple(counted) == derivatives.product_multiply_adds(spec)
