@@ -18,6 +18,7 @@ Parameters follow :func:`controller.policy.mean_action`: ``hidden.{l}.weight`` [
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -228,7 +229,7 @@ def product_multiply_adds(spec: PolicySpec) -> tuple[int, int]:
     Hessian-vector products at the machine's measured matrix-product rate.
     """
     sizes = [spec.observation_size, *spec.hidden_sizes, spec.action_size]
-    layers = [a * b for a, b in zip(sizes[:-1], sizes[1:], strict=False)]
+    layers = [a * b for a, b in itertools.pairwise(sizes)]
     first, rest = layers[0], sum(layers[1:])
     return 2 * first + 6 * rest, 2 * first + 4 * rest
 
