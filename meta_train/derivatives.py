@@ -232,4 +232,3 @@ def product_multiply_adds(spec: PolicySpec) -> tuple[int, int]:
     layers = [a * b for a, b in itertools.pairwise(sizes)]
     first, rest = layers[0], sum(layers[1:])
     return 2 * first + 6 * rest, 2 * first + 4 * rest
-
