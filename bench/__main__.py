@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import bench
-from controller.allocator import keep_freed_memory
 
 OUTPUT = Path("runs") / "bench.json"
 SUFFIX = "_bench"
@@ -92,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(args.names) - set(available))
     if unknown:
         parser.error(f"unknown bench {', '.join(unknown)}; available: {', '.join(available)}")
-    keep_freed_memory()
     results, problems = run(args.names or available)
     save(results, problems)
     return 1 if any(p.startswith("failed") for p in problems.values()) else 0

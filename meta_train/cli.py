@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from controller.allocator import keep_freed_memory
-
 # Imports of the commands are inside them: this module is the ``adaptctl`` entry point of every
 # install, and an install with fewer extras must still get a clear message (see ``main``).
 
@@ -283,7 +281,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    keep_freed_memory()
     try:
         return int(args.func(args))
     except ModuleNotFoundError as error:

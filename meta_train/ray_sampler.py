@@ -27,7 +27,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from controller.allocator import keep_freed_memory
 from controller.policy import Params, PolicySpec, SamplingPolicy, stack_params
 from controller.threads import torch_threads
 from meta_train.objective import MetaSettings, adapted_params_for_tasks
@@ -180,7 +179,6 @@ class RolloutWorker:
     its latest shards, and its share of the current TRPO step."""
 
     def __init__(self, family_name: str, num_threads: int) -> None:
-        keep_freed_memory()
         # One torch thread: the policy runs between simulation steps, never alongside them, and
         # idle OpenMP threads spin on the cores the MuJoCo threads need (bench/sampler_bench.py).
         torch.set_num_threads(1)
