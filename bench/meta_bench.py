@@ -6,24 +6,17 @@ MAML-TRPO with exact Hessian-vector products: ``configs/<family>.yaml``), and fo
 navigation (meta-batch 20, its config), each iteration is split into sampling (both rounds),
 inner (the adaptation steps that make the valid episodes' policies) and outer (the TRPO
 meta-step), and the outer step into its gradient, its Hessian-vector products (and their
-number) and its line search. Reports the ratio outer / sampling; the goal is <= 0.5. The
-first family runs once more in a child process with glibc's malloc defaults
-(:mod:`controller.allocator`), so the bench also reports what keeping freed memory saves.
+number) and its line search. Reports the ratio outer / sampling; the goal is <= 0.5.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from controller.allocator import ENVIRONMENT_SWITCH, keep_freed_memory
 from controller.policy import PolicySpec, init_params
 from controller.threads import torch_threads
 from meta_train.config import TrainConfig
@@ -103,31 +96,8 @@ def matrix_product_rate(width: int, threads: int, rows: int = 4000) -> float:
     return rows * width * width / best
 
 
-def bench_family_in_child(
-    family_name: str, iterations: int, keep_memory: bool = False
-) -> dict[str, Any]:
-    """:func:`bench_family` in a fresh process, with glibc's malloc as configured there
-    (``keep_memory`` False: its defaults, ``controller.allocator``'s switch set to 0)."""
-    env = dict(os.environ, **{ENVIRONMENT_SWITCH: "1" if keep_memory else "0"})
-    code = (
-        "import json; from controller.allocator import keep_freed_memory; keep_freed_memory(); "
-        "from bench.meta_bench import bench_family; "
-        f"print(json.dumps(bench_family({family_name!r}, {iterations})))"
-    )
-    root = Path(__file__).resolve().parents[1]
-    done = subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def bench_meta(iterations: int = 2, families: tuple[str, ...] = FAMILIES) -> dict[str, Any]:
-    """Each family as adaptctl trains it (freed memory kept, ``controller.allocator``); then
-    the first family again in a process with glibc's malloc defaults, for the ratio."""
-    keep_freed_memory()
     results = {name: bench_family(name, iterations) for name in families}
-    first = families[0]
-    results[f"{first} (glibc malloc defaults)"] = bench_family_in_child(first, iterations)
     print(format_table(results))
     return results
 

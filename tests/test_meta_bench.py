@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.meta_bench import bench_family, bench_family_in_child, format_table
+from bench.meta_bench import bench_family, format_table
 
 
 def test_meta_bench_splits_an_iteration_and_its_outer_step() -> None:
@@ -19,10 +19,3 @@ def test_meta_bench_splits_an_iteration_and_its_outer_step() -> None:
     assert best["outer_over_sampling"] == best["outer_s"] / best["sampling_s"]
     assert 0 < best["hvp_floor_s"] < best["hvp_s"]  # no product runs above the GEMM rate
     assert "| navigation2d |" in format_table({"navigation2d": result})
-
-
-def test_meta_bench_runs_a_family_in_a_child_with_malloc_defaults() -> None:
-    result = bench_family_in_child("navigation2d", iterations=1)
-    assert result["family"] == "navigation2d"
-    assert result["best"]["hvp_calls"] == 10
-    assert result["best"]["total_s"] > 0
