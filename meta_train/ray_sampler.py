@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Literal
 
@@ -344,7 +344,7 @@ class Submission:
     job: _Job
     params_ref: Any
     shards: list[tuple[int, int]]
-    refs: list[Any]
+    refs: list[Any] = field(default_factory=list)
     rounds: Sequence[Episodes] = ()
     """With ``job.inner``: the train rounds, for a worker that does not hold them."""
 
@@ -451,11 +451,9 @@ class RaySampler:
             next(self._keys),
         )
         params_ref = self._ray.put(policy.params)  # once per call; workers read it by reference
-        shards = contiguous_shards(len(tasks), len(self.workers))
-        refs = [
-            self.workers[i].sample.remote(job, params_ref, *shard) for i, shard in enumerate(shards)
-        ]
-        return Submission(job, params_ref, shards, refs)
+        submission = Submission(job, params_ref, contiguous_shards(len(tasks), len(self.workers)))
+        submission.refs = [self._send_shard(submission, i) for i in range(len(submission.shards))]
+        return submission
 
     def gather(self, submission: Submission) -> Episodes:
         """Wait for every shard, replacing dead workers and re-running their shards."""
@@ -497,13 +495,11 @@ class RaySampler:
             next(self._keys),
             inner,
         )
-        params_ref = self._ray.put(params)
         shards = contiguous_shards(len(tasks), len(self.workers))
-        submission = Submission(job, params_ref, shards, [], list(rounds))
-        for index, (start, stop) in enumerate(shards):
-            given = None if keys else submission.rounds_of(index)
-            ref = self.workers[index].sample.remote(job, params_ref, start, stop, given)
-            submission.refs.append(ref)
+        submission = Submission(job, self._ray.put(params), shards, rounds=list(rounds))
+        submission.refs = [
+            self._send_shard(submission, i, with_rounds=not keys) for i in range(len(shards))
+        ]
         return self.gather(submission)
 
     def meta_terms(
@@ -552,17 +548,12 @@ class RaySampler:
         for attempt in range(self.max_replacements + 1):
             if attempt:  # the shard's worker died: a new one runs the shard again
                 self._replace_worker(index)
-                submission.refs[index] = self.workers[index].sample.remote(
-                    submission.job, submission.params_ref, start, stop, submission.rounds_of(index)
-                )
+                submission.refs[index] = self._send_shard(submission, index, with_rounds=True)
             try:
                 result: Episodes | None = ray.get(submission.refs[index])
                 if result is None:  # its train rounds are not on that worker: send them
-                    given = submission.rounds_of(index)
-                    ref = self.workers[index].sample.remote(
-                        submission.job, submission.params_ref, start, stop, given
-                    )
-                    result = ray.get(ref)
+                    submission.refs[index] = self._send_shard(submission, index, with_rounds=True)
+                    result = ray.get(submission.refs[index])
                 if result is None:
                     raise RuntimeError(f"the worker of tasks {start}:{stop} lost given rounds")
                 return result
@@ -572,6 +563,14 @@ class RaySampler:
             f"the worker sampling tasks {start}:{stop} died {self.max_replacements + 1} times "
             f"in a row; last error: {lost}"
         )
+
+    def _send_shard(self, submission: Submission, index: int, with_rounds: bool = False) -> Any:
+        """Start shard ``index`` of the call on its worker; ``with_rounds``: give it its tasks'
+        slices of the train rounds (calls with inner steps; others have none)."""
+        start, stop = submission.shards[index]
+        given = submission.rounds_of(index) if with_rounds else None
+        worker = self.workers[index]
+        return worker.sample.remote(submission.job, submission.params_ref, start, stop, given)
 
     def _replace_worker(self, index: int) -> None:
         self._ray.kill(self.workers[index])  # a no-op when it is gone; stops a hung one

@@ -167,6 +167,7 @@ def sample_adapted_rounds(
         policy_seed = seeds[f"{prefix}_policy{suffix}"]
         reset_seed = seeds[f"{prefix}_reset{suffix}"]
         if on_workers is not None:  # the inner steps count as sampling there
+            sampled_from = start
             episodes = on_workers(
                 spec,
                 params,
@@ -181,7 +182,8 @@ def sample_adapted_rounds(
             )
         else:
             adapted = adapted_params_for_tasks(spec, params, rounds, config.meta)
-            inner_s += time.perf_counter() - start
+            sampled_from = time.perf_counter()
+            inner_s += sampled_from - start
             policy = SamplingPolicy(spec, stack_params(adapted), policy_seed)
             episodes = sampler.sample(
                 tasks,
@@ -192,8 +194,7 @@ def sample_adapted_rounds(
                 batch_unit=config.batch_unit,
             )
         rounds.append(episodes)
-        sampling_s += time.perf_counter() - start
-    sampling_s -= inner_s
+        sampling_s += time.perf_counter() - sampled_from
     return rounds[:-1], rounds[-1], sampling_s, inner_s
 
 

@@ -197,11 +197,11 @@ def run_sim_robot(
             cycle += 1
             # K episodes; an artifact counting its batch in steps takes whole episodes until
             # the server holds K x horizon steps of them (WELCOME's batch_unit, at most 4K).
+            most = MAX_EPISODES_PER_STEP_FACTOR * episodes_per_step
             for played in itertools.count(1):
                 stats = run.episode(client, simulator, task, horizon, "before", on_episode)
-                if played >= episodes_per_step and (not counts_steps or stats.batch_ready):
-                    break
-                if played >= MAX_EPISODES_PER_STEP_FACTOR * episodes_per_step:
+                enough = not counts_steps or stats.batch_ready
+                if (played >= episodes_per_step and enough) or played >= most:
                     break
             run.adapt(client, tolerant=end is not None)
         for _ in range(episodes_per_step if adapted_episodes is None else adapted_episodes):
