@@ -82,20 +82,20 @@ def forward(spec: PolicySpec, params: Params, observations: torch.Tensor) -> For
 
 def mean_tangent(
     run: Forward, tangent: list[tuple[torch.Tensor, torch.Tensor]]
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """Forward-mode derivative of the mean along (dW, db) per layer: (d mean [N, A], the
-    pre-activations' tangents per hidden layer [N, width])."""
+    pre-activations' and the activations' tangents per hidden layer [N, width])."""
     d_pre: list[torch.Tensor] = []
-    d_x: torch.Tensor | None = None
+    d_hidden: list[torch.Tensor] = []
     for layer, (d_weight, d_bias) in enumerate(tangent):
         dz = torch.addmm(d_bias, run.inputs[layer], d_weight.t())
-        if d_x is not None:
-            dz = torch.addmm(dz, d_x, run.weights[layer].t())
+        if d_hidden:
+            dz = torch.addmm(dz, d_hidden[-1], run.weights[layer].t())
         if layer < len(run.slopes):
             d_pre.append(dz)
-            d_x = dz * run.slopes[layer]
+            d_hidden.append(dz * run.slopes[layer])
         else:
-            return dz, d_pre
+            return dz, d_pre, d_hidden
     raise AssertionError("tangent lists no output layer")
 
 
@@ -138,7 +138,7 @@ def kl_hessian_product(spec: PolicySpec, run: Forward, vector: Params, scale: fl
     terms vanish there).
     """
     with torch.no_grad():
-        d_mean, _ = mean_tangent(run, _split(spec, vector))
+        d_mean, _, _ = mean_tangent(run, _split(spec, vector))
         precision = torch.exp(-2.0 * run.log_std)
         layers, _ = mean_cotangent(run, d_mean * (precision * scale))
         log_std = vector["log_std"] * (2.0 * run.mean.shape[0] * scale)
@@ -159,8 +159,9 @@ class LossCurvature:
     """[N, A] the loss's gradient w.r.t. the mean."""
     grad_pre: list[torch.Tensor]
     """Per hidden layer, the loss's gradient w.r.t. its pre-activation [N, width]."""
-    grad_inputs: list[torch.Tensor]
-    """Per layer l >= 1, the loss's gradient w.r.t. its input (a hidden activation) [N, in]."""
+    bends: list[torch.Tensor] | None
+    """Per hidden layer, the loss's gradient w.r.t. its activation times the activation's second
+    derivative [N, width] (None for ReLU): the network's own curvature in every product."""
 
 
 def loss_curvature(
@@ -177,10 +178,15 @@ def loss_curvature(
         weight = (advantages / advantages.shape[0]).unsqueeze(1)
         grad_mean = -weight * residual
         _, grad_pre = mean_cotangent(run, grad_mean)
-        grad_inputs = [grad_mean @ run.weights[-1]]
-        for layer in range(len(grad_pre) - 1, 0, -1):
-            grad_inputs.append(grad_pre[layer] @ run.weights[layer])
-        return LossCurvature(run, residual, weight, grad_mean, grad_pre, grad_inputs[::-1])
+        bends = None
+        if run.curvatures is not None:
+            # the gradient w.r.t. hidden activation l is the next layer's input gradient
+            outputs = [*grad_pre[1:], grad_mean]
+            bends = [
+                (g @ run.weights[layer + 1]) * run.curvatures[layer]
+                for layer, g in enumerate(outputs)
+            ]
+        return LossCurvature(run, residual, weight, grad_mean, grad_pre, bends)
 
 
 def loss_hessian_product(spec: PolicySpec, loss: LossCurvature, vector: Params) -> Params:
@@ -189,7 +195,7 @@ def loss_hessian_product(spec: PolicySpec, loss: LossCurvature, vector: Params) 
     run = loss.run
     with torch.no_grad():
         tangent = _split(spec, vector)
-        d_mean, d_pre = mean_tangent(run, tangent)
+        d_mean, d_pre, d_inputs = mean_tangent(run, tangent)
         v_log_std = vector["log_std"]
         precision = torch.exp(-2.0 * run.log_std)
         # gradient w.r.t. the mean: -w (a - mu) e^{-2s}; its directional derivative
@@ -197,7 +203,6 @@ def loss_hessian_product(spec: PolicySpec, loss: LossCurvature, vector: Params) 
         # gradient w.r.t. log_std: -sum_n w_n ((a - mu)^2 e^{-2s} - 1); its derivative
         residual_raw = loss.residual / precision
         r_log_std = 2.0 * (loss.weight * loss.residual * (d_mean + residual_raw * v_log_std)).sum(0)
-        d_inputs = [d_pre[layer] * run.slopes[layer] for layer in range(len(d_pre))]
         layers: list[tuple[torch.Tensor, torch.Tensor]] = []
         r_g = r_grad_mean
         g = loss.grad_mean
@@ -211,10 +216,8 @@ def loss_hessian_product(spec: PolicySpec, loss: LossCurvature, vector: Params) 
             # input gradient g W and its derivative r_g W + g dW, through the activation
             r_input = torch.addmm(r_g @ run.weights[layer], g, tangent[layer][0])
             r_g = r_input * run.slopes[layer - 1]
-            if run.curvatures is not None:
-                r_g = (
-                    r_g + loss.grad_inputs[layer - 1] * run.curvatures[layer - 1] * d_pre[layer - 1]
-                )
+            if loss.bends is not None:
+                r_g = torch.addcmul(r_g, loss.bends[layer - 1], d_pre[layer - 1])
             g = loss.grad_pre[layer - 1]
         return _join(spec, layers[::-1], r_log_std)
 
