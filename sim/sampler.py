@@ -7,13 +7,14 @@ Public MAML-RL implementations step each environment with its own Python call; s
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from operator import attrgetter
 from typing import Any, cast
 
 import numpy as np
 
-from sim.episodes import BatchUnit, Episodes, batch_size
+from sim.episodes import MAX_EPISODES_PER_STEP_FACTOR, BatchUnit, Episodes, batch_size
 from sim.families import Family
 from sim.simulator import Simulator
 from sim.tasks import Task
@@ -59,11 +60,11 @@ class BatchSampler:
         ``batch_unit="episodes"``: exactly ``episodes_per_step`` (K) episodes per task.
         ``batch_unit="steps"``: whole episodes until each task has K x horizon time steps, as
         rllab counts a batch (its ``batch_size`` is in time steps): a task whose episodes end
-        early gets more episodes, the last one may pass the budget. Episodes come in rounds of
-        K per task, only tasks short of their budget taking part in a later round; a task stops
-        at ``max_episodes_per_task`` (default 4K) episodes even if still short. Tasks then have
-        different numbers of episodes and each row is padded with empty episodes
-        (:attr:`Episodes.real`). Without early termination both units give the same episodes.
+        early gets more episodes, the last one may pass the budget. Episodes come in rounds, the
+        first of K per task, a later one only of the episodes a short task still needs (and a
+        few spare; ``_sample_steps``); a task stops at ``max_episodes_per_task`` (default 4K)
+        episodes even if still short. Tasks then have different numbers of episodes and each
+        row is padded with empty episodes (:attr:`Episodes.real`). Without early termination both units give the same episodes.
 
         With ``task_features`` the task's features are appended to every observation (the
         oracle comparator's input). ``task_offset``: the index of ``tasks[0]`` in the whole
@@ -110,7 +111,8 @@ class _Rollout:
         self.features: np.ndarray | None = None
 
     def run(self, seed: int, active: np.ndarray | None, to_horizon: bool) -> Episodes:
-        """Episodes of all tasks (``active`` [T] bool: only those tasks' simulations run).
+        """Episodes of all tasks (``active`` [T] or [T, K] bool: only those tasks' or those
+        simulations run; the others' episodes are empty).
 
         ``to_horizon``: call the policy for all ``horizon`` steps even after every simulation
         has ended, so that each task's action noise (its own stream, consumed once per call)
@@ -121,7 +123,11 @@ class _Rollout:
         streams = _PerTaskGenerator(seed, range(self.task_offset, self.task_offset + num_tasks), k)
         observation = self.sim.reset(sim_tasks, cast(np.random.Generator, streams))
         buffers = _Buffers(num_sims, self.horizon)
-        alive = np.ones(num_sims, dtype=bool) if active is None else np.repeat(active, k)
+        if active is None:
+            alive = np.ones(num_sims, dtype=bool)
+        else:
+            alive = np.array(active if active.ndim == 2 else np.repeat(active[:, None], k, axis=1))
+            alive = alive.reshape(num_sims)
         for t in range(self.horizon):
             if not (alive.any() or to_horizon):
                 break
@@ -153,26 +159,47 @@ def round_seed(seed: int, round_index: int) -> int:
 
 
 def _sample_steps(rollout: _Rollout, seed: int, cap: int | None) -> Episodes:
-    """Rounds of K episodes per short task until every task has a batch by
-    :func:`sim.episodes.batch_size` (K x horizon steps, or ``cap`` episodes); each task keeps
-    its episodes in round order, up to the one that completes its batch."""
-    num_tasks, k = len(rollout.tasks), rollout.k
+    """Rounds of episodes until every task has a batch by :func:`sim.episodes.batch_size`
+    (K x horizon steps, or ``cap`` episodes); each task keeps its episodes in round order, up
+    to the one that completes its batch.
+
+    The first round runs K simulations per task; a later one runs only the first few of a
+    short task's K, as many as :func:`_round_size` expects it to need. Simulations are
+    independent (their own reset draws and action noise), so a task's episodes are the ones
+    all K would have given whenever that round completes its batch; the rest are not
+    simulated.
+    """
+    num_tasks, k, horizon = len(rollout.tasks), rollout.k, rollout.horizon
+    most = MAX_EPISODES_PER_STEP_FACTOR * k if cap is None else cap
     taken: list[list[int]] = [[] for _ in range(num_tasks)]  # kept episodes' lengths
     kept: list[list[tuple[Episodes, int]]] = [[] for _ in range(num_tasks)]
-    short = np.ones(num_tasks, dtype=bool)
+    active = np.ones((num_tasks, k), dtype=bool)
     round_index = 0
-    while short.any():
-        episodes = rollout.run(round_seed(seed, round_index), short.copy(), to_horizon=True)
+    while active.any():
+        episodes = rollout.run(round_seed(seed, round_index), active, to_horizon=True)
         lengths = episodes.lengths
-        for task in np.flatnonzero(short):
-            candidates = taken[task] + [int(n) for n in lengths[task, :k]]
-            size = batch_size(candidates, k, "steps", rollout.horizon, cap)
+        for task in np.flatnonzero(active.any(axis=1)):
+            ran = int(active[task].sum())  # a prefix of the task's K simulations
+            candidates = taken[task] + [int(n) for n in lengths[task, :ran]]
+            size = batch_size(candidates, k, "steps", horizon, cap)
             count = len(candidates) if size is None else size
             kept[task].extend((episodes, j) for j in range(count - len(taken[task])))
             taken[task] = candidates[:count]
-            short[task] = size is None
+            active[task] = False
+            if size is None:
+                active[task, : _round_size(taken[task], k, horizon, most)] = True
         round_index += 1
     return _gather(kept, rollout.tasks)
+
+
+def _round_size(lengths: Sequence[int], k: int, horizon: int, most: int) -> int:
+    """How many simulations a later round runs for a task still short of K x horizon steps:
+    the episodes its mean length so far says it needs, a quarter more and two spare (one more
+    round costs as much as about a hundred spare episodes), at most K and the cap's remainder."""
+    remaining = k * horizon - sum(lengths)
+    mean = max(sum(lengths) / len(lengths), 1.0)
+    need = math.ceil(remaining / mean)
+    return max(1, min(k, most - len(lengths), math.ceil(1.25 * need) + 2))
 
 
 def _gather(kept: Sequence[Sequence[tuple[Episodes, int]]], tasks: Sequence[Task]) -> Episodes:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sim import sampler as sampler_module
 from sim.episodes import Episodes
 from sim.families import FAMILY_NAMES, Family, get_family
 from sim.locomotion import LocomotionSimulator
-from sim.sampler import BatchSampler
+from sim.sampler import BatchSampler, _round_size
 from sim.tasks import Task
 
 NUM_TASKS, EPISODES, HORIZON = 2, 3, 25
@@ -176,7 +177,12 @@ ANT_HORIZON = 200  # long enough for random actions to topple the Ant in some ep
 
 
 def _ant_random_steps(
-    tasks: list[Task], episodes: int, seed: int, task_offset: int = 0, cap: int | None = None
+    tasks: list[Task],
+    episodes: int,
+    seed: int,
+    task_offset: int = 0,
+    cap: int | None = None,
+    horizon: int = ANT_HORIZON,
 ) -> Episodes:
     """Step-counted Ant episodes of a per-task-seeded Gaussian policy (shard-invariant noise)."""
     from controller.policy import PolicySpec, SamplingPolicy, init_params
@@ -195,7 +201,7 @@ def _ant_random_steps(
         episodes,
         policy,
         seed=seed,
-        horizon=ANT_HORIZON,
+        horizon=horizon,
         task_offset=task_offset,
         batch_unit="steps",
         max_episodes_per_task=cap,
@@ -223,6 +229,40 @@ def test_steps_batch_gives_each_task_whole_episodes_up_to_k_times_horizon_steps(
         [episodes.returns()[t, real[t]].mean() for t in range(3)],
     )
     assert episodes.mean_return() == pytest.approx(episodes.returns()[real].mean())
+
+
+def test_later_rounds_simulate_only_what_a_task_still_needs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Late in training most Ant episodes last nearly the horizon: the first round of K falls a
+    # little short and a second round of all K would be mostly thrown away.
+    family = get_family("ant_velocity")
+    tasks = family.sample_tasks(np.random.default_rng(5), 3)
+    simulated: list[int] = []
+    step = LocomotionSimulator.step
+
+    def counted(self: LocomotionSimulator, actions: np.ndarray, active: np.ndarray | None = None):
+        simulated.append(self.num_sims if active is None else int(active.sum()))
+        return step(self, actions, active)
+
+    monkeypatch.setattr(LocomotionSimulator, "step", counted)
+    lean = _ant_random_steps(tasks, 8, seed=13, horizon=60)
+    lean_steps, lean_calls = sum(simulated), len(simulated)
+    simulated.clear()
+    monkeypatch.setattr(sampler_module, "_round_size", lambda taken, k, horizon, most: k)
+    full = _ant_random_steps(tasks, 8, seed=13, horizon=60)  # every round: all K of a short task
+    assert (full.real.sum(axis=1) > 8).any(), "some task needs a second round"
+    # a second round sufficed for every task both ways, so the kept episodes are the same
+    assert lean_calls == len(simulated) == 2 * 60
+    _assert_identical(lean, full)
+    assert lean_steps < 0.9 * sum(simulated), (lean_steps, sum(simulated))
+
+
+def test_round_size_is_the_expected_need_with_spares_within_k_and_the_cap() -> None:
+    assert _round_size([190] * 8, 8, 200, 32) == 4  # 80 steps short: 1 needed, +25 %, +2
+    assert _round_size([50] * 8, 8, 200, 32) == 8  # 24 needed: at most K
+    assert _round_size([1] * 30, 8, 200, 32) == 2  # the cap's remainder
+    assert _round_size([100] * 8, 8, 200, 32) == 8  # 8 needed
 
 
 def test_steps_batch_is_the_episode_batch_where_no_episode_ends_early() -> None:
