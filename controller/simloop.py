@@ -18,7 +18,7 @@ import numpy as np
 from controller.runtime import AdaptReport, Controller
 from controller.video import Film, write_side_by_side
 from sim.episodes import MAX_EPISODES_PER_STEP_FACTOR
-from sim.families import Family, get_family
+from sim.families import get_family
 from sim.render import DEFAULT_SIZE, FrameRenderer, frame_seconds, renderer_for
 from sim.simulator import Simulator, StepResult
 from sim.tasks import GoalTask, Task, VelocityTask, task_from_dict, task_to_dict
@@ -54,6 +54,8 @@ class RunResult:
     """K, the episodes of each phase (one adaptation step's worth)."""
     phases: list[Phase]
     adaptations: list[dict[str, Any]]
+    control_step: float
+    """Simulated seconds per control step (one action)."""
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -160,22 +162,20 @@ def trace_for(task: Task) -> PhaseTrace:
 
 def run_phase(
     controller: Controller,
-    family: Family,
+    sim: Simulator,
     task: Task,
-    episodes_per_step: int,
     seed: int,
     name: str,
-    num_threads: int = 2,
     recorder: EpisodeRecorder | None = None,
 ) -> Phase:
-    """K episodes of ``task`` in K simulations, acting and recording through the controller.
+    """K episodes of ``task`` in the K simulations of ``sim``, acting and recording through
+    the controller.
 
     The robot's loop: act on each observation, step, record each transition, close the
     episodes still running at the horizon. ``trace_for(task)`` keeps what the plot shows (of
     the first K). An artifact whose batch counts steps (``Controller.batch_unit``) gets more
     rounds of K episodes until the controller holds a whole batch, as meta-training sampled it.
     """
-    sim = family.make_simulator(episodes_per_step, num_threads)
     policy_id = controller.status()["policy_id"]
     trace = trace_for(task)
     returns: list[float] = []
@@ -240,31 +240,27 @@ def run(
     """
     family = get_family(controller.artifact.metadata.family)
     task = family.validate(task)
-    episodes_per_step = controller.episodes_per_step
+    sim = family.make_simulator(controller.episodes_per_step, num_threads)
     phases: list[Phase] = []
     adaptations: list[dict[str, Any]] = []
     for step in range(steps + 1):
         taken = int(controller.status()["adaptation_steps"])  # accepted steps so far
         name = "initialization" if taken == 0 else f"after {taken} step{'s' * (taken > 1)}"
         name += " (again)" if step > 0 and not adaptations[-1]["accepted"] else ""
-        phases.append(
-            run_phase(
-                controller,
-                family,
-                task,
-                episodes_per_step,
-                seed + step,
-                name,
-                num_threads,
-                recorder,
-            )
-        )
+        phases.append(run_phase(controller, sim, task, seed + step, name, recorder))
         if step < steps:
             report: AdaptReport = controller.adapt()
             adaptations.append(_report_dict(report))
             # A rejected step keeps the current policy serving, as on a robot: the next phase
             # runs it again and the table says why the step was refused.
-    return RunResult(family.name, task_to_dict(task), episodes_per_step, phases, adaptations)
+    return RunResult(
+        family.name,
+        task_to_dict(task),
+        controller.episodes_per_step,
+        phases,
+        adaptations,
+        frame_seconds(sim),
+    )
 
 
 def _report_dict(report: AdaptReport) -> dict[str, Any]:
@@ -319,9 +315,8 @@ def plot(result: RunResult, task: Task, path: str | Path) -> None:
     if isinstance(task, VelocityTask):
         ax.axhline(task.velocity, color="tab:red", linestyle="--", label="target v*")
     if "x_velocity" in result.phases[0].trace:
-        seconds = frame_seconds(get_family(result.family).make_simulator(1, 1))
-        ax.set_xlabel(f"control step ({seconds:g} s)")
-        ax.set_ylabel("forward velocity, mean of the K episodes (m/s)")
+        ax.set_xlabel(f"control step ({result.control_step:g} s)")
+        ax.set_ylabel("forward velocity, mean of the phase's first K episodes (m/s)")
     else:
         goal = result.task["goal"]
         ax.plot([goal[0]], [goal[1]], marker="*", color="tab:red", markersize=14, label="goal")
