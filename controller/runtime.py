@@ -379,6 +379,12 @@ class Controller:
 
     # -- status and lifetime ---------------------------------------------------------------
 
+    def batch_progress(self) -> tuple[int, bool]:
+        """(episodes of the serving policy recorded and unused, whether they make a batch):
+        ``status()``'s ``episodes_ready`` and ``batch_ready`` without the rest of it."""
+        ready = self._recorder.lengths(self._serving.policy.policy_id)
+        return len(ready), self._batch_size(ready) is not None
+
     def status(self) -> dict[str, Any]:
         """A JSON-friendly snapshot: what serves, what is recorded, what happened."""
         serving, artifact = self._serving.policy, self._current.artifact

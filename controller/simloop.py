@@ -184,7 +184,7 @@ def run_phase(
         rng = np.random.default_rng(seed if first else [seed, round_index])
         filming, traced = (recorder, trace) if first else (None, trace_for(task))
         returns += _run_round(controller, sim, task, rng, name, filming, traced)
-        if controller.batch_unit == "episodes" or controller.status()["batch_ready"]:
+        if controller.batch_unit == "episodes" or controller.batch_progress()[1]:
             break
     return Phase(name, policy_id, returns, trace.velocity_error(), trace.series())
 

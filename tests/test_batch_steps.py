@@ -68,6 +68,7 @@ def test_controller_adapts_on_whole_episodes_until_k_times_horizon_steps(
             play(controller, length, 0.1 * i)
         status = controller.status()
         assert status["episodes_ready"] == 4 and not status["batch_ready"]
+        assert controller.batch_progress() == (4, False)  # the link's EPISODE reply reads this
         report = controller.adapt()
         assert (
             not report.accepted and "2 x 10 steps" in report.reason and "17 steps" in report.reason
@@ -75,7 +76,7 @@ def test_controller_adapts_on_whole_episodes_until_k_times_horizon_steps(
         assert controller.status()["episodes_ready"] == 4  # nothing consumed
         play(controller, 6, 0.5)  # 23 steps: the batch is the five episodes
         play(controller, 9, 0.6)  # one more, not part of it
-        assert controller.status()["batch_ready"]
+        assert controller.status()["batch_ready"] and controller.batch_progress() == (6, True)
         report = controller.adapt()
         assert report.accepted, report.reason
         assert report.episode_returns == pytest.approx([10.0, 10.0, 10.0, 15.0, 21.0])

@@ -330,11 +330,8 @@ class LinkServer:
                 fields["terminated"],
                 fields.get("interrupted", False),
             )
-            status = lane.status()
-            ready = {
-                "episodes_ready": status["episodes_ready"],
-                "batch_ready": status["batch_ready"],
-            }
+            episodes_ready, batch_ready = lane.batch_progress()
+            ready = {"episodes_ready": episodes_ready, "batch_ready": batch_ready}
             return {"type": MessageType.EPISODE, "seq": seq, **receipt, **ready}, ()
         if message.type is MessageType.ADAPT:
             return self._submit(message, session.id, lane.adapt, envelope)
