@@ -15,7 +15,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -102,9 +102,12 @@ def adaptation_record(
     before: str,
     after: str | None,
     params: Mapping[str, torch.Tensor] | None,
-    consumed: list[int],
+    consumed: Sequence[RecordedEpisode],
+    reason: str,
+    kl: float | None,
 ) -> dict[str, Any]:
-    """The record of one adaptation: accepted when ``after`` (the new policy id) is given.
+    """The record of one adaptation on the episodes ``consumed``: accepted when ``after`` (the
+    new policy id) is given, with why (``reason``) and its mean KL.
 
     An accepted one carries the new parameters, so that a restarted controller can serve them.
     """
@@ -114,9 +117,11 @@ def adaptation_record(
         "accepted": after is not None,
         "from": before,
         "policy": before if after is None else after,
-        "consumed": consumed,
+        "consumed": [e.episode_id for e in consumed],
         "params": encoded,
         "time": time.time(),
+        "reason": reason,
+        "kl": kl,
     }
 
 

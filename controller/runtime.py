@@ -288,7 +288,12 @@ class Controller:
         reason = candidate.reason or (
             f"step {step} with step_size={step_size} on {len(episodes)} episodes"
         )
-        self._journal_adaptation(serving, new, episodes, reason, candidate.kl)
+        if self._journal is not None:
+            new_id, params = (None, None) if new is None else (new.policy_id, new.params)
+            record = adaptation_record(
+                serving.policy_id, new_id, params, episodes, reason, candidate.kl
+            )
+            self._journal.append(record)
         clock.append(time.perf_counter())
         timings = AdaptTimings(*np.diff(clock).tolist())
         self._counters["adaptations_accepted" if new else "adaptations_rejected"] += 1
@@ -301,20 +306,6 @@ class Controller:
         """A report for an adaptation refused before any computation (nothing consumed)."""
         self._counters["adaptations_rejected"] += 1
         return AdaptReport(False, reason, step, step_size, (), None, None, self.policy_id)
-
-    def _journal_adaptation(
-        self,
-        before: ServingPolicy,
-        after: ServingPolicy | None,
-        episodes: list[RecordedEpisode],
-        reason: str,
-        kl: float | None,
-    ) -> None:
-        if self._journal is not None:
-            consumed = [e.episode_id for e in episodes]
-            new_id, params = (None, None) if after is None else (after.policy_id, after.params)
-            record = adaptation_record(before.policy_id, new_id, params, consumed)
-            self._journal.append(record | {"reason": reason, "kl": kl})
 
     # -- reset and swap --------------------------------------------------------------------
 
