@@ -21,7 +21,8 @@ from controller.policy import PolicySpec, init_params
 from controller.threads import torch_threads
 from meta_train.config import TrainConfig
 from meta_train.derivatives import product_multiply_adds
-from meta_train.trainer import OneTorchThreadSampler, policy_spec, run_iteration
+from meta_train.samplers import OneTorchThreadSampler
+from meta_train.trainer import policy_spec, run_iteration
 from sim.families import get_family
 from sim.sampler import BatchSampler
 

@@ -32,7 +32,8 @@ import torch
 from controller.policy import Params, PolicySpec, SamplingPolicy, init_params, stack_params
 from meta_train.config import TrainConfig
 from meta_train.ray_sampler import RaySampler, import_ray
-from meta_train.trainer import EpisodeSampler, OneTorchThreadSampler, policy_spec, run_iteration
+from meta_train.samplers import EpisodeSampler, OneTorchThreadSampler
+from meta_train.trainer import policy_spec, run_iteration
 from sim.episodes import Episodes
 from sim.families import get_family
 from sim.sampler import BatchSampler

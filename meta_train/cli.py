@@ -83,7 +83,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from meta_train import evaluate as ev
     from meta_train import paper, report
     from meta_train.config import ConfigError, TrainConfig
-    from meta_train.trainer import make_sampler, policy_spec
+    from meta_train.samplers import make_sampler
+    from meta_train.trainer import policy_spec
     from sim.families import get_family
 
     config = TrainConfig.from_yaml(args.config, _overrides(args.set))

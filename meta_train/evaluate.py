@@ -25,7 +25,7 @@ from sim.tasks import BodySpace, Task, VelocityTask
 
 if TYPE_CHECKING:
     from meta_train.config import EvalConfig
-    from meta_train.trainer import EpisodeSampler
+    from meta_train.samplers import EpisodeSampler
 
 
 def test_tasks(family: Family, num_tasks: int, seed: int) -> list[Task]:

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import safetensors.torch
@@ -28,17 +28,15 @@ from tqdm import tqdm
 
 from controller.artifact import ArtifactAdaptation, save_artifact
 from controller.policy import Params, PolicySpec, SamplingPolicy, init_params, stack_params
-from controller.threads import torch_threads
 from meta_train.comparators import policy_step
 from meta_train.config import TrainConfig
 from meta_train.export import calibrated_adaptation, family_layout
 from meta_train.maml import meta_step
 from meta_train.objective import adapted_params_for_tasks
-from meta_train.ray_sampler import RaySampler
+from meta_train.samplers import EpisodeSampler, KeepingSampler, make_sampler
 from meta_train.shard import ObjectiveTerms
-from sim.episodes import BatchUnit, Episodes
+from sim.episodes import Episodes
 from sim.families import Family, get_family
-from sim.sampler import BatchSampler
 from sim.tasks import Task
 
 CHECKPOINT_DIR = "checkpoint"
@@ -61,61 +59,6 @@ class TrainState:
     best_params: Params
     best_return: float
     best_iteration: int
-
-
-class EpisodeSampler(Protocol):
-    """What the loop samples with: sim.sampler.BatchSampler or meta_train.ray_sampler.RaySampler."""
-
-    def sample(
-        self,
-        tasks: Sequence[Task],
-        episodes_per_step: int,
-        policy: SamplingPolicy,
-        seed: int,
-        horizon: int | None = None,
-        task_features: bool = False,
-        batch_unit: BatchUnit = "episodes",
-    ) -> Episodes: ...
-
-
-class OneTorchThreadSampler:
-    """A local sampler whose policy runs on one torch thread while MuJoCo steps.
-
-    Idle OpenMP workers of a multi-threaded torch spin on the cores MuJoCo's batch threads need,
-    slowing sampling several-fold (bench/ray_bench.py measures it).
-    """
-
-    def __init__(self, sampler: BatchSampler) -> None:
-        self.sampler = sampler
-
-    def sample(
-        self,
-        tasks: Sequence[Task],
-        episodes_per_step: int,
-        policy: SamplingPolicy,
-        seed: int,
-        horizon: int | None = None,
-        task_features: bool = False,
-        batch_unit: BatchUnit = "episodes",
-    ) -> Episodes:
-        with torch_threads(1):
-            return self.sampler.sample(
-                tasks,
-                episodes_per_step,
-                policy,
-                seed,
-                horizon,
-                task_features,
-                batch_unit=batch_unit,
-            )
-
-
-def make_sampler(config: TrainConfig, family: Family) -> EpisodeSampler:
-    """The episode collector that ``config.sampler`` names (docs/scaling.md)."""
-    settings = config.sampler
-    if settings.backend == "ray":
-        return RaySampler(family, settings.workers, settings.num_threads, settings.address)
-    return OneTorchThreadSampler(BatchSampler(family, settings.num_threads))
 
 
 def policy_spec(config: TrainConfig, family: Family) -> PolicySpec:
@@ -159,16 +102,15 @@ def sample_adapted_rounds(
     """
     rounds, sampling_s, inner_s = [train], 0.0, 0.0
     steps = config.meta.inner_steps
-    on_workers = getattr(sampler, "sample_adapted", None)  # RaySampler: where the rounds are
     for k in range(1, steps + 1):
         start = time.perf_counter()
         suffix = "" if k == steps else f"_{k}"
         prefix = "valid" if k == steps else "train"
         policy_seed = seeds[f"{prefix}_policy{suffix}"]
         reset_seed = seeds[f"{prefix}_reset{suffix}"]
-        if on_workers is not None:  # the inner steps count as sampling there
+        if isinstance(sampler, KeepingSampler):  # the inner steps count as sampling there
             sampled_from = start
-            episodes = on_workers(
+            episodes = sampler.sample_adapted(
                 spec,
                 params,
                 rounds,
@@ -208,10 +150,9 @@ def _meta_terms(
 ) -> Callable[[], ObjectiveTerms] | None:
     """Where the sampler keeps the episodes (Ray workers), the meta-step's terms are built
     there (``RaySampler.meta_terms``); None: here."""
-    remote = getattr(sampler, "meta_terms", None)
-    if remote is None:
+    if not isinstance(sampler, KeepingSampler):
         return None
-    return lambda: remote(spec, params, rounds, valid, config.meta)
+    return lambda: sampler.meta_terms(spec, params, rounds, valid, config.meta)
 
 
 def _policy_terms(
@@ -222,10 +163,9 @@ def _policy_terms(
     config: TrainConfig,
 ) -> Callable[[], ObjectiveTerms] | None:
     """As :func:`_meta_terms`, for the comparators' step."""
-    remote = getattr(sampler, "policy_terms", None)
-    if remote is None:
+    if not isinstance(sampler, KeepingSampler):
         return None
-    return lambda: remote(spec, params, episodes, config.meta)
+    return lambda: sampler.policy_terms(spec, params, episodes, config.meta)
 
 
 def draw_tasks(config: TrainConfig, family: Family, seeds: dict[str, int]) -> list[Task]:

@@ -29,8 +29,9 @@ from meta_train.ray_sampler import (
     concatenate_episodes,
     contiguous_shards,
 )
+from meta_train.samplers import make_sampler
 from meta_train.shard import MetaShard, ShardSum, meta_totals
-from meta_train.trainer import make_sampler, train
+from meta_train.trainer import train
 from sim.episodes import Episodes
 from sim.families import Family, get_family
 from sim.sampler import BatchSampler, _PerTaskGenerator

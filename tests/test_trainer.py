@@ -461,3 +461,13 @@ def test_a_run_counting_steps_takes_more_episodes_where_they_end_early(tmp_path:
     assert 0 < record["length_before"] < 200
     assert load_artifact(tmp_path / "artifact").metadata.adaptation.batch_unit == "steps"
     assert TrainConfig.model_validate({"family": "ant_velocity"}).batch_unit == "episodes"
+
+
+def test_the_loop_takes_ray_samplers_inner_steps_and_terms_where_its_episodes_are() -> None:
+    # the loop picks its path by this protocol: a sampler that lost a method would silently
+    # fall back to the driver's inner steps and meta-step
+    from meta_train.ray_sampler import RaySampler
+    from meta_train.samplers import KeepingSampler, OneTorchThreadSampler
+
+    assert issubclass(RaySampler, KeepingSampler)
+    assert not issubclass(OneTorchThreadSampler, KeepingSampler)
