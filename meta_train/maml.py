@@ -55,6 +55,9 @@ class MetaStepReport(NamedTuple):
     gradient_seconds: float
     """Inner steps, sampling distributions and the meta-gradient."""
     hvp_seconds: float
+    hvp_first_seconds: float
+    """Of ``hvp_seconds``, the first product's, which also builds the tasks' curvature (their
+    forward and backward passes, :func:`meta_train.curvature.kl_hvp`)."""
     line_search_seconds: float
     total_seconds: float
 
@@ -111,6 +114,7 @@ def trpo_on(
         batch_seconds=batch_done - start,
         gradient_seconds=gradient_done - batch_done,
         hvp_seconds=hvp_clock.seconds,
+        hvp_first_seconds=hvp_clock.first_seconds,
         line_search_seconds=end - gradient_done - hvp_clock.seconds,
         total_seconds=end - start,
     )

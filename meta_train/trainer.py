@@ -244,6 +244,7 @@ def run_iteration(
         "gradient_s": round(report.gradient_seconds, 4),
         "hvp_s": round(report.hvp_seconds, 4),
         "hvp_calls": report.hvp_calls,
+        "hvp_first_s": round(report.hvp_first_seconds, 4),  # of hvp_s; builds the curvature
         "line_search_s": round(report.line_search_seconds, 4),
     }
     if len(rounds) > 1:  # mean return after 0, 1, ..., n-1 inner steps

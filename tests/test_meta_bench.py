@@ -16,6 +16,7 @@ def test_meta_bench_splits_an_iteration_and_its_outer_step() -> None:
     parts = best["gradient_s"] + best["hvp_s"] + best["line_search_s"]
     assert 0 < parts <= best["outer_s"] + 1e-3
     assert best["hvp_calls"] == 10  # ten CG iterations; the curvature reuses their products
+    assert 0 < best["hvp_first_s"] < best["hvp_s"]  # the first, which builds it, is one of them
     assert best["outer_over_sampling"] == best["outer_s"] / best["sampling_s"]
     assert 0 < best["hvp_floor_s"] < best["hvp_s"]  # no product runs above the GEMM rate
     assert "| navigation2d |" in format_table({"navigation2d": result})
