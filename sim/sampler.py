@@ -64,7 +64,8 @@ class BatchSampler:
         first of K per task, a later one only of the episodes a short task still needs (and a
         few spare; ``_sample_steps``); a task stops at ``max_episodes_per_task`` (default 4K)
         episodes even if still short. Tasks then have different numbers of episodes and each
-        row is padded with empty episodes (:attr:`Episodes.real`). Without early termination both units give the same episodes.
+        row is padded with empty episodes (:attr:`Episodes.real`). Without early termination
+        both units give the same episodes.
 
         With ``task_features`` the task's features are appended to every observation (the
         oracle comparator's input). ``task_offset``: the index of ``tasks[0]`` in the whole
@@ -111,8 +112,8 @@ class _Rollout:
         self.features: np.ndarray | None = None
 
     def run(self, seed: int, active: np.ndarray | None, to_horizon: bool) -> Episodes:
-        """Episodes of all tasks (``active`` [T] or [T, K] bool: only those tasks' or those
-        simulations run; the others' episodes are empty).
+        """Episodes of all tasks (``active`` [T, K] bool: only those simulations run; the
+        others' episodes are empty).
 
         ``to_horizon``: call the policy for all ``horizon`` steps even after every simulation
         has ended, so that each task's action noise (its own stream, consumed once per call)
@@ -123,11 +124,7 @@ class _Rollout:
         streams = _PerTaskGenerator(seed, range(self.task_offset, self.task_offset + num_tasks), k)
         observation = self.sim.reset(sim_tasks, cast(np.random.Generator, streams))
         buffers = _Buffers(num_sims, self.horizon)
-        if active is None:
-            alive = np.ones(num_sims, dtype=bool)
-        else:
-            alive = np.array(active if active.ndim == 2 else np.repeat(active[:, None], k, axis=1))
-            alive = alive.reshape(num_sims)
+        alive = np.ones(num_sims, dtype=bool) if active is None else active.reshape(-1).copy()
         for t in range(self.horizon):
             if not (alive.any() or to_horizon):
                 break
