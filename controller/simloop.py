@@ -176,7 +176,7 @@ def run_phase(
     the first K). An artifact whose batch counts steps (``Controller.batch_unit``) gets more
     rounds of K episodes until the controller holds a whole batch, as meta-training sampled it.
     """
-    policy_id = controller.status()["policy_id"]
+    policy_id = controller.policy_id
     trace = trace_for(task)
     returns: list[float] = []
     for round_index in range(MAX_EPISODES_PER_STEP_FACTOR):
@@ -244,7 +244,7 @@ def run(
     phases: list[Phase] = []
     adaptations: list[dict[str, Any]] = []
     for step in range(steps + 1):
-        taken = int(controller.status()["adaptation_steps"])  # accepted steps so far
+        taken = controller.generation  # accepted steps so far
         name = "initialization" if taken == 0 else f"after {taken} step{'s' * (taken > 1)}"
         name += " (again)" if step > 0 and not adaptations[-1]["accepted"] else ""
         phases.append(run_phase(controller, sim, task, seed + step, name, recorder))
