@@ -191,8 +191,9 @@ def _sample_steps(rollout: _Rollout, seed: int, cap: int | None) -> Episodes:
 
 def _round_size(lengths: Sequence[int], k: int, horizon: int, most: int) -> int:
     """How many simulations a later round runs for a task still short of K x horizon steps:
-    the episodes its mean length so far says it needs, a quarter more and two spare (one more
-    round costs as much as about a hundred spare episodes), at most K and the cap's remainder."""
+    the episodes its mean length so far says it needs, a quarter more and two spare, at most K
+    and the cap's remainder. Spares are cheap next to one more round, which runs the policy and
+    the bookkeeping for every simulation over the whole horizon."""
     remaining = k * horizon - sum(lengths)
     mean = max(sum(lengths) / len(lengths), 1.0)
     need = math.ceil(remaining / mean)
