@@ -373,13 +373,16 @@ class Controller:
     def batch_progress(self) -> tuple[int, bool]:
         """(episodes of the serving policy recorded and unused, whether they make a batch):
         ``status()``'s ``episodes_ready`` and ``batch_ready`` without the rest of it."""
-        ready = self._recorder.lengths(self._serving.policy.policy_id)
+        return self._progress(self._serving.policy.policy_id)
+
+    def _progress(self, policy_id: str) -> tuple[int, bool]:
+        ready = self._recorder.lengths(policy_id)
         return len(ready), self._batch_size(ready) is not None
 
     def status(self) -> dict[str, Any]:
         """A JSON-friendly snapshot: what serves, what is recorded, what happened."""
         serving, artifact = self._serving.policy, self._current.artifact
-        ready = self._recorder.lengths(serving.policy_id)
+        episodes_ready, batch_ready = self._progress(serving.policy_id)
         return {
             "artifact_path": str(artifact.path),
             "artifact_digest": artifact.digest,
@@ -388,8 +391,8 @@ class Controller:
             "adaptation_steps": serving.generation,
             "episodes_per_step": self.episodes_per_step,
             "batch_unit": self.batch_unit,
-            "episodes_ready": len(ready),
-            "batch_ready": self._batch_size(ready) is not None,
+            "episodes_ready": episodes_ready,
+            "batch_ready": batch_ready,
             "episodes_in_progress": self._recorder.in_progress,
             "episodes_discarded": self._recorder.discarded,
             "journal": None if self._journal is None else str(self._journal.path),

@@ -21,6 +21,11 @@ MAX_EPISODES_PER_STEP_FACTOR = 4
 """A batch counted in steps stops at this many times K episodes even if still short."""
 
 
+def most_episodes(episodes_per_step: int) -> int:
+    """The episodes a batch counted in steps stops at, even if still short (4K)."""
+    return MAX_EPISODES_PER_STEP_FACTOR * episodes_per_step
+
+
 def batch_size(
     lengths: Sequence[int],
     episodes_per_step: int,
@@ -43,7 +48,7 @@ def batch_size(
     if unit != "steps":
         raise ValueError(f"batch_unit must be 'episodes' or 'steps', got {unit!r}")
     budget = episodes_per_step * horizon
-    cap = MAX_EPISODES_PER_STEP_FACTOR * episodes_per_step if max_episodes is None else max_episodes
+    cap = most_episodes(episodes_per_step) if max_episodes is None else max_episodes
     if cap < episodes_per_step:
         raise ValueError(f"max_episodes ({cap}) is below episodes_per_step ({episodes_per_step})")
     total = 0
@@ -57,7 +62,7 @@ def batch_size(
 def describe_batch(episodes_per_step: int, unit: BatchUnit, horizon: int) -> str:
     """One batch of :func:`batch_size` in words, for messages."""
     if unit == "steps":
-        most = MAX_EPISODES_PER_STEP_FACTOR * episodes_per_step
+        most = most_episodes(episodes_per_step)
         return f"{episodes_per_step} x {horizon} steps of whole episodes (or {most} episodes)"
     return f"{episodes_per_step} finished episodes"
 

@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from sim.episodes import MAX_EPISODES_PER_STEP_FACTOR, BatchUnit, Episodes, batch_size
+from sim.episodes import BatchUnit, Episodes, batch_size, most_episodes
 from sim.families import Family
 from sim.simulator import Simulator
 from sim.tasks import Task
@@ -167,7 +167,7 @@ def _sample_steps(rollout: _Rollout, seed: int, cap: int | None) -> Episodes:
     simulated.
     """
     num_tasks, k, horizon = len(rollout.tasks), rollout.k, rollout.horizon
-    most = MAX_EPISODES_PER_STEP_FACTOR * k if cap is None else cap
+    most = most_episodes(k) if cap is None else cap
     taken: list[list[int]] = [[] for _ in range(num_tasks)]  # kept episodes' lengths
     kept: list[list[tuple[Episodes, int]]] = [[] for _ in range(num_tasks)]
     active = np.ones((num_tasks, k), dtype=bool)
@@ -178,7 +178,7 @@ def _sample_steps(rollout: _Rollout, seed: int, cap: int | None) -> Episodes:
         for task in np.flatnonzero(active.any(axis=1)):
             ran = int(active[task].sum())  # a prefix of the task's K simulations
             candidates = taken[task] + [int(n) for n in lengths[task, :ran]]
-            size = batch_size(candidates, k, "steps", horizon, cap)
+            size = batch_size(candidates, k, "steps", horizon, most)
             count = len(candidates) if size is None else size
             kept[task].extend((episodes, j) for j in range(count - len(taken[task])))
             taken[task] = candidates[:count]

@@ -21,7 +21,7 @@ import numpy as np
 
 from controller.link.client import LinkError, LinkFault, RobotClient
 from controller.link.protocol import ErrorCode
-from sim.episodes import MAX_EPISODES_PER_STEP_FACTOR
+from sim.episodes import most_episodes
 from sim.families import Family, get_family
 from sim.simulator import Simulator
 from sim.tasks import Task, VelocityTask, task_to_dict
@@ -197,7 +197,7 @@ def run_sim_robot(
             cycle += 1
             # K episodes; an artifact counting its batch in steps takes whole episodes until
             # the server holds K x horizon steps of them (WELCOME's batch_unit, at most 4K).
-            most = MAX_EPISODES_PER_STEP_FACTOR * episodes_per_step
+            most = most_episodes(episodes_per_step)
             for played in itertools.count(1):
                 stats = run.episode(client, simulator, task, horizon, "before", on_episode)
                 enough = not counts_steps or stats.batch_ready
