@@ -14,6 +14,7 @@ needs no check.
 
 from __future__ import annotations
 
+import select
 import threading
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -49,6 +50,40 @@ class Installed(NamedTuple):
     def serving_of(self, policy: ServingPolicy) -> Serving:
         """``policy`` (adapted from this initialization) with this artifact's bounds."""
         return self.serving._replace(policy=policy)
+
+
+class Candidate(NamedTuple):
+    """An artifact being verified for a swap (:meth:`Installer.begin`)."""
+
+    path: str | Path
+    fd: int | None
+    """Readable when the verifier's answer arrives; None: loaded in this process on
+    completion (``verify_swaps_in_child`` off), so ready at once."""
+
+    def ready(self) -> bool:
+        """Whether completing it would not wait for the verifier."""
+        return self.fd is None or bool(select.select([self.fd], [], [], 0)[0])
+
+
+class PendingSwap(NamedTuple):
+    """A swap begun by ``Controller.begin_swap``; ``Controller.finish_swap`` ends it."""
+
+    candidate: Candidate | None
+    """None when the swap could not start (``error`` says why): it finishes refused."""
+    start: float
+    """``time.perf_counter()`` when it began."""
+    error: str | None
+
+    def ready(self) -> bool:
+        """Whether finishing would not wait for the verifier."""
+        return self.candidate is None or self.candidate.ready()
+
+    def fileno(self) -> int:
+        """Readable when the verifier's answer arrives (for ``select`` or a ``zmq.Poller``);
+        ValueError for a swap that is :meth:`ready` already without one."""
+        if self.candidate is None or self.candidate.fd is None:
+            raise ValueError("this swap waits for no verifier: it is ready")
+        return self.candidate.fd
 
 
 class Installer:
@@ -107,16 +142,36 @@ class Installer:
         configured otherwise), compatible with ``first``, bound; a kept one when its digest is
         known. Raises ValueError (ArtifactError) or RuntimeError saying why it cannot serve."""
         with self._lock:
-            if not self.config.verify_swaps_in_child:
-                return self._kept_or_installed(load_artifact(path), first)
-            verified = self._verifier.verify(path, frozenset(self._kept))
-            if verified.artifact is not None:
-                return self._kept_or_installed(verified.artifact, first)
-            kept = self._kept.get(verified.digest)
-            if kept is None:  # no longer kept (the verifier was told a stale set)
-                return self._kept_or_installed(load_artifact(path), first)
-            self.keep(kept)
-            return kept
+            return self._complete(self._begin(path), first)
+
+    def begin(self, path: str | Path) -> Candidate:
+        """Start :meth:`prepare` without waiting for the verifier: the returned candidate
+        becomes ready (``select``able) when the child's answer comes; :meth:`complete`
+        finishes. Raises RuntimeError while another candidate is being verified."""
+        with self._lock:
+            return self._begin(path)
+
+    def complete(self, candidate: Candidate, first: Artifact) -> Installed:
+        """The rest of :meth:`prepare` for ``candidate`` (blocks until the child answers)."""
+        with self._lock:
+            return self._complete(candidate, first)
+
+    def _begin(self, path: str | Path) -> Candidate:
+        if not self.config.verify_swaps_in_child:
+            return Candidate(path, None)
+        return Candidate(path, self._verifier.request(path, frozenset(self._kept)))
+
+    def _complete(self, candidate: Candidate, first: Artifact) -> Installed:
+        if candidate.fd is None:
+            return self._kept_or_installed(load_artifact(candidate.path), first)
+        verified = self._verifier.answer()
+        if verified.artifact is not None:
+            return self._kept_or_installed(verified.artifact, first)
+        kept = self._kept.get(verified.digest)
+        if kept is None:  # no longer kept (the verifier was told a stale set)
+            return self._kept_or_installed(load_artifact(candidate.path), first)
+        self.keep(kept)
+        return kept
 
     def installed(self, artifact: Artifact, first: Artifact) -> Installed:
         """``artifact`` (loaded and verified) installed: the kept one of its digest, if any."""

@@ -12,6 +12,9 @@ assigning one reference, so acting never waits for, nor sees half of, an update.
 
 Threads: ``act``/``record``/``end_episode`` belong to one serving thread; ``adapt``, ``swap``,
 ``reset`` and ``status`` may run in any other thread (updates are serialised among themselves).
+A thread other than the acting one still shares the interpreter lock with it, so its work and
+even its wake-ups delay ``act`` calls; a serving loop that must not stall swaps with
+``begin_swap``/``finish_swap`` itself (the verification runs in a child process meanwhile).
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ from controller.acting import MEAN, SAFE, SAMPLE, Actor, Serving
 from controller.adapting import Threads, adapted_policy
 from controller.artifact import Artifact, load_artifact
 from controller.config import ControllerConfig
-from controller.installing import INSTALLED_KEPT, Installed, Installer, SessionCache
+from controller.installing import (
+    INSTALLED_KEPT,
+    Installed,
+    Installer,
+    PendingSwap,
+    SessionCache,
+)
 from controller.journal import (
     Journal,
     RecordedEpisode,
@@ -327,13 +336,36 @@ class Controller:
         architecture not seen before) and smoke-tested, all before one reference switches; a
         corrupt or incompatible one is refused and the current policy keeps serving. A swap back
         to an artifact installed before binds nothing.
+
+        Called from a thread other than the acting one, the swap's Python work and its wake-ups
+        compete with ``act`` for the interpreter lock; :meth:`begin_swap` and
+        :meth:`finish_swap`, called by the acting thread itself, do not.
+        """
+        return self.finish_swap(self.begin_swap(path))
+
+    def begin_swap(self, path: str | Path) -> PendingSwap:
+        """The first half of :meth:`swap`: send the candidate to the verifier and return at once.
+
+        For a serving loop with no other thread: it keeps acting, waits on
+        ``pending.fileno()`` (or checks ``pending.ready()``) beside its own input, and calls
+        :meth:`finish_swap` once ready, which then only installs and publishes. A begin that
+        fails (another candidate is being verified) gives a pending swap that finishes refused.
         """
         start = time.perf_counter()
         try:
-            installed = self._installer.prepare(path, self._current.artifact)
+            return PendingSwap(self._installer.begin(path), start, None)
+        except (ValueError, RuntimeError) as error:
+            return PendingSwap(None, start, str(error))
+
+    def finish_swap(self, pending: PendingSwap) -> SwapReport:
+        """The second half of :meth:`swap` (waits for the verifier if it has not answered)."""
+        if pending.candidate is None:
+            return self._swap_refused(pending.error or "the swap did not start", pending.start)
+        try:
+            installed = self._installer.complete(pending.candidate, self._current.artifact)
         except (ValueError, RuntimeError) as error:  # ArtifactError is a ValueError
-            return self._swap_refused(str(error), start)
-        return self._publish(installed, start)
+            return self._swap_refused(str(error), pending.start)
+        return self._publish(installed, pending.start)
 
     def swap_to(self, candidate: Artifact, start: float | None = None) -> SwapReport:
         """:meth:`swap` to an artifact already loaded and verified (``load_artifact``)."""

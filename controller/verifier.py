@@ -48,7 +48,7 @@ class Verified(NamedTuple):
     artifact: Artifact | None
 
 
-def _lowest_priority() -> str:
+def lowest_priority() -> str:
     """Put this process in the idle scheduling class (else the lowest niceness); which one."""
     idle = getattr(os, "SCHED_IDLE", None)
     if idle is not None:
@@ -66,11 +66,17 @@ def _serve(connection: Connection) -> None:
     At the lowest scheduling priority and on one thread (module docstring), so that its work
     yields to the serving process.
     """
-    _lowest_priority()
+    lowest_priority()
     torch.set_num_threads(1)
     threadpool_limits(1)
     fd = connection.fileno()
-    while (request := _receive(fd)) is not None:
+    while True:
+        try:
+            request = _receive(fd)
+        except EOFError:  # the serving process closed its end without saying stop
+            return
+        if request is None:
+            return
         path, known = request
         try:
             artifact = load_artifact(path)
@@ -117,17 +123,52 @@ class Verifier:
         self._lock = threading.Lock()
         self._connection: Connection | None = None
         self._process: BaseProcess | None = None
+        self._outstanding = False
+        """A request was sent and its answer not read yet."""
 
     def verify(self, path: str | Path, known: frozenset[str] = frozenset()) -> Verified:
         """Load and verify the artifact at ``path`` in the child; ValueError says why not."""
         with self._lock:
-            fd = self._start().fileno()
-            try:
-                _send(fd, (str(path), known))
-                status, answer = _receive(fd)
-            except (EOFError, OSError) as error:  # the child died: start a new one next time
-                self._stop()
-                raise RuntimeError(f"the artifact verifier process failed: {error}") from error
+            self._request(path, known)
+            return self._answer()
+
+    def request(self, path: str | Path, known: frozenset[str] = frozenset()) -> int:
+        """Send ``path`` to the child without waiting; :meth:`answer` takes the result.
+
+        Returns the file descriptor that becomes readable when the answer starts to arrive
+        (for ``select`` or a ``zmq.Poller``). One request at a time: RuntimeError while
+        another is unanswered.
+        """
+        with self._lock:
+            return self._request(path, known)
+
+    def answer(self) -> Verified:
+        """The answer to the last :meth:`request` (blocks until it comes); ValueError says why
+        the artifact cannot serve, RuntimeError that the child failed."""
+        with self._lock:
+            return self._answer()
+
+    def _request(self, path: str | Path, known: frozenset[str]) -> int:
+        if self._outstanding:
+            raise RuntimeError("another artifact is being verified; retry when it is done")
+        fd = self._start().fileno()
+        try:
+            _send(fd, (str(path), known))
+        except OSError as error:  # the child died: start a new one next time
+            self._stop()
+            raise RuntimeError(f"the artifact verifier process failed: {error}") from error
+        self._outstanding = True
+        return fd
+
+    def _answer(self) -> Verified:
+        if not self._outstanding or self._connection is None:
+            raise RuntimeError("no artifact is being verified")
+        self._outstanding = False
+        try:
+            status, answer = _receive(self._connection.fileno())
+        except (EOFError, OSError) as error:  # the child died: start a new one next time
+            self._stop()
+            raise RuntimeError(f"the artifact verifier process failed: {error}") from error
         if status != "ok":
             raise ValueError(answer)
         return answer
@@ -154,6 +195,7 @@ class Verifier:
         return self._connection
 
     def _stop(self) -> None:
+        self._outstanding = False
         if self._connection is not None:
             with contextlib.suppress(OSError, ValueError):
                 _send(self._connection.fileno(), None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -293,6 +295,44 @@ def test_swap_refuses_a_corrupt_artifact_and_takes_a_compatible_one(
     swapped, _ = peer.call({**swap, "path": str(other)}, timeout_ms=60_000)
     assert swapped["report"]["accepted"], swapped
     assert peer.step(observation())[0]["policy"] == controller.status()["policy_id"]
+
+
+def test_robots_are_served_while_a_swap_is_verified_and_then_serve_it(
+    tmp_path: Path, lanes: Lanes, controller: Controller, peer: RawPeer
+) -> None:
+    """The verifier child is held stopped: the serving thread keeps answering STEP with the
+    old policy (flagged adapting), refuses a second SWAP and an ADAPT as BUSY, and installs the
+    candidate itself once the child answers."""
+    lanes.start_verifier()
+    child = lanes._verifier._process
+    assert child is not None and child.pid is not None
+    before = peer.step(observation(), start=True)[0]["policy"]
+    other = family_artifact(tmp_path / "other", seed=3)
+    os.kill(child.pid, signal.SIGSTOP)
+    try:
+        swap = {"type": "swap", "session": peer.session, "path": str(other), "wait": False}
+        assert peer.call(swap)[0]["type"] == "swapping"
+        for _ in range(3):
+            action = peer.step(observation(), reward=1.0)[0]
+            assert action["policy"] == before and action["adapting"]
+        busy = peer.call(swap)[0]
+        assert busy["type"] == "error" and busy["code"] == ErrorCode.BUSY
+        adapt = peer.call({"type": "adapt", "session": peer.session, "wait": False})[0]
+        assert adapt["type"] == "error" and adapt["code"] == ErrorCode.BUSY
+        assert peer.call({"type": "status", "session": peer.session})[0]["status"]["link"][
+            "busy"
+        ] == {"all": "swap"}
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+    deadline, report = time.monotonic() + 60, None
+    while report is None and time.monotonic() < deadline:
+        link = peer.call({"type": "status", "session": peer.session})[0]["status"]["link"]
+        report = link["last_reports"].get("swap")
+        time.sleep(0.01)
+    assert report is not None and report["accepted"], report
+    assert report["digest"] == load_artifact(other).digest
+    action = peer.step(observation(), start=True)[0]
+    assert action["policy"] != before and not action["adapting"]
 
 
 def test_watchdog_reports_a_silent_robot_and_keeps_its_state(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import sys
 import threading
@@ -327,6 +328,37 @@ def test_two_policies_on_one_session_keep_their_own_parameters(family: Family) -
         policy.session.run_with_iobinding(policy.binding)
         assert np.abs(policy.output[0] - expected[0]).max() <= 1e-5
         assert policy.output.dtype == policy.batch_mean(obs).dtype == np.float32
+
+
+def test_a_swap_begun_and_finished_by_the_acting_thread(tmp_path: Path, family: Family) -> None:
+    """begin_swap returns before the verifier answers; the loop keeps acting with the old
+    policy until it finishes the swap itself; a second swap begun meanwhile is refused."""
+    paths = [make_artifact(tmp_path / f"a{i}", family, seed=30 + i) for i in range(2)]
+    ctl = Controller.load(paths[0], ControllerConfig(journal=False))
+    obs = np.full(17, 0.3, np.float32)
+    old, new = (
+        np.clip(mean_action(a.spec, a.params, torch.from_numpy(obs)).numpy(), -1, 1)
+        for a in map(load_artifact, paths)
+    )
+    pending = ctl.begin_swap(paths[1])
+    refused = ctl.finish_swap(ctl.begin_swap(paths[1]))
+    assert not refused.accepted and "being verified" in refused.reason
+    acted = 0
+    while not pending.ready():  # the verifier loads and checks it meanwhile
+        np.testing.assert_allclose(ctl.act(obs, deterministic=True), old, atol=1e-5)
+        acted += 1
+        select.select([pending.fileno()], [], [], 0.001)
+    assert acted > 0, "begin_swap waited for the verifier"
+    report = ctl.finish_swap(pending)
+    assert report.accepted and report.digest == load_artifact(paths[1]).digest
+    np.testing.assert_allclose(ctl.act(obs, deterministic=True), new, atol=1e-5)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    assert not ctl.finish_swap(ctl.begin_swap(bad)).accepted
+    back = ctl.begin_swap(paths[0])  # installed before: the child answers with the digest only
+    assert ctl.finish_swap(back).accepted
+    np.testing.assert_allclose(ctl.act(obs, deterministic=True), old, atol=1e-5)
+    ctl.close()
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "metadata", "missing", "incompatible"])

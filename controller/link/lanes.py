@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
+import time
 from pathlib import Path
 from typing import IO, NamedTuple
 
@@ -111,15 +112,31 @@ class Lanes:
         Loaded and verified once; each lane then serves it (its adaptations dropped) from its
         next episode. Refused as a whole when the artifact is unusable or incompatible.
         """
-        try:  # verified in a child process: the serving thread keeps the interpreter
-            candidate = self._verifier.verify(path).artifact
+        start = time.perf_counter()
+        try:
+            self.begin_swap(path)
+        except RuntimeError as error:
+            return SwapReport(False, str(error), self.artifact.digest, self.artifact.digest, 0.0)
+        return self.finish_swap(lanes, start)
+
+    def begin_swap(self, path: str | Path) -> int:
+        """The first half of :meth:`swap`: send ``path`` to the verifier child and return the
+        file descriptor that becomes readable when it has answered; RuntimeError while another
+        swap is being verified or when the child cannot be reached."""
+        return self._verifier.request(path)
+
+    def finish_swap(self, lanes: list[Controller], start: float) -> SwapReport:
+        """The second half of :meth:`swap` (``start``: ``time.perf_counter()`` at its begin):
+        take the verifier's answer and install the candidate in every lane, or refuse it."""
+        try:
+            candidate = self._verifier.answer().artifact
         except (ValueError, RuntimeError) as error:
             digest = self.artifact.digest
-            return SwapReport(False, str(error), digest, digest, 0.0)
+            return SwapReport(False, str(error), digest, digest, time.perf_counter() - start)
         assert candidate is not None  # nothing was known to the verifier
         # A lane of no session checks compatibility without touching a serving one.
         probe = Controller(self.artifact, self._lane_config(None), sessions=self._sessions)
-        report = probe.swap_to(candidate)
+        report = probe.swap_to(candidate, start)
         probe.close()
         if not report.accepted:
             return report

@@ -1,11 +1,14 @@
 """The link server: a Controller behind a ZeroMQ ROUTER socket (protocol: docs/protocol.md).
 
 One serving thread owns the socket and answers every request in arrival order: HELLO, STEP
-(record the previous transition, act, reply), EPISODE_END, STATUS and BYE inline; ADAPT, SWAP
-and RESET go to a worker thread, so step requests keep being answered by the current policy
-while the controller builds the next one off the serving path (controller/runtime.py). A reply
-to a waiting ADAPT/SWAP/RESET is sent when the worker finishes; a pipe wakes the serving
-thread's poll. Every malformed request gets an ERROR reply and the server carries on; an ERROR
+(record the previous transition, act, reply), EPISODE_END, STATUS and BYE inline; ADAPT and
+RESET go to a worker thread, so step requests keep being answered by the current policy while
+the controller builds the next one off the serving path (controller/runtime.py). A reply to a
+waiting ADAPT/RESET is sent when the worker finishes; a pipe wakes the serving thread's poll.
+SWAP is verified in a child process (controller/verifier.py) while this thread keeps serving;
+when the child answers (its pipe in the same poll) and no job is queued or running, this thread
+installs the candidate itself: no other thread of this process competes with acting for the
+interpreter lock during a swap. Every malformed request gets an ERROR reply and the server carries on; an ERROR
 reply on a connection whose session is recording an episode drops that episode.
 
 Each session acts with its own lane (controller/link/lanes.py): a new robot starts from the
@@ -22,7 +25,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import zmq
@@ -53,6 +56,7 @@ from controller.link.security import CurveKeys, check_bind, secure_server_socket
 from controller.link.sessions import Session, SessionTable, WatchdogEvent, shown
 from controller.link.transport import send_frames
 from controller.link.worker import Job, Worker
+from controller.reports import SwapReport
 
 if TYPE_CHECKING:
     from controller.artifact import Artifact
@@ -122,6 +126,19 @@ def policy_note(origin: str, steps: int, ready: int) -> str:
     )
 
 
+class PendingLinkSwap(NamedTuple):
+    """A SWAP whose artifact the verifier child is checking."""
+
+    fd: int
+    """Readable when the child has answered."""
+    start: float
+    reply_to: list[bytes] | None
+    """Envelope of a waiting request; None: nobody waits (``wait: false``)."""
+    seq: int
+    answered: bool = False
+    """The child's answer is waiting in the pipe (the descriptor left the poll)."""
+
+
 class LinkServer:
     """Serves ``lanes`` on ``bind`` (see module docstring); binds in the constructor."""
 
@@ -161,6 +178,9 @@ class LinkServer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._worker = Worker()
+        self._swap: PendingLinkSwap | None = None
+        """The SWAP being verified by the child, if any."""
+        self._poller = zmq.Poller()
         self._errors: Counter[str] = Counter()
         self._requests = 0
         self._watchdog_events: deque[WatchdogEvent] = deque(maxlen=32)
@@ -187,7 +207,7 @@ class LinkServer:
         round trip than a ``zmq.Poller`` over the socket and the worker's pipe
         (bench/link_bench.py), which is used only while a job is in flight.
         """
-        poller = zmq.Poller()
+        poller = self._poller
         poller.register(self._socket, zmq.POLLIN)
         poller.register(self._worker.wake_fd, zmq.POLLIN)
         scan_every = min(self.config.watchdog_timeout_s / 4, 0.1)
@@ -195,7 +215,7 @@ class LinkServer:
         next_scan = time.monotonic() + scan_every
         log.info("serving %s on %s; %s", self._layout["family"], self.endpoint, self.journal_note())
         while not self._stop.is_set():
-            if not self._worker.busy:
+            if not self._worker.busy and self._swap is None:
                 with contextlib.suppress(zmq.Again):  # the timeout: time to scan
                     self._handle(*self._receive(0))
             else:
@@ -204,6 +224,7 @@ class LinkServer:
                     self._handle(*self._receive(zmq.NOBLOCK))
                 if self._worker.wake_fd in ready:
                     self._finish_jobs()
+                self._poll_swap(ready)
             if time.monotonic() >= next_scan:
                 next_scan = time.monotonic() + scan_every
                 self._scan()
@@ -336,12 +357,7 @@ class LinkServer:
         if message.type is MessageType.ADAPT:
             return self._submit(message, session.id, lane.adapt, envelope)
         if message.type is MessageType.SWAP:
-            path = str(fields["path"])
-
-            def swap() -> Any:
-                return self.lanes.swap(path, [s.lane for s in self._sessions])
-
-            return self._submit(message, "*", swap, envelope)
+            return self._begin_swap(message, envelope)
         if message.type is MessageType.RESET:
             return self._submit(message, session.id, lane.reset, envelope)
         if message.type is MessageType.STATUS:
@@ -404,7 +420,7 @@ class LinkServer:
         command = lane.act(observation, fields.get("deterministic", False))
         served = lane.served()
         self._sessions.after_act(session, observation, command, served)
-        busy = self._worker.busy
+        busy = self._busy()
         header = {
             "type": MessageType.ACTION,
             "seq": message.seq,
@@ -419,10 +435,13 @@ class LinkServer:
     def _submit(
         self, message: Message, key: str, run: Callable[[], Any], envelope: list[bytes]
     ) -> Reply | None:
-        busy = self._worker.busy.get(key) or self._worker.busy.get("*")
-        if busy is not None:
+        busy = self._busy()
+        running = busy.get(key) or busy.get("*")
+        if running is not None:
             raise ProtocolError(
-                ErrorCode.BUSY, f"a {busy} is running; retry when STATUS shows it done", message.seq
+                ErrorCode.BUSY,
+                f"a {running} is running; retry when STATUS shows it done",
+                message.seq,
             )
         wait = message.fields.get("wait", True)
         job = Job(message.type.value, key, run, envelope if wait else None, message.seq)
@@ -430,6 +449,57 @@ class LinkServer:
         if wait:
             return None  # answered by _finish_jobs
         return {"type": STARTED_REPLY[message.type].value, "seq": message.seq}, ()
+
+    def _busy(self) -> dict[str, str]:
+        """Job key -> kind of every job queued or running, the pending swap's ("*") included."""
+        if self._swap is None:
+            return self._worker.busy
+        return {**self._worker.busy, "*": "swap"}
+
+    def _begin_swap(self, message: Message, envelope: list[bytes]) -> Reply | None:
+        """Send the SWAP's artifact to the verifier child; :meth:`_finish_swap` installs it."""
+        if self._swap is not None:
+            raise ProtocolError(
+                ErrorCode.BUSY, "a swap is running; retry when STATUS shows it done", message.seq
+            )
+        wait = message.fields.get("wait", True)
+        swap = PendingLinkSwap(-1, time.perf_counter(), envelope if wait else None, message.seq)
+        try:
+            swap = swap._replace(fd=self.lanes.begin_swap(str(message.fields["path"])))
+        except RuntimeError as error:  # the verifier child cannot be reached: a refused swap
+            digest = self.lanes.artifact.digest
+            self._end_swap(swap, SwapReport(False, str(error), digest, digest, 0.0))
+            return None
+        self._swap = swap
+        self._poller.register(swap.fd, zmq.POLLIN)
+        if wait:
+            return None  # answered by _finish_swap
+        return {"type": STARTED_REPLY[message.type].value, "seq": message.seq}, ()
+
+    def _poll_swap(self, ready: dict[Any, int]) -> None:
+        """Finish the pending swap once the child has answered and no job is queued or running
+        (jobs run in order); until then its descriptor leaves the poll, which would otherwise
+        return at once while an adaptation runs."""
+        swap = self._swap
+        if swap is None:
+            return
+        if swap.fd in ready:
+            self._poller.unregister(swap.fd)
+            swap = self._swap = swap._replace(answered=True)
+        if swap.answered and not self._worker.busy:
+            self._finish_swap(swap)
+
+    def _finish_swap(self, swap: PendingLinkSwap) -> None:
+        """Install the verified candidate in every lane (this thread) and report the swap."""
+        self._swap = None
+        report = self.lanes.finish_swap([s.lane for s in self._sessions], swap.start)
+        self._end_swap(swap, report)
+
+    def _end_swap(self, swap: PendingLinkSwap, report: SwapReport) -> None:
+        self._reports.setdefault("*", {})[MessageType.SWAP.value] = to_wire(report)
+        if swap.reply_to is not None:
+            header = {"type": MessageType.SWAPPED.value, "seq": swap.seq, "report": to_wire(report)}
+            self._send(swap.reply_to + encode(header))
 
     def _finish_jobs(self) -> None:
         for job, result, error in self._worker.finished():
@@ -476,8 +546,7 @@ class LinkServer:
             "secure": self.secure,
             "journal": None if self.lanes.root is None else str(self.lanes.root),
             "requests": self._requests,
-            "busy": {("all" if k == "*" else shown(k)): v for k, v in self._worker.busy.items()}
-            or None,
+            "busy": {("all" if k == "*" else shown(k)): v for k, v in self._busy().items()} or None,
             "sessions": sessions,
             "watchdog_count": self._watchdog_count,
             "watchdog_events": [e._asdict() for e in self._watchdog_events],
