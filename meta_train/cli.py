@@ -39,7 +39,8 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from meta_train.config import ConfigError, TrainConfig
-    from meta_train.trainer import CONFIG_FILE, train
+    from meta_train.rundir import CONFIG_FILE
+    from meta_train.trainer import train
 
     if args.config is None:  # resume a run with the settings it was started with
         if not (args.resume and args.out):
@@ -270,7 +271,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the input's fault (printed without a traceback), of modules loaded."""
     errors: list[type[BaseException]] = [ValueError, FileNotFoundError]
     for module, name in (
-        ("meta_train.trainer", "RunDirError"),
+        ("meta_train.rundir", "RunDirError"),
         ("controller.video", "VideoError"),
         ("sim.render", "RenderError"),
         ("meta_train.tensorboard_log", "TensorBoardUnavailable"),
@@ -303,7 +304,7 @@ def _resume_hint(args: argparse.Namespace) -> str:
         return ""
     if args.out is None:
         return " before the run directory was chosen: nothing to resume"
-    from meta_train.trainer import CHECKPOINT_DIR
+    from meta_train.rundir import CHECKPOINT_DIR
 
     if not (Path(args.out) / CHECKPOINT_DIR).is_dir():
         return f" before the first checkpoint in {args.out}: nothing to resume; start it again"

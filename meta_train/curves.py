@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from controller.artifact import load_artifact
-from meta_train.trainer import LOG_FILE
+from meta_train.rundir import LOG_FILE
 
 
 def read_log(run_dir: str | Path) -> list[dict[str, object]]:
@@ -107,7 +107,8 @@ def direction_split(run_dir: str | Path, window: int = 40) -> str:
     share at the run's kept iteration: how much of a single iteration's return is its draw.
     """
     from meta_train.config import TrainConfig
-    from meta_train.trainer import CONFIG_FILE, draw_tasks, iteration_seeds
+    from meta_train.rundir import CONFIG_FILE
+    from meta_train.trainer import draw_tasks, iteration_seeds
     from sim.families import get_family
     from sim.tasks import DirectionSpace, DirectionTask
 

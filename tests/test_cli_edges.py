@@ -86,7 +86,7 @@ def test_ctrl_c_offers_resume_only_when_there_is_a_checkpoint(
     monkeypatch: pytest.MonkeyPatch,
     checkpointed: bool,
 ) -> None:
-    from meta_train.trainer import CHECKPOINT_DIR
+    from meta_train.rundir import CHECKPOINT_DIR
 
     run = tmp_path / "run"
     if checkpointed:

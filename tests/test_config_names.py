@@ -14,7 +14,7 @@ import yaml
 
 from controller.adaptation import AdaptationSettings
 from meta_train.config import ConfigError, EvalConfig, TrainConfig
-from meta_train.trainer import _same_config
+from meta_train.rundir import same_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def test_adaptation_settings_read_the_old_name_and_write_the_new() -> None:
     assert "step_size" in settings.model_dump() and "first_step_size" not in settings.model_dump()
 
 
-def test_old_and_new_config_files_give_the_same_config(tmp_path: Path) -> None:
+def test_old_and_new_config_files_give_thesame_config(tmp_path: Path) -> None:
     old = TrainConfig.from_yaml(write(tmp_path / "old.yaml", OLD))
     new = TrainConfig.from_yaml(write(tmp_path / "new.yaml", NEW))
     assert old == new
@@ -74,7 +74,7 @@ def test_both_names_at_once_are_refused(tmp_path: Path) -> None:
 
 def test_a_run_recorded_with_the_old_names_resumes(tmp_path: Path) -> None:
     saved = write(tmp_path / "config.yaml", OLD)
-    assert _same_config(saved, TrainConfig.from_yaml(write(tmp_path / "new.yaml", NEW)))
+    assert same_config(saved, TrainConfig.from_yaml(write(tmp_path / "new.yaml", NEW)))
 
 
 def test_every_run_record_config_loads() -> None:

@@ -21,14 +21,8 @@ from meta_train.curves import direction_split
 from meta_train.export import KL_BOUND_FACTOR, adaptation_kls
 from meta_train.objective import adapted_params_for_tasks
 from meta_train.paper import comparator_step_sizes, paper_test_tasks
-from meta_train.trainer import (
-    RunDirError,
-    iteration_seeds,
-    load_checkpoint,
-    policy_spec,
-    run_iteration,
-    train,
-)
+from meta_train.rundir import RunDirError, load_checkpoint
+from meta_train.trainer import iteration_seeds, policy_spec, run_iteration, train
 from sim.episodes import Episodes
 from sim.families import get_family
 from sim.sampler import BatchSampler
