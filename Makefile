@@ -35,7 +35,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check sim controller meta_train bench tests
-	$(VENV)/bin/mypy sim controller meta_train
+	$(VENV)/bin/mypy sim controller meta_train bench
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format sim controller meta_train bench tests

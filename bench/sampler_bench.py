@@ -124,7 +124,7 @@ def _sampler(family: Family, num_tasks: int, episodes: int, num_threads: int) ->
 
 def _gym_vector(family: Family, gym_id: str, num_envs: int) -> Run:
     """(b) gymnasium's SyncVectorEnv, the same policy choosing every action."""
-    kwargs = {"task": 1.0} if gym_id.startswith("adaptctl/") else {}
+    kwargs: dict[str, Any] = {"task": 1.0} if gym_id.startswith("adaptctl/") else {}
     envs = gymnasium.vector.SyncVectorEnv([lambda: gymnasium.make(gym_id, **kwargs)] * num_envs)
     policy = _policy(family, 1, seed=0)
     seeds = itertools.count(0)
