@@ -80,6 +80,23 @@ class GcPauses:
             self.longest_us = max(self.longest_us, pause)
 
 
+def summary(
+    busy: np.ndarray, slow_us: float, failures: float, pauses: GcPauses
+) -> dict[str, float]:
+    """A row of the acting-while tables: percentiles of ``busy`` (µs), the share of calls
+    slower than ``slow_us``, the failures, and the garbage collections meanwhile."""
+    return {
+        "p99_swapping_us": float(np.percentile(busy, 99)),
+        "p999_swapping_us": float(np.percentile(busy, 99.9)),
+        "max_swapping_us": float(busy.max()),
+        "calls_while_swapping": float(busy.size),
+        "share_slow": float(np.mean(busy > slow_us)),
+        "failures": float(failures),
+        "gc_collections": float(pauses.count),
+        "gc_longest_us": pauses.longest_us,
+    }
+
+
 def latencies(call: Callable[[np.ndarray], Any], observations: np.ndarray, n: int) -> np.ndarray:
     """Microseconds of each of ``n`` calls, cycling through ``observations``."""
     out = np.empty(n)
@@ -201,16 +218,7 @@ def act_while(
                 errors += 1
         thread.join()
     busy = np.concatenate(chunks)
-    return {
-        "p99_swapping_us": float(np.percentile(busy, 99)),
-        "p999_swapping_us": float(np.percentile(busy, 99.9)),
-        "max_swapping_us": float(busy.max()),
-        "calls_while_swapping": float(busy.size),
-        "share_slow": float(np.mean(busy > slow_us)),
-        "failures": float(errors + len(failures)),
-        "gc_collections": float(pauses.count),
-        "gc_longest_us": pauses.longest_us,
-    }
+    return summary(busy, slow_us, errors + len(failures), pauses)
 
 
 def act_and_swap(
@@ -239,16 +247,7 @@ def act_and_swap(
             if done == swaps:
                 break
     busy = np.asarray(times) / 1e3
-    return {
-        "p99_swapping_us": float(np.percentile(busy, 99)),
-        "p999_swapping_us": float(np.percentile(busy, 99.9)),
-        "max_swapping_us": float(busy.max()),
-        "calls_while_swapping": float(busy.size),
-        "share_slow": float(np.mean(busy > slow_us)),
-        "failures": float(failures),
-        "gc_collections": float(pauses.count),
-        "gc_longest_us": pauses.longest_us,
-    }
+    return summary(busy, slow_us, failures, pauses)
 
 
 def _spin(stop: Any) -> None:
@@ -278,16 +277,7 @@ def act_beside_busy_process(
     finally:
         stop.set()
         spinner.join(timeout=10)
-    return {
-        "p99_swapping_us": float(np.percentile(busy, 99)),
-        "p999_swapping_us": float(np.percentile(busy, 99.9)),
-        "max_swapping_us": float(busy.max()),
-        "calls_while_swapping": float(busy.size),
-        "share_slow": float(np.mean(busy > slow_us)),
-        "failures": 0.0,
-        "gc_collections": float(pauses.count),
-        "gc_longest_us": pauses.longest_us,
-    }
+    return summary(busy, slow_us, 0, pauses)
 
 
 def _verify_on_request(connection: Connection) -> None:
