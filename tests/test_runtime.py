@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import select
 import subprocess
 import sys
@@ -328,6 +329,18 @@ def test_two_policies_on_one_session_keep_their_own_parameters(family: Family) -
         policy.session.run_with_iobinding(policy.binding)
         assert np.abs(policy.output[0] - expected[0]).max() <= 1e-5
         assert policy.output.dtype == policy.batch_mean(obs).dtype == np.float32
+
+
+def test_an_artifact_pickles_with_its_parameters_exact(artifact: Path) -> None:
+    """The verifier child sends artifacts pickled (as numpy parameters, cheap to unpickle)."""
+    loaded = load_artifact(artifact)
+    again = pickle.loads(pickle.dumps(loaded))
+    assert again.digest == loaded.digest and again.onnx_model == loaded.onnx_model
+    assert again.metadata == loaded.metadata and again.path == loaded.path
+    assert list(again.params) == list(loaded.params)
+    for name, value in loaded.params.items():
+        assert again.params[name].dtype == torch.float32 and not again.params[name].requires_grad
+        assert torch.equal(again.params[name], value)
 
 
 def test_a_swap_begun_and_finished_by_the_acting_thread(tmp_path: Path, family: Family) -> None:
