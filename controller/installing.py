@@ -4,7 +4,8 @@ A swap has two halves. :meth:`Installer.prepare` does all the work: the candidat
 loaded and verified (in a child process by default, :mod:`controller.verifier`), checked
 compatible with the controller's layout, and its parameters bound to the onnxruntime session of
 its architecture and smoke-tested. The controller then publishes the result by assigning
-references. Installed artifacts are kept (a few), so a swap back to one of them only asks the
+references. :meth:`Installer.begin` and :meth:`Installer.complete` split :meth:`prepare` at the
+verifier's answer, so that a serving loop can keep acting while the child verifies. Installed artifacts are kept (a few), so a swap back to one of them only asks the
 child for the candidate's digest and binds nothing in the serving process.
 
 Every artifact an installer holds has the layout of the first one it installed (a candidate is
