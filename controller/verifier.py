@@ -7,6 +7,8 @@ delays the acting thread's ``act`` calls by up to the interpreter's switch inter
 a path and sleeps on a pipe until the answer comes. The answer is the artifact's digest, plus
 the verified artifact itself only when the caller does not already hold one with that digest
 (the digest covers every content hash, so equal digests mean equal artifacts).
+:meth:`Verifier.request` and :meth:`Verifier.answer` split the round trip for a caller that
+waits on the pipe itself (a serving loop's poll) instead of sleeping in a thread.
 
 The child must not take a core from the serving process either: it runs under the idle
 scheduling class (``SCHED_IDLE``, where Linux has it; else at the lowest niceness), so it runs
