@@ -28,7 +28,7 @@ import numpy as np
 
 from controller.acting import MEAN, SAFE, SAMPLE, Actor, Serving
 from controller.adapting import Threads, adapted_policy
-from controller.artifact import Artifact, load_artifact
+from controller.artifact import Artifact, check_compatible, load_artifact
 from controller.config import ControllerConfig
 from controller.installing import (
     INSTALLED_KEPT,
@@ -375,6 +375,18 @@ class Controller:
         except (ValueError, RuntimeError) as error:
             # ArtifactError, ConfigError (ValueErrors) or onnxruntime's failures (RuntimeErrors):
             # nothing is published until the candidate's policy is bound and tested.
+            return self._swap_refused(str(error), start)
+        return self._publish(installed, start)
+
+    def swap_installed(self, installed: Installed, start: float | None = None) -> SwapReport:
+        """:meth:`swap` to an initialization installed by another controller whose ``act``
+        runs in this controller's acting thread (the link server's lanes share one, so a swap
+        binds it once, not once per lane): checked compatible, nothing bound. Its serving
+        policy's buffers are shared, so the controllers must not act concurrently."""
+        start = time.perf_counter() if start is None else start
+        try:
+            check_compatible(self._current.artifact, installed.artifact)
+        except ValueError as error:
             return self._swap_refused(str(error), start)
         return self._publish(installed, start)
 

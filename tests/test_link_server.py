@@ -335,6 +335,30 @@ def test_robots_are_served_while_a_swap_is_verified_and_then_serve_it(
     assert action["policy"] != before and not action["adapting"]
 
 
+def test_a_swap_reaches_every_session_and_the_next_one(
+    tmp_path: Path, server: LinkServer, peer: RawPeer
+) -> None:
+    """One install serves every lane: each session, and a session opened after the swap,
+    acts with the candidate (the same actions for the same observation)."""
+    other = RawPeer(server.endpoint)
+    other.hello()
+    before = {p.step(observation(), start=True)[0]["policy"] for p in (peer, other)}
+    candidate = family_artifact(tmp_path / "candidate", seed=4)
+    swap = {"type": "swap", "session": peer.session, "path": str(candidate)}
+    assert peer.call(swap, timeout_ms=60_000)[0]["report"]["accepted"]
+    late = RawPeer(server.endpoint)
+    late.hello()
+    replies = [p.step(observation(0.5), start=True) for p in (peer, other, late)]
+    policies = {reply["policy"] for reply, _ in replies}
+    assert len(policies) == 1 and policies != before
+    deterministic = [
+        p.step(observation(0.5), deterministic=True)[1][0] for p in (peer, other, late)
+    ]
+    assert deterministic[0] == deterministic[1] == deterministic[2]
+    for p in (other, late):
+        p.close()
+
+
 def test_watchdog_reports_a_silent_robot_and_keeps_its_state(
     server: LinkServer, controller: Controller, peer: RawPeer
 ) -> None:

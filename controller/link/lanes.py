@@ -24,6 +24,7 @@ from typing import IO, NamedTuple
 
 from controller.artifact import Artifact, load_artifact
 from controller.config import ControllerConfig
+from controller.installing import Installer
 from controller.journal import JOURNAL_FILE, JournalError, default_journal_dir
 from controller.runtime import Controller, SessionCache, SwapReport
 from controller.verifier import Verifier
@@ -62,6 +63,8 @@ class Lanes:
         """The controller config every lane runs with (its journal fields aside)."""
         self._sessions: SessionCache = {}
         self._verifier = Verifier()
+        self._installer = Installer(config, self._sessions)
+        """Installs a SWAP's candidate once for all lanes (its own verifier is never used)."""
         self._count = 0
         self._lock_file: IO[bytes] | None = None
         self.root: Path | None = None
@@ -134,16 +137,16 @@ class Lanes:
             digest = self.artifact.digest
             return SwapReport(False, str(error), digest, digest, time.perf_counter() - start)
         assert candidate is not None  # nothing was known to the verifier
-        # A lane of no session checks compatibility without touching a serving one.
-        probe = Controller(self.artifact, self._lane_config(None), sessions=self._sessions)
-        report = probe.swap_to(candidate, start)
-        probe.close()
-        if not report.accepted:
-            return report
-        for lane in lanes:
-            lane.swap_to(candidate)
+        digest = self.artifact.digest
+        try:  # bound and smoke-tested once, for every lane and for none if it fails
+            installed = self._installer.installed(candidate, self.artifact)
+        except (ValueError, RuntimeError) as error:
+            return SwapReport(False, str(error), digest, digest, time.perf_counter() - start)
+        for lane in lanes:  # the lanes act in the serving thread: they can share its buffers
+            lane.swap_installed(installed, start)
         self.artifact = candidate
-        return report
+        reason = f"serving {candidate.path} ({candidate.metadata.family})"
+        return SwapReport(True, reason, digest, candidate.digest, time.perf_counter() - start)
 
     def start_verifier(self) -> None:
         """Start the child process that verifies SWAP artifacts now, not at the first SWAP
@@ -153,6 +156,7 @@ class Lanes:
     def release(self) -> None:
         """Stop the verifier and release the journal directory's lock."""
         self._verifier.close()
+        self._installer.close()
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
