@@ -1,11 +1,11 @@
 """Initializations ready to serve: verified, checked compatible, bound to a shared session.
 
-A swap has two halves. :meth:`Installer.prepare` does all the work: the candidate artifact is
+A swap has two halves. :meth:`Installer.begin` and :meth:`Installer.complete` do all the work: the candidate artifact is
 loaded and verified (in a child process by default, :mod:`controller.verifier`), checked
 compatible with the controller's layout, and its parameters bound to the onnxruntime session of
 its architecture and smoke-tested. The controller then publishes the result by assigning
-references. :meth:`Installer.begin` and :meth:`Installer.complete` split :meth:`prepare` at the
-verifier's answer, so that a serving loop can keep acting while the child verifies. Installed artifacts are kept (a few), so a swap back to one of them only asks the
+references. They split at the verifier's answer, so that a serving loop can keep acting while the child
+verifies. Installed artifacts are kept (a few), so a swap back to one of them only asks the
 child for the candidate's digest and binds nothing in the serving process.
 
 Every artifact an installer holds has the layout of the first one it installed (a candidate is
@@ -138,22 +138,18 @@ class Installer:
         while len(kept) > INSTALLED_KEPT:
             del kept[next(iter(kept))]
 
-    def prepare(self, path: str | Path, first: Artifact) -> Installed:
-        """The artifact in ``path`` installed: verified (in the child process unless
-        configured otherwise), compatible with ``first``, bound; a kept one when its digest is
-        known. Raises ValueError (ArtifactError) or RuntimeError saying why it cannot serve."""
-        with self._lock:
-            return self._complete(self._begin(path), first)
-
     def begin(self, path: str | Path) -> Candidate:
-        """Start :meth:`prepare` without waiting for the verifier: the returned candidate
-        becomes ready (``select``able) when the child's answer comes; :meth:`complete`
-        finishes. Raises RuntimeError while another candidate is being verified."""
+        """Start installing the artifact in ``path`` without waiting for the verifier (in the
+        child process unless configured otherwise): the returned candidate becomes ready
+        (``select``able) when the child's answer comes; :meth:`complete` finishes. Raises
+        RuntimeError while another candidate is being verified."""
         with self._lock:
             return self._begin(path)
 
     def complete(self, candidate: Candidate, first: Artifact) -> Installed:
-        """The rest of :meth:`prepare` for ``candidate`` (blocks until the child answers)."""
+        """``candidate`` installed: compatible with ``first``, bound; a kept one when its
+        digest is known (blocks until the child answers). Raises ValueError (ArtifactError) or
+        RuntimeError saying why it cannot serve."""
         with self._lock:
             return self._complete(candidate, first)
 

@@ -109,28 +109,17 @@ class Lanes:
         if ended and directory is not None and directory.is_dir():
             (directory / ENDED_FILE).touch()
 
-    def swap(self, path: str | Path, lanes: list[Controller]) -> SwapReport:
-        """Make the artifact at ``path`` the initialization of every lane and of new ones.
-
-        Loaded and verified once; each lane then serves it (its adaptations dropped) from its
-        next episode. Refused as a whole when the artifact is unusable or incompatible.
-        """
-        start = time.perf_counter()
-        try:
-            self.begin_swap(path)
-        except RuntimeError as error:
-            return SwapReport(False, str(error), self.artifact.digest, self.artifact.digest, 0.0)
-        return self.finish_swap(lanes, start)
-
     def begin_swap(self, path: str | Path) -> int:
-        """The first half of :meth:`swap`: send ``path`` to the verifier child and return the
+        """The first half of a SWAP: send ``path`` to the verifier child and return the
         file descriptor that becomes readable when it has answered; RuntimeError while another
         swap is being verified or when the child cannot be reached."""
         return self._verifier.request(path)
 
     def finish_swap(self, lanes: list[Controller], start: float) -> SwapReport:
-        """The second half of :meth:`swap` (``start``: ``time.perf_counter()`` at its begin):
-        take the verifier's answer and install the candidate in every lane, or refuse it."""
+        """The second half of a SWAP (``start``: ``time.perf_counter()`` at its begin): take
+        the verifier's answer and make the candidate the initialization of every lane and of
+        new ones (each lane serves it from its next step, its adaptations dropped), or refuse
+        it as a whole when it is unusable or incompatible."""
         try:
             candidate = self._verifier.answer().artifact
         except (ValueError, RuntimeError) as error:
