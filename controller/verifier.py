@@ -35,7 +35,12 @@ from threadpoolctl import threadpool_limits
 from controller.artifact import Artifact, load_artifact
 
 _LENGTH = struct.Struct("<Q")
-"""The byte length of a pickled message, written before it."""
+"""The byte length of a message, written before it."""
+_KNOWN, _ARTIFACT, _ERROR = b"k", b"a", b"e"
+"""An answer's first byte: a digest the caller knows follows, the pickled artifact, or why
+the artifact cannot serve. A request is the path and the known digests, NUL-separated (neither
+a path nor a hex digest holds a NUL); an empty request stops the child. Known digests, the
+common answer of a swap back, need no pickling either way."""
 _FIRST_READ = 1 << 16
 """Bytes asked for by the first read of a message."""
 
@@ -63,7 +68,7 @@ def lowest_priority() -> str:
 
 
 def _serve(connection: Connection) -> None:
-    """The child: verify each (path, known digests) received; answer Verified or the error.
+    """The child: verify each path received; answer its digest, the artifact, or the error.
 
     At the lowest scheduling priority and on one thread (module docstring), so that its work
     yields to the serving process.
@@ -75,32 +80,34 @@ def _serve(connection: Connection) -> None:
     while True:
         try:
             request = _receive(fd)
-        except EOFError:  # the serving process closed its end without saying stop
+            if not request:  # stop
+                return
+            path, *known = request.decode().split("\0")
+            try:
+                artifact = load_artifact(path)
+            except (ValueError, RuntimeError, OSError) as error:
+                _send(fd, _ERROR + str(error).encode())
+                continue
+            if artifact.digest in known:
+                _send(fd, _KNOWN + artifact.digest.encode())
+            else:
+                _send(fd, _ARTIFACT + pickle.dumps(artifact, protocol=pickle.HIGHEST_PROTOCOL))
+        except (EOFError, BrokenPipeError):  # the serving process closed its end
             return
-        if request is None:
-            return
-        path, known = request
-        try:
-            artifact = load_artifact(path)
-        except (ValueError, RuntimeError, OSError) as error:
-            _send(fd, ("error", str(error)))
-            continue
-        _send(fd, ("ok", Verified(artifact.digest, None if artifact.digest in known else artifact)))
 
 
-def _send(fd: int, message: object) -> None:
-    """Write ``message`` pickled, after its length, in one write when the pipe takes it."""
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+def _send(fd: int, data: bytes) -> None:
+    """Write ``data`` after its length, in one write when the pipe takes it."""
     view = memoryview(_LENGTH.pack(len(data)) + data)
     while view:
         view = view[os.write(fd, view) :]
 
 
-def _receive(fd: int) -> Any:
+def _receive(fd: int) -> bytes:
     """Read one message of :func:`_send`; EOFError when the other end closed.
 
-    A short message (a digest) comes in one read, so the waiting thread takes the interpreter
-    lock once when it wakes rather than once per part of the message.
+    A short message (a path, a digest) comes in one read, so the waiting thread takes the
+    interpreter lock once when it wakes rather than once per part of the message.
     """
     data = os.read(fd, _FIRST_READ)
     while 0 < len(data) < _LENGTH.size:
@@ -108,6 +115,8 @@ def _receive(fd: int) -> Any:
     if not data:
         raise EOFError("the other end closed the pipe")
     size = _LENGTH.unpack_from(data)[0] + _LENGTH.size
+    if len(data) == size:
+        return data[_LENGTH.size :]
     parts, have = [data], len(data)
     while have < size:
         part = os.read(fd, size - have)
@@ -115,7 +124,7 @@ def _receive(fd: int) -> Any:
             raise EOFError("the other end closed the pipe mid-message")
         parts.append(part)
         have += len(part)
-    return pickle.loads(b"".join(parts)[_LENGTH.size :])
+    return b"".join(parts)[_LENGTH.size :]
 
 
 class Verifier:
@@ -155,7 +164,7 @@ class Verifier:
             raise RuntimeError("another artifact is being verified; retry when it is done")
         fd = self._start().fileno()
         try:
-            _send(fd, (str(path), known))
+            _send(fd, "\0".join((str(path), *known)).encode())
         except OSError as error:  # the child died: start a new one next time
             self._stop()
             raise RuntimeError(f"the artifact verifier process failed: {error}") from error
@@ -167,13 +176,17 @@ class Verifier:
             raise RuntimeError("no artifact is being verified")
         self._outstanding = False
         try:
-            status, answer = _receive(self._connection.fileno())
+            answer = _receive(self._connection.fileno())
         except (EOFError, OSError) as error:  # the child died: start a new one next time
             self._stop()
             raise RuntimeError(f"the artifact verifier process failed: {error}") from error
-        if status != "ok":
-            raise ValueError(answer)
-        return answer
+        kind, body = answer[:1], answer[1:]
+        if kind == _KNOWN:
+            return Verified(body.decode(), None)
+        if kind == _ARTIFACT:
+            artifact = pickle.loads(body)
+            return Verified(artifact.digest, artifact)
+        raise ValueError(body.decode())
 
     def start(self) -> None:
         """Start the child now (its imports take seconds) rather than at the first verify."""
@@ -200,7 +213,7 @@ class Verifier:
         self._outstanding = False
         if self._connection is not None:
             with contextlib.suppress(OSError, ValueError):
-                _send(self._connection.fileno(), None)
+                _send(self._connection.fileno(), b"")
             self._connection.close()
             self._connection = None
         if self._process is not None:
