@@ -27,9 +27,26 @@ def results_document(
         "num_tasks": len(tasks),
         "tasks": [task_to_dict(t) for t in tasks],
         "methods": {name: _method_document(r) for name, r in results.items()},
+        "gap_closed": gap_closed({name: r.mean for name, r in results.items()}),
         "paper": PAPER_RESULTS.get(family.name, {}),
         "provenance": provenance,
     }
+
+
+def gap_closed(means: dict[str, list[float]]) -> dict[str, float]:
+    """The share of the gap from the pretrained (domain-randomized) policy to the oracle that
+    MAML closes with one gradient step, with the pretrained policy as robots use it (step 0, not
+    fine-tuned) and fine-tuned by one step of its own: (MAML_1 - P_s) / (oracle - P_s). 1 means
+    MAML after one step does as well as the oracle, 0 no better than the pretrained policy.
+    Empty unless all three methods were evaluated and MAML took a step."""
+    maml, pretrained, oracle = (means.get(name) for name in ("maml", "pretrained", "oracle"))
+    if maml is None or pretrained is None or oracle is None or len(maml) < 2:
+        return {}
+    shares = {}
+    for step, label in ((0, "vs_pretrained_step0"), (1, "vs_pretrained_step1")):
+        if step < len(pretrained) and oracle[0] != pretrained[step]:
+            shares[label] = (maml[1] - pretrained[step]) / (oracle[0] - pretrained[step])
+    return shares
 
 
 def _method_document(result: MethodResult) -> dict[str, Any]:
@@ -67,6 +84,17 @@ def format_table(document: dict[str, Any]) -> str:
             ref = f" [{paper[s]:.1f}]" if s < len(paper) else ""
             cells.append(f"{m['mean'][s]:.1f}±{m['stderr'][s]:.1f}{ref}".rjust(22))
         lines.append(f"{name:<11}" + "".join(cells))
+    shares = document.get("gap_closed") or {}
+    if shares:
+        parts = [
+            f"{shares[key]:.2f} of it against pretrained at step {key[-1]}"
+            for key in ("vs_pretrained_step0", "vs_pretrained_step1")
+            if key in shares
+        ]
+        lines += [
+            "",
+            "gap from pretrained to oracle closed by MAML's first step: " + "; ".join(parts),
+        ]
     with_errors = {
         name: m["velocity_error"] for name, m in methods.items() if "velocity_error" in m
     }

@@ -465,3 +465,18 @@ def test_the_loop_takes_ray_samplers_inner_steps_and_terms_where_its_episodes_ar
 
     assert issubclass(RaySampler, KeepingSampler)
     assert not issubclass(OneTorchThreadSampler, KeepingSampler)
+
+
+def test_the_report_gives_the_share_of_the_pretrained_to_oracle_gap_maml_closes() -> None:
+    means = {"maml": [10.0, 70.0], "pretrained": [40.0, 50.0], "oracle": [100.0], "random": [0.0]}
+    shares = report.gap_closed(means)
+    assert shares == pytest.approx({"vs_pretrained_step0": 0.5, "vs_pretrained_step1": 0.4})
+    document = {
+        "family": "cheetah_damage",
+        "num_tasks": 2,
+        "methods": {n: {"mean": m, "stderr": [0.0] * len(m)} for n, m in means.items()},
+        "gap_closed": shares,
+        "paper": {},
+    }
+    assert "0.50 of it against pretrained at step 0; 0.40" in report.format_table(document)
+    assert report.gap_closed({"maml": [1.0, 2.0], "pretrained": [0.0, 1.0]}) == {}
