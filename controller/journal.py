@@ -267,6 +267,8 @@ def replay(records: list[dict[str, Any]], init_policy_id: str, resume: bool) -> 
     The adapted policy is resumed only when its chain of adaptations starts from this very
     initialization; otherwise the initialization serves, and episodes collected by another
     policy stay history, never used as on-policy data. Without ``resume`` nothing is restored.
+    Each change of the serving policy (an accepted adaptation, a swap, a reset) forgets the
+    unconsumed episodes of other policies, as the running controller did when it changed.
     """
     if not resume:
         next_id = 1 + max((int(r["id"]) for r in records if r.get("kind") == "episode"), default=-1)
@@ -285,9 +287,15 @@ def replay(records: list[dict[str, Any]], init_policy_id: str, resume: bool) -> 
             if record["accepted"] and record["from"] == current:
                 current, steps = record["policy"], steps + 1
                 params = {k: decode_array(v) for k, v in record["params"].items()}
+                pending = _of_policy(pending, current)
         elif kind in ("reset", "swap"):
             root = current = record["policy"]
             params, steps = None, 0
+            pending = _of_policy(pending, current)
     if root != init_policy_id or params is None:
         params, current, steps = None, init_policy_id, 0
     return Recovered(params, current, steps, list(pending.values()), next_id)
+
+
+def _of_policy(episodes: dict[int, RecordedEpisode], policy_id: str) -> dict[int, RecordedEpisode]:
+    return {key: e for key, e in episodes.items() if e.policy_id == policy_id}

@@ -470,6 +470,29 @@ def test_journal_resumes_the_adapted_policy(artifact: Path, tmp_path: Path, fami
     fresh.close()
 
 
+def test_a_restored_journal_forgets_the_episodes_the_controller_forgot(
+    artifact: Path, tmp_path: Path, family: Family
+) -> None:
+    """An episode left over by an adaptation is stale once the policy changes; swapped away
+    and back to its initialization, the running controller has none ready, and neither has
+    the one restored from its journal."""
+    other = make_artifact(tmp_path / "other", family, seed=12)
+    config = ControllerConfig(journal_dir=tmp_path / "journal", seed=8, max_kl=1e6)
+    with Controller.load(artifact, config) as ctl:
+        collect(ctl, family, 1.0, seed=6)
+        obs = np.full(17, 0.1, np.float32)
+        for step in range(5):  # one more: not in the batch
+            ctl.record(obs, ctl.act(obs), 1.0, step == 4)
+        assert ctl.status()["episodes_ready"] == K + 1
+        assert ctl.adapt().accepted
+        assert ctl.swap(other).accepted and ctl.swap(artifact).accepted
+        live = ctl.status()
+    assert live["episodes_ready"] == 0 and live["adaptation_steps"] == 0
+    with Controller.load(artifact, config) as restored:
+        assert restored.status()["episodes_ready"] == 0
+        assert restored.status()["policy_id"] == live["policy_id"]
+
+
 def test_config_from_yaml(tmp_path: Path, artifact: Path) -> None:
     file = tmp_path / "controller.yaml"
     file.write_text("safe_action: hold\nmax_kl: 0.5\nepisodes_per_step: 2\n")
