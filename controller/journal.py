@@ -259,6 +259,9 @@ class Recovered(NamedTuple):
     episodes: list[RecordedEpisode]
     """Finished episodes not yet consumed by an adaptation, oldest first."""
     next_episode_id: int
+    swapped_to: str | None = None
+    """The initial policy of the artifact the journal's last swap or reset installed, when it
+    is not the initialization replayed onto (what descends from it is not restored)."""
 
 
 def replay(records: list[dict[str, Any]], init_policy_id: str, resume: bool) -> Recovered:
@@ -292,9 +295,10 @@ def replay(records: list[dict[str, Any]], init_policy_id: str, resume: bool) -> 
             root = current = record["policy"]
             params, steps = None, 0
             pending = _of_policy(pending, current)
-    if root != init_policy_id or params is None:
+    swapped_to = None if root == init_policy_id else root
+    if swapped_to is not None or params is None:
         params, current, steps = None, init_policy_id, 0
-    return Recovered(params, current, steps, list(pending.values()), next_id)
+    return Recovered(params, current, steps, list(pending.values()), next_id, swapped_to)
 
 
 def _of_policy(episodes: dict[int, RecordedEpisode], policy_id: str) -> dict[int, RecordedEpisode]:

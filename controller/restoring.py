@@ -55,4 +55,11 @@ def restore(
             "recorded episode(s) of it"
         )
         log.info("%s", note)
+    if recovered.swapped_to is not None:
+        note = (
+            f"the journal {journal.path} ends with another initialization swapped in (policy "
+            f"{recovered.swapped_to}); what was adapted from it is not restored: load that "
+            "artifact with this journal_dir to get it back"
+        )
+        log.warning("%s", note)
     return Restored(policy, recorder, ready, note)

@@ -267,6 +267,54 @@ def test_a_restarted_server_restores_the_session_its_robot_resumes(
         peer.close()
 
 
+def test_a_swap_survives_a_restart_with_what_sessions_adapted_from_it(
+    artifact: Path, tmp_path: Path
+) -> None:
+    """Restarted with the same arguments after a SWAP, the server serves the swapped-in
+    artifact: a session adapted from it resumes adapted, a new one starts from it. Swapped
+    back, or with the swapped-in artifact gone, the artifact given serves, and the log says
+    why."""
+    journal = {"journal_dir": tmp_path / "journal"}
+    candidate = family_artifact(tmp_path / "candidate", horizon=HORIZON, seed=5)
+    swap = {"type": "swap", "path": str(candidate)}
+    with start_server(artifact, **journal) as server:
+        first, hello = robot(server)
+        started_policy = hello["policy"]
+        reply = first.call({**swap, "session": first.session}, timeout_ms=60_000)[0]
+        assert reply["report"]["accepted"], reply
+        swapped_policy = first.step(observation(), start=True)[0]["policy"]
+        assert swapped_policy != started_policy
+        for _ in range(K):
+            play(first)
+        adapted = adapt(first)["policy_id"]
+        token = first.session
+        first.close()
+    with start_server(artifact, **journal) as server:
+        assert "swapped in before the restart" in server.journal_note()
+        peer, welcome = robot(server, resume=token)
+        assert welcome["policy_origin"] == "restored" and welcome["policy"] == adapted
+        assert welcome["adaptation_steps"] == 1
+        new, welcome = robot(server)
+        assert welcome["policy"] == swapped_policy
+        back = {"type": "swap", "path": str(artifact), "session": new.session}
+        assert new.call(back, timeout_ms=60_000)[0]["report"]["accepted"]
+        for other in (peer, new):
+            other.close()
+    with start_server(artifact, **journal) as server:
+        assert "swapped in" not in server.journal_note()
+        new, welcome = robot(server)
+        assert welcome["policy"] == started_policy
+        reply = new.call({**swap, "session": new.session}, timeout_ms=60_000)[0]
+        assert reply["report"]["accepted"]
+        new.close()
+    (candidate / "params.safetensors").write_bytes(b"gone")
+    with start_server(artifact, **journal) as server:
+        assert "cannot serve" in server.journal_note()
+        new, welcome = robot(server)
+        assert welcome["policy"] == started_policy
+        new.close()
+
+
 def test_a_session_that_said_bye_cannot_be_resumed(artifact: Path, tmp_path: Path) -> None:
     with start_server(artifact, journal_dir=tmp_path / "journal") as server:
         peer, _ = robot(server)

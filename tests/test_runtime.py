@@ -491,6 +491,9 @@ def test_a_restored_journal_forgets_the_episodes_the_controller_forgot(
     with Controller.load(artifact, config) as restored:
         assert restored.status()["episodes_ready"] == 0
         assert restored.status()["policy_id"] == live["policy_id"]
+        assert restored.swap(other).accepted  # the journal now ends with another initialization
+    with Controller.load(artifact, config) as restored:
+        assert "ends with another initialization swapped in" in restored.restored
 
 
 def test_config_from_yaml(tmp_path: Path, artifact: Path) -> None:

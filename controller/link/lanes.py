@@ -11,18 +11,24 @@ Durability: each lane journals to ``ROOT/sessions/ID/`` where ID is a hash of th
 (by default derived from the artifact, ``controller.journal.default_journal_dir``) restores a
 lane when its robot resumes with the token: the adapted policy and the recorded episodes come
 back. With CURVE the lane is also bound to the robot's public key (stored hashed as well).
+A SWAP survives a restart too: ``ROOT/initialization.json`` names the artifact it installed,
+and a server started again with the same artifact and ROOT serves that one (when it still
+loads with the same digest), so new sessions start from it and resumed ones get back the
+policies they adapted from it.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import IO, NamedTuple
 
-from controller.artifact import Artifact, load_artifact
+from controller.artifact import Artifact, check_compatible, load_artifact
 from controller.config import ControllerConfig
 from controller.installing import Installer
 from controller.journal import JOURNAL_FILE, JournalError, default_journal_dir
@@ -37,6 +43,9 @@ OWNER_FILE = "owner"
 ENDED_FILE = "ended"
 """In a lane directory: present once the session said BYE (it cannot be resumed)."""
 LOCK_FILE = "server.lock"
+INITIALIZATION_FILE = "initialization.json"
+"""In the journal root: the artifact the last accepted SWAP installed (path, digest) and the
+digest of the artifact the server was started with then."""
 
 
 def token_hash(secret: str) -> str:
@@ -68,11 +77,16 @@ class Lanes:
         self._count = 0
         self._lock_file: IO[bytes] | None = None
         self.root: Path | None = None
+        self.started_with = artifact
+        """The artifact the server was started with (the initialization until a SWAP)."""
+        self.restored = ""
+        """What a restart took from ``INITIALIZATION_FILE``, in words ("" when nothing)."""
         if config.journal:
             self.root = config.journal_dir or default_journal_dir(
                 artifact.metadata.family, artifact.digest
             )
             self._lock_file = _lock(self.root)
+            self._restore_initialization()
 
     @classmethod
     def load(cls, path: str | Path, config: ControllerConfig | None = None) -> Lanes:
@@ -134,6 +148,7 @@ class Lanes:
         for lane in lanes:  # the lanes act in the serving thread: they can share its buffers
             lane.swap_installed(installed, start)
         self.artifact = candidate
+        self._record_initialization()
         reason = f"serving {candidate.path} ({candidate.metadata.family})"
         return SwapReport(True, reason, digest, candidate.digest, time.perf_counter() - start)
 
@@ -149,6 +164,62 @@ class Lanes:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
+
+    def _record_initialization(self) -> None:
+        """Write which artifact serves now, for a restart (atomically: a crash leaves the old
+        record or the new one)."""
+        if self.root is None:
+            return
+        record = {
+            "path": str(Path(self.artifact.path).resolve()),
+            "digest": self.artifact.digest,
+            "started_with": self.started_with.digest,
+        }
+        target = self.root / INITIALIZATION_FILE
+        scratch = target.with_suffix(".tmp")
+        try:
+            with open(scratch, "w") as handle:
+                json.dump(record, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(scratch, target)
+        except OSError as error:  # the swap itself stands; only a restart would not know it
+            log.warning("could not record the swap in %s: %s", target, error)
+
+    def _restore_initialization(self) -> None:
+        """Serve the artifact the last SWAP installed before a restart, if this server was
+        started with the same artifact then and that one still loads unchanged."""
+        assert self.root is not None
+        target = self.root / INITIALIZATION_FILE
+        if not target.exists():
+            return
+        try:
+            record = json.loads(target.read_text())
+            path, digest = str(record["path"]), str(record["digest"])
+            if record["started_with"] != self.artifact.digest or digest == self.artifact.digest:
+                return  # another starting artifact (its own choice), or no swap in effect
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            self.restored = f"{target} is unreadable ({error}); the artifact given serves"
+            log.warning("%s", self.restored)
+            return
+        try:
+            candidate = load_artifact(path)
+            if candidate.digest != digest:
+                raise ValueError(f"it changed since the swap (digest {candidate.digest[:16]})")
+            check_compatible(self.artifact, candidate)
+        except (OSError, ValueError, RuntimeError) as error:
+            self.restored = (
+                f"the initialization swapped in before the restart, {path}, cannot serve "
+                f"({error}); {self.artifact.path} serves, and what sessions adapted from the "
+                "swapped one is not restored"
+            )
+            log.warning("%s", self.restored)
+            return
+        self.restored = (
+            f"serving {path}, swapped in before the restart (started with {self.artifact.path})"
+        )
+        log.info("%s", self.restored)
+        self.artifact = candidate
 
     def _directory(self, token: str) -> Path | None:
         return None if self.root is None else self.root / LANES_DIR / token_hash(token)

@@ -197,7 +197,8 @@ class LinkServer:
         if self.lanes.root is None:
             return "no journal (--no-journal): a restart loses recorded episodes and adaptations"
         stored = self.lanes.stored()
-        return f"journal {self.lanes.root} ({stored} stored session(s) can resume)"
+        note = f"journal {self.lanes.root} ({stored} stored session(s) can resume)"
+        return f"{note}; {self.lanes.restored}" if self.lanes.restored else note
 
     # ---- lifetime ---------------------------------------------------------------------------
     def serve_forever(self) -> None:
