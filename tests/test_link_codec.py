@@ -85,6 +85,9 @@ def test_big_endian_and_float64_inputs_are_encoded_little_endian_float32() -> No
         ([msgpack.packb({"type": "status", "seq": -1, "session": "s"})], ErrorCode.MALFORMED),
         ([msgpack.packb({"type": "status", "seq": True, "session": "s"})], ErrorCode.MALFORMED),
         ([msgpack.packb({"type": "launch", "seq": 1})], ErrorCode.UNKNOWN_TYPE),
+        ([msgpack.packb({"seq": 1, "session": "s"})], ErrorCode.MALFORMED),  # no type
+        ([msgpack.packb({"type": b"status", "seq": 1, "session": "s"})], ErrorCode.MALFORMED),
+        ([msgpack.packb({b"type": "status", b"seq": 1, b"session": "s"})], ErrorCode.MALFORMED),
         ([msgpack.packb({"type": "action", "seq": 1})], ErrorCode.UNKNOWN_TYPE),  # a reply
         ([msgpack.packb({"type": "status", "seq": 1})], ErrorCode.MALFORMED),  # no session
         ([msgpack.packb({"type": "status", "seq": 1, "session": 5})], ErrorCode.MALFORMED),
@@ -102,6 +105,8 @@ def test_big_endian_and_float64_inputs_are_encoded_little_endian_float32() -> No
         (step_body(np.array([0, 0, 0, 0, -np.inf], "<f4")), ErrorCode.NOT_FINITE),
         (step_body(reward=math.inf), ErrorCode.NOT_FINITE),
         (step_body(reward=math.nan), ErrorCode.NOT_FINITE),
+        (step_body(reward=1e39), ErrorCode.NOT_FINITE),
+        (step_body(reward=-(2.0**128 - 2.0**103)), ErrorCode.NOT_FINITE),  # rounds to -inf
         ([msgpack.packb({"type": "step", "pad": "x" * MAX_HEADER_BYTES})], ErrorCode.TOO_LARGE),
         ([*step_body()[:1], b"\x00" * DEFAULT_MAX_MESSAGE_BYTES], ErrorCode.TOO_LARGE),
     ],
@@ -235,3 +240,26 @@ def test_the_documented_example_bytes_decode_as_stated() -> None:
     assert np.array([1.0, -2.0], "<f4").tobytes().hex(" ") in DOC
     assert f"| request header | {MAX_HEADER_BYTES} bytes |" in DOC
     assert f"default {DEFAULT_MAX_MESSAGE_BYTES})" in DOC
+
+
+def test_rewards_that_round_to_a_finite_float32_are_accepted() -> None:
+    """The largest finite float32, the same written with 8 digits (3.4028235e38, a float64
+    above it that rounds down to it) and the last float64 below the overflow all pass."""
+    for reward in (3.4028234663852886e38, 3.4028235e38, math.nextafter(2.0**128 - 2.0**103, 0)):
+        message = decode_request(step_body(reward=reward), DEFAULT_MAX_MESSAGE_BYTES)
+        assert read_reward(message) == reward
+        assert np.isfinite(np.float32(reward))
+
+
+def test_optional_fields_sent_as_nil_are_left_out_and_a_start_needs_no_reward() -> None:
+    header = {"type": "step", "seq": 2, "session": "s", "dtype": "<f4", "start": True}
+    observation = np.zeros(OBS, np.float32)
+    message = decode_request(encode(header, [observation]), DEFAULT_MAX_MESSAGE_BYTES)
+    assert read_reward(message) == 0.0 and "done" not in message.fields
+    nil = {**header, "start": None, "reward": 1.0, "done": False, "deterministic": None}
+    message = decode_request(encode(nil, [observation]), DEFAULT_MAX_MESSAGE_BYTES)
+    assert "start" not in message.fields and "deterministic" not in message.fields
+    with pytest.raises(ProtocolError, match="needs the field 'reward'"):
+        decode_request(encode({**header, "start": False}, [observation]), 65536)
+    with pytest.raises(ProtocolError, match="'session' must be str, got NoneType"):
+        decode_request(encode({**header, "session": None}, [observation]), 65536)

@@ -199,7 +199,7 @@ def test_any_error_or_safe_action_inside_an_episode_drops_it(server: LinkServer,
     else:
         assert reply["name"] == outcome, reply
     if case == "reward beyond float32":
-        assert "float32" in reply["message"] and "3.4028235e+38" in reply["message"]
+        assert "float32" in reply["message"] and "3.4028235677973366e+38" in reply["message"]
     peer.step(observation(2), reward=1.0)  # the robot carries on
     receipt = end(peer)
     assert not receipt["recorded"] and receipt["reason"], receipt
@@ -313,6 +313,21 @@ def test_a_swap_survives_a_restart_with_what_sessions_adapted_from_it(
         new, welcome = robot(server)
         assert welcome["policy"] == started_policy
         new.close()
+
+
+def test_a_step_flagged_done_and_start_records_the_episode_it_ends(server: LinkServer) -> None:
+    """done says the previous action ended the episode by a terminal state: that episode is
+    recorded as terminated even when the STEP also says start."""
+    peer, _ = robot(server)
+    peer.step(observation(), start=True)  # no reward or done: a start needs neither
+    for t in range(3):
+        assert peer.step(observation(t), reward=1.0)[0]["type"] == "action"
+    peer.step(observation(), reward=2.0, done=True, start=True)
+    lane = server.session_lane(peer.session)
+    assert lane is not None
+    (episode,) = lane.episodes()
+    assert episode.length == 4 and episode.terminated and episode.rewards[-1] == 2.0
+    peer.close()
 
 
 def test_a_session_that_said_bye_cannot_be_resumed(artifact: Path, tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ import msgpack
 import numpy as np
 
 from controller.link.protocol import (
-    FLOAT32_MAX,
+    FLOAT32_OVERFLOW,
     MAX_BODY_FRAMES,
     MAX_HEADER_BYTES,
     REQUEST_TYPES,
@@ -68,6 +68,9 @@ REQUEST_FIELDS: dict[MessageType, dict[str, tuple[tuple[type, ...], bool]]] = {
     MessageType.STATUS: {"session": ((str,), True)},
     MessageType.BYE: {"session": ((str,), True)},
 }
+_UNUSED_AT_START = ("reward", "done")
+"""STEP fields that a STEP with ``start`` may leave out (the previous episode, if any, is
+dropped, so nothing reads them)."""
 
 _REQUESTS = {kind.value: kind for kind in REQUEST_TYPES}  # a dict lookup beats MessageType(kind)
 
@@ -119,6 +122,12 @@ def unpack_header(frame: bytes, max_bytes: int = MAX_HEADER_BYTES) -> dict[str, 
         raise ProtocolError(
             ErrorCode.MALFORMED, f"header must be a msgpack map, got {type(header).__name__}"
         )
+    for key in header:
+        if not isinstance(key, str):
+            raise ProtocolError(
+                ErrorCode.MALFORMED,
+                f"header keys must be msgpack str, got {type(key).__name__} {key!r}",
+            )
     return header
 
 
@@ -148,10 +157,16 @@ def decode_request(body: Sequence[bytes], max_message_bytes: int) -> Message:
     header = unpack_header(body[0])
     seq = read_seq(header)
     kind = header.get("type")
-    message_type = _REQUESTS.get(kind) if isinstance(kind, str) else None
+    if not isinstance(kind, str):
+        raise ProtocolError(
+            ErrorCode.MALFORMED,
+            f"a request needs the field 'type', a msgpack str; got {type(kind).__name__}",
+            seq,
+        )
+    message_type = _REQUESTS.get(kind)
     if message_type is None:
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown request type {kind!r}", seq)
-    _check_fields(message_type, header, seq)
+    header = _check_fields(message_type, header, seq)
     expected = ARRAY_FRAMES.get(message_type, 0)
     if len(body) - 1 != expected:
         raise ProtocolError(
@@ -162,10 +177,15 @@ def decode_request(body: Sequence[bytes], max_message_bytes: int) -> Message:
     return Message(message_type, seq, header, tuple(body[1:]))
 
 
-def _check_fields(message_type: MessageType, header: Mapping[str, Any], seq: int) -> None:
-    for name, (types, required) in REQUEST_FIELDS[message_type].items():
+def _check_fields(message_type: MessageType, header: dict[str, Any], seq: int) -> dict[str, Any]:
+    """``header`` checked against the type's fields; an optional field sent as nil is taken as
+    left out (removed). A STEP with ``start`` needs no reward or done (nothing uses them)."""
+    fields = REQUEST_FIELDS[message_type]
+    header = {k: v for k, v in header.items() if v is not None or fields.get(k, (0, True))[1]}
+    starts = message_type is MessageType.STEP and header.get("start") is True
+    for name, (types, required) in fields.items():
         if name not in header:
-            if required:
+            if required and not (starts and name in _UNUSED_AT_START):
                 raise ProtocolError(
                     ErrorCode.MALFORMED, f"{message_type} needs the field {name!r}", seq
                 )
@@ -180,6 +200,7 @@ def _check_fields(message_type: MessageType, header: Mapping[str, Any], seq: int
                 f"{message_type} field {name!r} must be {allowed}, got {type(value).__name__}",
                 seq,
             )
+    return header
 
 
 def read_array(message: Message, index: int, size: int, name: str) -> np.ndarray:
@@ -210,12 +231,14 @@ def read_array(message: Message, index: int, size: int, name: str) -> np.ndarray
 
 
 def read_reward(message: Message) -> float:
-    """The header's ``reward``: finite as a float32 (|reward| <= FLOAT32_MAX)."""
-    reward = float(message.fields["reward"])
-    if not (math.isfinite(reward) and abs(reward) <= FLOAT32_MAX):
+    """The header's ``reward`` (0 when left out): one that rounds to a finite float32
+    (|reward| < FLOAT32_OVERFLOW)."""
+    reward = float(message.fields.get("reward", 0.0))
+    if not (math.isfinite(reward) and abs(reward) < FLOAT32_OVERFLOW):
         raise ProtocolError(
             ErrorCode.NOT_FINITE,
-            f"reward is {reward!r}; it must be finite as a float32 (|reward| <= {FLOAT32_MAX:.8g})",
+            f"reward is {reward!r}; it must round to a finite float32 "
+            f"(|reward| < {FLOAT32_OVERFLOW!r})",
             message.seq,
         )
     return reward

@@ -60,7 +60,7 @@ class Lane(NamedTuple):
     origin: str
     """``initialization`` (new: the current initialization serves), ``resumed`` (this
     session's state, still in memory) or ``restored`` (this session's state, from the journal
-    after a restart)."""
+    after a restart, or after the session was evicted from memory)."""
 
 
 class Lanes:

@@ -31,9 +31,11 @@ DEFAULT_SOCKET_MAX_BYTES: Final = 1 << 20
 connection of a peer that sends more, before the server sees the message, so no reply is
 possible. It stops a stranger from making the server allocate without bound."""
 
-FLOAT32_MAX: Final = 3.4028234663852886e38
-"""Largest finite float32: a number of larger magnitude is infinite once stored as float32,
-so the server refuses it (NOT_FINITE) even where msgpack carried it as a float64."""
+FLOAT32_OVERFLOW: Final = 2.0**128 - 2.0**103
+"""3.4028235677973366e38, half a unit above the largest finite float32 (2^128 - 2^104): a
+float64 of this magnitude or more rounds to infinity as a float32 (ties to even), so the server
+refuses it (NOT_FINITE) even where msgpack carried it as a float64; anything smaller rounds to
+a finite float32 and is accepted."""
 
 SEQ_MAX: Final = (1 << 64) - 1
 """Sequence numbers are unsigned 64-bit integers."""

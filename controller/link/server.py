@@ -121,7 +121,7 @@ def policy_note(origin: str, steps: int, ready: int) -> str:
     if origin == "resumed":
         return f"session resumed: {policy} serves, {ready} recorded episode(s) ready"
     return (
-        f"session restored from the journal after a server restart: {policy} serves, "
+        f"session restored from the journal (after a restart or an eviction): {policy} serves, "
         f"{ready} recorded episode(s) ready"
     )
 
@@ -327,7 +327,8 @@ class LinkServer:
             raise ProtocolError(
                 ErrorCode.UNKNOWN_SESSION,
                 "unknown session on this connection (the server restarted, the session was "
-                "closed, or it is bound to another connection): send HELLO with resume",
+                "evicted for a newer one or closed, or it is bound to another connection): "
+                "send HELLO with resume",
                 message.seq,
             )
         if message.seq <= session.last_seq:
@@ -413,7 +414,7 @@ class LinkServer:
         self._sessions.before_act(
             session,
             reward,
-            fields["done"],
+            fields.get("done", False),
             fields.get("start", False),
             fields.get("interrupted", False),
             message.seq,

@@ -229,10 +229,10 @@ class SessionTable:
         Raises EPISODE_TOO_LONG when this STEP's action would exceed the horizon."""
         if interrupted:
             self.drop_episode(session, "the robot applied actions the server did not send")
-        if start:
-            self.drop_episode(session, "a new episode started before this one ended")
-        elif done:
+        if done:  # the previous action ended the episode, whether or not start is set too
             self._finish(session, reward, terminated=True)
+        elif start:
+            self.drop_episode(session, "a new episode started before this one ended")
         elif session.pending is not None:
             if session.episode_steps + 1 >= self._horizon:
                 raise ProtocolError(
