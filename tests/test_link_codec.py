@@ -261,5 +261,10 @@ def test_optional_fields_sent_as_nil_are_left_out_and_a_start_needs_no_reward() 
     assert "start" not in message.fields and "deterministic" not in message.fields
     with pytest.raises(ProtocolError, match="needs the field 'reward'"):
         decode_request(encode({**header, "start": False}, [observation]), 65536)
+    both_nil = {**header, "reward": None, "done": None}
+    message = decode_request(encode(both_nil, [observation]), DEFAULT_MAX_MESSAGE_BYTES)
+    assert read_reward(message) == 0.0 and "done" not in message.fields
+    with pytest.raises(ProtocolError, match="needs the field 'reward'"):  # done ends an episode
+        decode_request(encode({**header, "done": True}, [observation]), 65536)
     with pytest.raises(ProtocolError, match="'session' must be str, got NoneType"):
         decode_request(encode({**header, "session": None}, [observation]), 65536)

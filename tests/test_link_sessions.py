@@ -330,6 +330,24 @@ def test_a_step_flagged_done_and_start_records_the_episode_it_ends(server: LinkS
     peer.close()
 
 
+def test_the_start_up_log_says_how_the_link_is_protected(
+    artifact: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="controller.link.server")
+    lanes = Lanes(load_artifact(artifact), ControllerConfig(seed=0, journal=False))
+    for bind, insecure, words in (
+        ("tcp://127.0.0.1:*", False, "plaintext, this machine only"),
+        ("tcp://0.0.0.0:*", True, "plaintext on the network (--insecure)"),
+    ):
+        caplog.clear()
+        with LinkServer(lanes, bind, insecure=insecure).start():
+            deadline = time.monotonic() + 10
+            while "serving" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.02)
+        assert words in caplog.text
+        assert ("reachable from the network without CURVE" in caplog.text) == insecure
+
+
 def test_a_session_that_said_bye_cannot_be_resumed(artifact: Path, tmp_path: Path) -> None:
     with start_server(artifact, journal_dir=tmp_path / "journal") as server:
         peer, _ = robot(server)

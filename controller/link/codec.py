@@ -69,8 +69,8 @@ REQUEST_FIELDS: dict[MessageType, dict[str, tuple[tuple[type, ...], bool]]] = {
     MessageType.BYE: {"session": ((str,), True)},
 }
 _UNUSED_AT_START = ("reward", "done")
-"""STEP fields that a STEP with ``start`` may leave out (the previous episode, if any, is
-dropped, so nothing reads them)."""
+"""STEP fields that a STEP with ``start`` and without ``done`` may leave out or send as nil
+(the previous episode, if any, is dropped, so nothing reads them)."""
 
 _REQUESTS = {kind.value: kind for kind in REQUEST_TYPES}  # a dict lookup beats MessageType(kind)
 
@@ -179,13 +179,22 @@ def decode_request(body: Sequence[bytes], max_message_bytes: int) -> Message:
 
 def _check_fields(message_type: MessageType, header: dict[str, Any], seq: int) -> dict[str, Any]:
     """``header`` checked against the type's fields; an optional field sent as nil is taken as
-    left out (removed). A STEP with ``start`` needs no reward or done (nothing uses them)."""
+    left out (removed). A STEP with ``start`` and without ``done`` needs no reward or done
+    (nothing uses them); with ``done`` true the reward ends the episode, so it is required."""
     fields = REQUEST_FIELDS[message_type]
-    header = {k: v for k, v in header.items() if v is not None or fields.get(k, (0, True))[1]}
-    starts = message_type is MessageType.STEP and header.get("start") is True
-    for name, (types, required) in fields.items():
+    starts = (
+        message_type is MessageType.STEP
+        and header.get("start") is True
+        and header.get("done") is not True
+    )
+
+    def optional(name: str) -> bool:
+        return not fields.get(name, (0, True))[1] or (starts and name in _UNUSED_AT_START)
+
+    header = {k: v for k, v in header.items() if v is not None or not optional(k)}
+    for name, (types, _required) in fields.items():
         if name not in header:
-            if required and not (starts and name in _UNUSED_AT_START):
+            if not optional(name):
                 raise ProtocolError(
                     ErrorCode.MALFORMED, f"{message_type} needs the field {name!r}", seq
                 )

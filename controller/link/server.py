@@ -52,7 +52,12 @@ from controller.link.protocol import (
     MessageType,
     ProtocolError,
 )
-from controller.link.security import CurveKeys, check_bind, secure_server_socket
+from controller.link.security import (
+    CurveKeys,
+    check_bind,
+    is_local_endpoint,
+    secure_server_socket,
+)
 from controller.link.sessions import Session, SessionTable, WatchdogEvent, shown
 from controller.link.transport import send_frames
 from controller.link.worker import Job, Worker
@@ -192,6 +197,14 @@ class LinkServer:
         """The controller of session ``token`` (None if unknown), for embedding and tests."""
         return self._sessions.lane(token)
 
+    def security_note(self) -> str:
+        """How the link is protected, in words (for the start-up log)."""
+        if self.secure:
+            return "CURVE: encrypted, clients authenticated by key"
+        if is_local_endpoint(self.endpoint):
+            return "plaintext, this machine only"
+        return "plaintext on the network (--insecure): anyone who reaches it commands the robot"
+
     def journal_note(self) -> str:
         """Where sessions are journaled and how many a robot could resume, in words."""
         if self.lanes.root is None:
@@ -214,7 +227,12 @@ class LinkServer:
         scan_every = min(self.config.watchdog_timeout_s / 4, 0.1)
         self._socket.rcvtimeo = tick_ms = max(1, int(scan_every * 1000))
         next_scan = time.monotonic() + scan_every
-        log.info("serving %s on %s; %s", self._layout["family"], self.endpoint, self.journal_note())
+        family, security = self._layout["family"], self.security_note()
+        log.info("serving %s on %s (%s); %s", family, self.endpoint, security, self.journal_note())
+        if not self.secure and not is_local_endpoint(self.endpoint):
+            log.warning(
+                "%s is reachable from the network without CURVE (--insecure)", self.endpoint
+            )
         while not self._stop.is_set():
             if not self._worker.busy and self._swap is None:
                 with contextlib.suppress(zmq.Again):  # the timeout: time to scan
