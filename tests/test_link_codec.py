@@ -239,7 +239,7 @@ def test_the_documented_example_bytes_decode_as_stated() -> None:
     }
     assert np.array([1.0, -2.0], "<f4").tobytes().hex(" ") in DOC
     assert f"| request header | {MAX_HEADER_BYTES} bytes |" in DOC
-    assert f"default {DEFAULT_MAX_MESSAGE_BYTES})" in DOC
+    assert f"default {DEFAULT_MAX_MESSAGE_BYTES};" in DOC
 
 
 def test_rewards_that_round_to_a_finite_float32_are_accepted() -> None:
