@@ -183,15 +183,20 @@ class Journal:
             self._sync()
         return records
 
-    def append(self, record: dict[str, Any]) -> None:
-        """Append one record; it is on disk (fsync'd) when this returns."""
+    def append(self, record: dict[str, Any], sync: bool = True) -> None:
+        """Append one record; it is on disk (fsync'd) when this returns. ``sync=False``: written
+        to the file but not fsync'd, so that it costs no disk wait; the next synced record (of
+        this file, after it) makes it durable too."""
         payload = msgpack.packb(record, use_bin_type=True)
         frame = _HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload)) + payload
         with self._lock:
             try:
                 self._file.seek(0, os.SEEK_END)
                 self._file.write(frame)
-                self._sync()
+                if sync:
+                    self._sync()
+                else:
+                    self._file.flush()
             except (OSError, ValueError) as error:  # ValueError: the file was closed
                 raise JournalError(
                     f"could not append a {record.get('kind')} record to {self.path}: {error}; "

@@ -400,8 +400,11 @@ class Controller:
             self._recorder.keep_only(initial)
             self._counters["swaps"] += 1
             if self._journal is not None:
+                # Not fsync'd: the acting thread publishes swaps (finish_swap), and a disk wait
+                # there stalls acting. The next episode or adaptation record syncs it; a crash
+                # before one loses only the swap itself (nothing was recorded after it).
                 record = {"kind": "swap", "artifact": candidate.digest, "path": str(candidate.path)}
-                self._journal.append({**record, "policy": initial})
+                self._journal.append({**record, "policy": initial}, sync=False)
         reason = f"serving {candidate.path} ({candidate.metadata.family})"
         seconds = time.perf_counter() - start
         return SwapReport(True, reason, previous.digest, candidate.digest, seconds)

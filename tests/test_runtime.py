@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import select
 import subprocess
@@ -19,7 +20,7 @@ from controller import Controller, ControllerConfig
 from controller.adaptation import AdaptationSettings, adapt, task_batch
 from controller.artifact import ArtifactAdaptation, IOLayout, load_artifact, save_artifact
 from controller.config import ConfigError
-from controller.journal import JournalError
+from controller.journal import Journal, JournalError
 from controller.policy import PolicySpec, init_params, kl_divergence, mean_action
 from controller.serving import ServingPolicy, ServingSession
 from sim.episodes import Episodes
@@ -494,6 +495,30 @@ def test_a_restored_journal_forgets_the_episodes_the_controller_forgot(
         assert restored.swap(other).accepted  # the journal now ends with another initialization
     with Controller.load(artifact, config) as restored:
         assert "ends with another initialization swapped in" in restored.restored
+
+
+def test_a_swap_waits_for_no_disk_and_the_next_record_makes_it_durable(
+    artifact: Path, tmp_path: Path, family: Family, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Publishing a swap (in the acting thread) does not fsync the journal; the next episode's
+    fsync covers the swap record too, so a restart replays it."""
+    other = make_artifact(tmp_path / "other", family, seed=13)
+    syncs: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (syncs.append(fd), real_fsync(fd))[1])
+    with Controller.load(artifact, ControllerConfig(journal_dir=tmp_path / "j")) as ctl:
+        ctl.swap(artifact)  # start the verifier; the same artifact: a swap to itself
+        syncs.clear()
+        assert ctl.swap(other).accepted
+        assert syncs == []
+        obs = np.zeros(17, np.float32)
+        for step in range(3):
+            ctl.record(obs, ctl.act(obs), 1.0, step == 2)
+        assert len(syncs) == 1
+        swapped = ctl.policy_id
+    records = Journal(tmp_path / "j").records
+    assert [r["kind"] for r in records][-2:] == ["swap", "episode"]
+    assert records[-2]["policy"] == swapped
 
 
 def test_config_from_yaml(tmp_path: Path, artifact: Path) -> None:
