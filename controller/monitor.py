@@ -1,32 +1,46 @@
 """Noticing that the robot changed, and re-adapting: a monitor on the episode returns.
 
 A deployed policy's episode returns scatter around a level that stays put while the robot and its
-task do. A damaged motor, a payload or a slippery floor moves that level down. The
-:class:`ReturnMonitor` keeps the last ``window`` returns as its reference and flags an episode
-whose return falls more than ``threshold_sd`` standard deviations (and at least ``min_drop``)
-below their centre; ``consecutive`` flagged episodes in a row are a drop (one bad episode is
-noise). Centre and spread are the median and 1.4826 x the median absolute deviation, the
-Hampel identifier (Hampel 1974, "The influence curve and its role in robust estimation";
-Pearson 2002, "Outliers in process modeling and identification", IEEE TCST 10(1)): robust, so
-that the few post-drop episodes that pass the limit and enter the window do not inflate the
-spread and absorb the drop, as a mean and standard deviation would. A one-sided control chart
-with a run rule (Montgomery, "Introduction to Statistical Quality Control", ch. 6).
+task do. A damaged motor, a payload or a slippery floor moves that level down, often by no more
+than the returns' own scatter from one episode to the next. One low episode says little; a run
+of them says a lot. The :class:`ReturnMonitor` therefore accumulates the evidence, with a
+one-sided CUSUM (Page 1954, "Continuous inspection schemes", Biometrika 41; Montgomery,
+"Introduction to Statistical Quality Control", ch. 9):
+
+    z_t = clip((x_t - centre) / sd, -clip_sd, clip_sd)
+    S_t = max(0, S_{t-1} - z_t - slack_sd),   a drop when S_t > decision_sd.
+
+Centre and sd are the mean and standard deviation of the reference, the first ``window`` returns
+after a start, an adaptation or a drop. The reference then stays fixed while the monitor watches
+(a control chart's phase I and II), so a drop in progress never drags it down to meet the drop;
+a reference that admitted only the episodes that looked normal would creep upwards and raise
+false alarms. Mean and standard deviation, not median and MAD: a trained locomotion policy's
+returns are a mixture, most episodes running and some stumbling, and a robust scale takes the
+stumbles for outliers, understates the spread and calls the next stumbles a drop. The clip
+bounds what one episode can add (``clip_sd - slack_sd``), so with the defaults no single
+episode, however bad, is a drop. The episodes since S last stood at zero are the drop's: CUSUM's
+own estimate of when the change happened. ``python -m bench monitor`` measures false alarms and
+the episodes to notice a damage on a trained policy's returns (docs/benchmarks.md).
 
 :class:`Recovery` is what the :class:`~controller.runtime.Controller` does with a drop: serve
 the initialization again (the adapted policy belonged to the old body), forget the episodes
 recorded before the drop, collect K fresh episodes of the new body and take the adaptation step
 from the initialization, the step the initialization was meta-trained for; then the monitor
-starts over with the adapted policy's returns as its reference.
+starts over with the adapted policy's returns as its reference. One step does not always help:
+once the reference is full, its mean is compared with the K returns the step was taken on, and
+when it is lower by more than ``revert_z`` standard errors the initialization serves again
+(``revert_z``; a "reverted" event).
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
     from controller.journal import RecordedEpisode
@@ -41,77 +55,118 @@ class MonitorSettings(BaseModel):
     window: int = Field(
         default=20,
         ge=2,
-        description="Episodes whose returns form the reference (their median and robust "
-        "standard deviation, 1.4826 x MAD); the monitor watches once it has this many.",
+        description="Episodes whose returns form the reference (their mean and standard "
+        "deviation), the first after a start, an adaptation or a drop; the monitor watches "
+        "once it has this many.",
     )
-    threshold_sd: float = Field(
-        default=2.5,
+    slack_sd: float = Field(
+        default=0.25,
+        ge=0.0,
+        description="CUSUM slack k: an episode adds evidence of a drop only by how far it lies "
+        "more than this many reference standard deviations below the reference mean (half "
+        "the smallest drop worth noticing).",
+    )
+    decision_sd: float = Field(
+        default=8.0,
         gt=0.0,
-        description="An episode is low when its return is more than this many reference "
-        "standard deviations below the reference median.",
+        description="CUSUM decision interval h: a drop when the accumulated evidence exceeds "
+        "this many reference standard deviations. Higher: fewer false alarms, later notice.",
     )
-    min_drop: float = Field(
+    clip_sd: float = Field(
+        default=4.0,
+        gt=0.0,
+        description="An episode's standardized return is clipped to this many standard "
+        "deviations, bounding what one episode adds (clip_sd - slack_sd).",
+    )
+    min_sd: float = Field(
         default=0.0,
         ge=0.0,
-        description="... and at least this far below the median, in return units (guards a "
-        "reference of near-identical returns from flagging a tiny dip).",
-    )
-    consecutive: int = Field(
-        default=3,
-        ge=1,
-        description="Low episodes in a row that make a drop; a normal episode in between "
-        "starts the count again.",
+        description="Floor on the reference standard deviation, in return units (guards a "
+        "reference of near-identical returns from calling a tiny dip a drop).",
     )
     adapt: bool = Field(
         default=True,
         description="On a drop: serve the initialization, collect K fresh episodes and adapt "
         "from it. False: only report the drop (status()['monitor']).",
     )
+    revert_z: float | None = Field(
+        default=2.0,
+        gt=0.0,
+        description="After a recovery's adaptation: once the adapted policy has run a full "
+        "reference, serve the initialization again if the reference mean is below the mean of "
+        "the K returns the step was taken on by more than this many standard errors of the "
+        "difference. None: keep the adapted policy whatever it earns.",
+    )
+
+    @model_validator(mode="after")
+    def _check_clip(self) -> MonitorSettings:
+        if self.clip_sd <= self.slack_sd:
+            raise ValueError(
+                f"clip_sd ({self.clip_sd}) must exceed slack_sd ({self.slack_sd}), or no "
+                "episode adds evidence"
+            )
+        return self
 
 
 class ReturnMonitor:
-    """The drop rule of :class:`MonitorSettings` on a stream of episode returns."""
+    """The drop rule of :class:`MonitorSettings` (module doc) on a stream of episode returns."""
 
     def __init__(self, settings: MonitorSettings) -> None:
         self.settings = settings
-        self._reference: deque[float] = deque(maxlen=settings.window)
-        self._low: list[int] = []
+        self._reference: list[float] = []
+        self._fit: tuple[float, float] | None = None
+        self._evidence = 0.0
+        self._pending: list[tuple[int, float]] = []
+        """(id, return) of the episodes since the evidence last stood at zero."""
 
     @property
     def ready(self) -> bool:
         """The reference is full: the monitor is watching."""
         return len(self._reference) == self.settings.window
 
+    @property
+    def reference(self) -> list[float]:
+        return list(self._reference)
+
+    def _centre_sd(self) -> tuple[float, float] | None:
+        if self._fit is not None or not self.ready:
+            return self._fit
+        reference = np.asarray(self._reference, dtype=np.float64)
+        centre, sd = float(reference.mean()), float(reference.std(ddof=1))
+        floor = max(self.settings.min_sd, 1e-9 * max(1.0, abs(centre)))
+        self._fit = centre, max(sd, floor)
+        return self._fit
+
     def limit(self) -> float | None:
-        """The return below which an episode is low (None while the reference fills)."""
-        if not self.ready:
-            return None
-        reference = np.asarray(self._reference)
-        centre = float(np.median(reference))
-        # 1.4826 x MAD estimates the standard deviation of normal returns (Hampel 1974)
-        sd = 1.4826 * float(np.median(np.abs(reference - centre)))
-        return centre - max(self.settings.threshold_sd * sd, self.settings.min_drop)
+        """The return below which an episode adds evidence of a drop (None while the
+        reference fills)."""
+        fit = self._centre_sd()
+        return None if fit is None else fit[0] - self.settings.slack_sd * fit[1]
 
     def observe(self, episode_return: float, episode_id: int = -1) -> list[int] | None:
-        """Take one finished episode's return; the ids of the low episodes on a drop, else None.
-
-        Low episodes stay out of the reference, so a drop cannot drag the reference down.
-        """
-        limit = self.limit()
-        if limit is not None and episode_return < limit:
-            self._low.append(episode_id)
-            if len(self._low) >= self.settings.consecutive:
-                low, self._low = self._low, []
-                return low
+        """Take one finished episode's return; the ids of the drop's episodes on a drop (those
+        since the evidence last stood at zero), else None."""
+        fit = self._centre_sd()
+        if fit is None:
+            self._reference.append(float(episode_return))
             return None
-        self._low = []
-        self._reference.append(float(episode_return))
+        centre, sd = fit
+        clip = self.settings.clip_sd
+        z = min(max((float(episode_return) - centre) / sd, -clip), clip)
+        self._evidence = max(0.0, self._evidence - z - self.settings.slack_sd)
+        self._pending.append((episode_id, float(episode_return)))
+        if self._evidence > self.settings.decision_sd:
+            low = [i for i, _ in self._pending]
+            self._evidence, self._pending = 0.0, []
+            return low
+        if self._evidence == 0.0:  # back to normal: these episodes were noise
+            self._pending = []
         return None
 
     def restart(self) -> None:
         """Forget the reference: the next ``window`` episodes form a new one."""
-        self._reference.clear()
-        self._low = []
+        self._reference, self._fit = [], None
+        self._evidence, self._pending = 0.0, []
 
     def status(self) -> dict[str, Any]:
         limit = self.limit()
@@ -120,8 +175,20 @@ class ReturnMonitor:
             "reference_episodes": len(self._reference),
             "reference_mean": mean,
             "low_limit": limit,
-            "low_in_a_row": len(self._low),
+            "evidence_sd": self._evidence,
+            "episodes_in_evidence": len(self._pending),
         }
+
+
+def worse_by(later: Sequence[float], earlier: Sequence[float]) -> float:
+    """How many standard errors of the difference mean(later) lies below mean(earlier)
+    (Welch's statistic; positive: later is lower). Needs two returns on each side."""
+    a, b = np.asarray(later, dtype=np.float64), np.asarray(earlier, dtype=np.float64)
+    se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+    gap = float(b.mean() - a.mean())
+    if se == 0.0:
+        return math.inf if gap > 0 else 0.0
+    return gap / se
 
 
 State = Literal["watching", "collecting"]
@@ -135,8 +202,10 @@ class Recovery:
         self.monitor = ReturnMonitor(settings)
         self.state: State = "watching"
         self.events: list[dict[str, Any]] = []
-        """What happened, in order: {"kind": "drop" | "adapted" | "rejected", "episode": id,
-        "time": time.monotonic(), ...}."""
+        """What happened, in order: {"kind": "drop" | "adapted" | "rejected" | "reverted",
+        "episode": id, "time": time.monotonic(), ...}."""
+        self._step_returns: tuple[float, ...] | None = None
+        """The returns the last recovery step was taken on, until its policy is judged."""
 
     def episode_finished(self, controller: Controller, episode: RecordedEpisode) -> None:
         if self.state == "collecting":
@@ -144,7 +213,10 @@ class Recovery:
             return
         low = self.monitor.observe(episode.episode_return(), episode.episode_id)
         if low is None:
+            if self._step_returns is not None and self.monitor.ready:
+                self._judge_step(controller, episode)
             return
+        self._step_returns = None
         self.events.append(
             {"kind": "drop", "episode": episode.episode_id, "low": low, "time": time.monotonic()}
         )
@@ -173,6 +245,33 @@ class Recovery:
             }
         )
         self.state = "watching"
+        self.monitor.restart()
+        if (
+            report.accepted
+            and self.settings.revert_z is not None
+            and len(report.episode_returns) >= 2
+        ):
+            self._step_returns = report.episode_returns
+
+    def _judge_step(self, controller: Controller, episode: RecordedEpisode) -> None:
+        """The adapted policy's first reference against the returns its step was taken on."""
+        assert self._step_returns is not None and self.settings.revert_z is not None
+        before, self._step_returns = self._step_returns, None
+        after = self.monitor.reference
+        z = worse_by(after, before)
+        if z <= self.settings.revert_z:
+            return
+        controller.reset()
+        self.events.append(
+            {
+                "kind": "reverted",
+                "episode": episode.episode_id,
+                "reason": f"the adapted policy's {len(after)} returns averaged "
+                f"{np.mean(after):.4g}, {z:.1f} standard errors below the {len(before)} "
+                f"the step was taken on ({np.mean(before):.4g}): the initialization serves",
+                "time": time.monotonic(),
+            }
+        )
         self.monitor.restart()
 
     def status(self) -> dict[str, Any]:

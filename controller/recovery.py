@@ -63,17 +63,33 @@ class Deployment:
     ("index") at whose end it happened."""
 
     def summary(self) -> dict[str, Any]:
-        """Mean returns before the damage, after it, after adaptation; damage-to-recovery time."""
-        adapted = next((e for e in self.events if e["kind"] == "adapted"), None)
-        drop = next((e for e in self.events if e["kind"] == "drop"), None)
+        """Mean returns before the damage, after it, after adaptation; damage-to-recovery time.
+
+        The recovery is the first drop noticed at or after the damage and the first adaptation
+        that follows it; drops noticed before the damage are false alarms. Episodes count as
+        adapted when an adapted policy ran them (a reverted step's later episodes run the
+        initialization again).
+        """
+        drop = next(
+            (e for e in self.events if e["kind"] == "drop" and e["index"] >= self.damage_at), None
+        )
+        adapted = None
+        if drop is not None:
+            adapted = next(
+                (e for e in self.events if e["kind"] == "adapted" and e["index"] >= drop["index"]),
+                None,
+            )
         end = len(self.episodes) if adapted is None else adapted["index"] + 1
         before = [e for e in self.episodes if not e.damaged]
         damaged = [e for e in self.episodes if e.damaged and e.index < end]
-        after = [e for e in self.episodes if e.index >= end]
+        after = [e for e in self.episodes if e.index >= end and e.adaptation_steps > 0]
         out: dict[str, Any] = {
             "return_healthy": _mean(before),
             "return_damaged": _mean(damaged),
             "return_adapted": _mean(after),
+            "false_alarms": sum(
+                e["kind"] == "drop" and e["index"] < self.damage_at for e in self.events
+            ),
             "drop_noticed_after_episodes": None
             if drop is None
             else drop["index"] - self.damage_at + 1,
@@ -81,6 +97,8 @@ class Deployment:
             "recovery_robot_s": None,
             "recovery_wall_s": None,
             "recovered_fraction": None,
+            "reverted": adapted is not None
+            and any(e["kind"] == "reverted" and e["index"] > adapted["index"] for e in self.events),
         }
         if adapted is not None:
             out["recovery_episodes"] = len(damaged)
@@ -211,11 +229,11 @@ def format_deployment(result: Deployment) -> str:
         f"{_describe(result.damaged)}; K = {result.episodes_per_step}",
         f"{'phase':<34}{'episodes':>9}{'return (mean)':>16}",
     ]
-    end = next((e["index"] + 1 for e in result.events if e["kind"] == "adapted"), None)
+    damaged = [e for e in result.episodes if e.damaged]
     counts = {
         "healthy (before the damage)": result.damage_at,
-        "damaged, initialization": (end or len(result.episodes)) - result.damage_at,
-        "damaged, adapted": len(result.episodes) - end if end else 0,
+        "damaged, before adaptation": s["recovery_episodes"] or len(damaged),
+        "damaged, adapted": sum(e.adaptation_steps > 0 for e in damaged),
     }
     for (name, count), value in zip(
         counts.items(), (s["return_healthy"], s["return_damaged"], s["return_adapted"]), strict=True
@@ -234,6 +252,10 @@ def format_deployment(result: Deployment) -> str:
             f"{s['recovery_robot_s']:.1f} s of robot time ({s['recovery_wall_s']:.2f} s wall "
             f"here); drop noticed after {s['drop_noticed_after_episodes']} episodes"
         )
+    if s["false_alarms"]:
+        lines.append(f"{s['false_alarms']} drop(s) noticed before the damage: false alarms")
+    if s["reverted"]:
+        lines.append("the adapted policy earned less than the initialization and was reverted")
     if s["recovered_fraction"] is not None:
         lines.append(
             f"adaptation regained {100 * s['recovered_fraction']:.0f} % of the return "
@@ -305,11 +327,15 @@ def plot_deployment(result: Deployment, path: str | Path) -> None:
     styles = {
         "drop": ("tab:orange", "--", "drop noticed"),
         "adapted": ("tab:green", ":", "adapted"),
+        "reverted": ("tab:purple", "-.", "reverted to the initialization"),
     }
+    labelled: set[str] = set()
     for event in result.events:
         if event["kind"] in styles:
             color, style, label = styles[event["kind"]]
-            ax.axvline(event["index"] + 0.5, color=color, linestyle=style, label=label)
+            once = None if label in labelled else label
+            labelled.add(label)
+            ax.axvline(event["index"] + 0.5, color=color, linestyle=style, label=once)
     s = result.summary()
     title = f"{result.family}: {_describe(result.damaged)}"
     if s["recovery_episodes"] is not None:

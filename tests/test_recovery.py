@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 K, HORIZON = 2, 20
 # A monitor that flags any episode below the reference median: a drop is noticed within a few
 # episodes of the damage whatever the (untrained) policy's returns do.
-TOUCHY = "monitor={window: 6, threshold_sd: 0.001, consecutive: 1}"
+TOUCHY = "monitor={window: 6, slack_sd: 0, decision_sd: 0.001, revert_z: null}"
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +159,7 @@ def test_bad_bodies_are_refused_by_name(
 
 
 def test_deploy_without_a_drop_keeps_the_initialization(artifact: Path) -> None:
-    settings = MonitorSettings(window=4, threshold_sd=50.0, consecutive=3)
+    settings = MonitorSettings(window=4, decision_sd=50.0)
     config = ControllerConfig(seed=0, monitor=settings, max_kl=1e6)
     space = get_family("cheetah_damage").task_space
     assert isinstance(space, BodySpace)

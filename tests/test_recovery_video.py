@@ -117,7 +117,7 @@ def test_deployment_films_healthy_damaged_and_adapted_episodes(
     config = ControllerConfig(
         journal=False,
         max_kl=1e6,
-        monitor=MonitorSettings(window=6, threshold_sd=0.001, consecutive=1),
+        monitor=MonitorSettings(window=6, slack_sd=0.0, decision_sd=0.001, revert_z=None),
     )
     body = space().make({"bthigh": 0.0}, payload_kg=2.5)
     recorder = EpisodeRecorder()
@@ -193,7 +193,7 @@ def test_cli_run_with_damage_at_and_video_writes_the_deployment_mp4(
             "--set",
             "max_kl=1e6",
             "--set",
-            "monitor={window: 4, threshold_sd: 0.001, consecutive: 1}",
+            "monitor={window: 4, slack_sd: 0, decision_sd: 0.001, revert_z: null}",
         ]
     )
     assert code == 0
