@@ -31,7 +31,7 @@ from controller.simloop import EpisodeRecorder
 from controller.video import write_side_by_side
 from sim.families import get_family
 from sim.simulator import Simulator
-from sim.tasks import BodySpace, BodyTask, task_to_dict
+from sim.tasks import BodySpace, BodyTask, describe_body, task_from_dict, task_to_dict
 
 
 @dataclass
@@ -226,7 +226,7 @@ def format_deployment(result: Deployment) -> str:
     s = result.summary()
     lines = [
         f"{result.family}: healthy for {result.damage_at} episodes, then "
-        f"{_describe(result.damaged)}; K = {result.episodes_per_step}",
+        f"{_describe(result.family, result.damaged)}; K = {result.episodes_per_step}",
         f"{'phase':<34}{'episodes':>9}{'return (mean)':>16}",
     ]
     damaged = [e for e in result.episodes if e.damaged]
@@ -264,24 +264,12 @@ def format_deployment(result: Deployment) -> str:
     return "\n".join(lines)
 
 
-def _describe(body: dict[str, Any]) -> str:
-    return f"gains {body['motor_gains']}, payload {body['payload_kg']:g} kg, friction x{body['friction_scale']:g}"
-
-
-def describe_body(body: BodyTask, motor_names: tuple[str, ...]) -> str:
-    """The perturbation in words, motors by name: 'motors bthigh x0, fshin x0.5; payload 2.5
-    kg; friction x0.5' (the parts that differ from a healthy body; 'healthy' if none do)."""
-    weak = [
-        f"{name} x{gain:g}"
-        for name, gain in zip(motor_names, body.motor_gains, strict=True)
-        if gain != 1.0
-    ]
-    parts = [f"motors {', '.join(weak)}"] if weak else []
-    if body.payload_kg:
-        parts.append(f"payload {body.payload_kg:g} kg")
-    if body.friction_scale != 1.0:
-        parts.append(f"friction x{body.friction_scale:g}")
-    return "; ".join(parts) or "healthy"
+def _describe(family: str, body: dict[str, Any]) -> str:
+    space = get_family(family).task_space
+    assert isinstance(space, BodySpace)
+    task = task_from_dict(body)
+    assert isinstance(task, BodyTask)
+    return space.describe(task)
 
 
 def write_deployment_video(
@@ -337,7 +325,7 @@ def plot_deployment(result: Deployment, path: str | Path) -> None:
             labelled.add(label)
             ax.axvline(event["index"] + 0.5, color=color, linestyle=style, label=once)
     s = result.summary()
-    title = f"{result.family}: {_describe(result.damaged)}"
+    title = f"{result.family}: {_describe(result.family, result.damaged)}"
     if s["recovery_episodes"] is not None:
         title += (
             f"\nadapted policy serving {s['recovery_episodes']} episodes "

@@ -21,7 +21,7 @@ from sim.episodes import MAX_EPISODES_PER_STEP_FACTOR
 from sim.families import get_family
 from sim.render import DEFAULT_SIZE, FrameRenderer, frame_seconds, renderer_for
 from sim.simulator import Simulator, StepResult
-from sim.tasks import GoalTask, Task, VelocityTask, task_from_dict, task_to_dict
+from sim.tasks import GoalTask, Task, VelocityTask, describe_task, task_from_dict, task_to_dict
 
 
 @dataclass
@@ -275,11 +275,16 @@ def _report_dict(report: AdaptReport) -> dict[str, Any]:
     }
 
 
+def _words(family: str, task: Task) -> str:
+    """``task`` in words, a body's motors by name."""
+    return describe_task(task, get_family(family).task_space)
+
+
 def format_table(result: RunResult) -> str:
     velocity = any(p.velocity_error is not None for p in result.phases)
     header = f"{'phase':<16}{'episodes':>9}{'return (mean ± se)':>22}"
     header += f"{'mean |v - v*|':>16}" if velocity else ""
-    task = task_from_dict(result.task).describe()
+    task = _words(result.family, task_from_dict(result.task))
     lines = [f"{result.family}, {task}: K = {result.episodes_per_step}", header]
     for p in result.phases:
         line = f"{p.name:<16}{len(p.returns):>9}{f'{p.mean_return:.1f} ± {p.stderr:.1f}':>22}"
@@ -322,7 +327,7 @@ def plot(result: RunResult, task: Task, path: str | Path) -> None:
         ax.plot([goal[0]], [goal[1]], marker="*", color="tab:red", markersize=14, label="goal")
         ax.set_xlabel("x")
         ax.set_ylabel("y")
-    ax.set_title(f"{result.family}: {task.describe()}")
+    ax.set_title(f"{result.family}: {_words(result.family, task)}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -349,7 +354,9 @@ def write_video(
     # The phases' own names ("initialization", "after 1 step"): a controller that resumed an
     # adapted policy from its journal starts from that policy, and the titles say so.
     films[0].title, films[-1].title = result.phases[0].name, result.phases[-1].name
-    header = f"{result.family}: {task.describe()}  |  left: before adaptation, right: after"
+    header = (
+        f"{result.family}: {_words(result.family, task)}  |  left: before adaptation, right: after"
+    )
     if description is not None:
         header = f"{result.family}: {description}"
     return write_side_by_side(path, [films[0], films[-1]], header, recorder.fps)

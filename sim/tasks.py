@@ -7,7 +7,7 @@ comparator). Definitions follow the MAML paper (Finn et al. 2017, sec. 5.3) and 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -75,6 +75,29 @@ class BodyTask:
 
 
 Task = GoalTask | VelocityTask | DirectionTask | BodyTask
+
+
+def describe_body(body: BodyTask, motor_names: Sequence[str]) -> str:
+    """The perturbation in words, motors by name: 'motors bthigh x0, fshin x0.5; payload 2.5
+    kg; friction x0.5' (the parts that differ from a healthy body; 'healthy' if none do)."""
+    weak = [
+        f"{name} x{gain:g}"
+        for name, gain in zip(motor_names, body.motor_gains, strict=True)
+        if gain != 1.0
+    ]
+    parts = [f"motors {', '.join(weak)}"] if weak else []
+    if body.payload_kg:
+        parts.append(f"payload {body.payload_kg:g} kg")
+    if body.friction_scale != 1.0:
+        parts.append(f"friction x{body.friction_scale:g}")
+    return "; ".join(parts) or "healthy"
+
+
+def describe_task(task: Task, space: object) -> str:
+    """``task`` in words; a body with its motors named by ``space`` when it is a BodySpace."""
+    if isinstance(task, BodyTask) and isinstance(space, BodySpace):
+        return space.describe(task)
+    return task.describe()
 
 
 @dataclass(frozen=True)
@@ -182,6 +205,10 @@ class BodySpace:
     @property
     def feature_size(self) -> int:
         return len(self.motor_names) + 2
+
+    def describe(self, body: BodyTask) -> str:
+        """The perturbation in words, motors by name (:func:`describe_body`)."""
+        return describe_body(body, self.motor_names)
 
     def make(
         self,

@@ -79,6 +79,7 @@ def test_run_with_damage_at_notices_the_drop_and_adapts(
     assert code == 0
     document = json.loads(capsys.readouterr().out)
     assert document["damaged"]["motor_gains"][0] == 0.0 and document["damaged"]["payload_kg"] == 2.5
+    assert document["summary"]["false_alarms"] == 0 and not document["summary"]["reverted"]
     kinds = [event["kind"] for event in document["events"]]
     assert kinds[:2] == ["drop", "adapted"]
     summary = document["summary"]
@@ -137,6 +138,7 @@ def test_run_with_a_body_runs_the_sim_loop(
     assert code == 0
     printed = capsys.readouterr().out
     assert "initialization" in printed and "after 1 step" in printed
+    assert "motors fshin x0.5; friction x0.5" in printed  # motors by name
     assert (tmp_path / "adaptation.png").exists()
     code = main(["run", str(artifact), "--payload", "5", "--out", str(tmp_path)])
     assert code == 0
