@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 # bench/ is not an installed package (make bench runs it from the repository root)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,3 +39,21 @@ def test_bench_main_discovers_modules_and_merges_results(tmp_path: Path) -> None
     record = json.loads(path.read_text())
     assert record["benches"] == {"sampler": {"x": 1.0}, "link": {"y": 2.0}}
     assert record["problems"] == {"runtime": "skipped: no module"}
+
+
+def test_bench_monitor_samples_every_body_and_replays_the_monitor(tmp_path: Path) -> None:
+    from bench.monitor_bench import DAMAGES, bench_monitor, replay
+    from controller.monitor import MonitorSettings
+    from meta_train.export import fresh_artifact
+
+    path = fresh_artifact(tmp_path / "a", "cheetah_damage", episodes_per_step=4, horizon=10)
+    results = bench_monitor(path, episodes=3, settings=MonitorSettings(window=3), streams=5)
+    assert results["k"] == 4 and set(results["damages"]) == set(DAMAGES)
+    json.dumps(results)
+    # the replay on returns whose damage is plain: every stream notices it at once
+    rng = np.random.default_rng(0)
+    returns = {"healthy": rng.normal(100.0, 1.0, 50), "broken": rng.normal(0.0, 1.0, 50)}
+    row = replay(returns, MonitorSettings(), k=4, streams=20)
+    assert row["false_alarms_per_1000"] < 5.0
+    assert row["damages"]["broken"]["notice_p90"] <= 3
+    assert row["damages"]["broken"]["noticed_within_k"] == 1.0
