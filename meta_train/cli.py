@@ -120,7 +120,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         elif oracle:
             sizes = []
         else:
-            sizes = paper.comparator_step_sizes(family.name, name, cfg.gradient_steps)
+            sizes = paper.comparator_step_sizes(
+                family.name, name, cfg.gradient_steps, cfg.comparator_step_size
+            )
+        provenance[name]["step_sizes"] = sizes
         print(f"evaluating {name} ({path}) on {len(tasks)} test tasks ...", flush=True)
         results[name] = ev.evaluate_method(
             sampler,
@@ -137,7 +140,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         )
     if args.random:
         spec = policy_spec(config.model_copy(update={"mode": "maml"}), family)
-        sizes = paper.comparator_step_sizes(family.name, "random", cfg.gradient_steps)
+        sizes = paper.comparator_step_sizes(
+            family.name, "random", cfg.gradient_steps, cfg.comparator_step_size
+        )
+        provenance["random"] = {"step_sizes": sizes}
         print("evaluating random initialization ...", flush=True)
         results["random"] = ev.evaluate_method(
             sampler,

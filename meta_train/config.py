@@ -17,6 +17,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PositiveFloat,
     PositiveInt,
     ValidationError,
     model_validator,
@@ -108,6 +109,11 @@ class EvalConfig(_Frozen):
         "use this seed's stream.",
     )
     gradient_steps: PositiveInt = Field(default=3, description="Report after 0..steps steps.")
+    comparator_step_size: PositiveFloat | None = Field(
+        default=None,
+        description="First fine-tuning step size of the pretrained and random comparators "
+        "(later steps half of it); None: the authors' (meta_train.paper.COMPARATOR_STEP_SIZES).",
+    )
     episodes_per_step: PositiveInt | None = Field(
         default=None, description="K per step; None: the training K (resolved_episodes_per_step)."
     )

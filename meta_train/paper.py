@@ -49,12 +49,14 @@ COMPARATOR_STEP_SIZES: dict[str, dict[str, float]] = {
 }
 
 
-def comparator_step_sizes(family: str, method: str, steps: int) -> list[float]:
-    """Step sizes of ``steps`` fine-tuning steps of a comparator: the first from
-    :data:`COMPARATOR_STEP_SIZES`, every later one half of it, as the authors' test scripts
-    run them (``init_learning_rate`` for the first step, ``learning_rate`` = 0.5 x it after)
-    and as MAML's own later steps are half its first."""
-    first = COMPARATOR_STEP_SIZES[family][method]
+def comparator_step_sizes(
+    family: str, method: str, steps: int, first: float | None = None
+) -> list[float]:
+    """Step sizes of ``steps`` fine-tuning steps of a comparator: the first ``first`` (None:
+    from :data:`COMPARATOR_STEP_SIZES`), every later one half of it, as the authors' test
+    scripts run them (``init_learning_rate`` for the first step, ``learning_rate`` = 0.5 x it
+    after) and as MAML's own later steps are half its first."""
+    first = COMPARATOR_STEP_SIZES[family][method] if first is None else first
     return [first if step == 0 else 0.5 * first for step in range(steps)]
 
 

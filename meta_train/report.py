@@ -84,6 +84,14 @@ def format_table(document: dict[str, Any]) -> str:
             ref = f" [{paper[s]:.1f}]" if s < len(paper) else ""
             cells.append(f"{m['mean'][s]:.1f}±{m['stderr'][s]:.1f}{ref}".rjust(22))
         lines.append(f"{name:<11}" + "".join(cells))
+    sizes = {
+        name: entry["step_sizes"]
+        for name, entry in document.get("provenance", {}).items()
+        if isinstance(entry, dict) and entry.get("step_sizes")
+    }
+    if sizes:
+        listed = "; ".join(f"{n} {', '.join(f'{a:g}' for a in s)}" for n, s in sizes.items())
+        lines.append(f"step sizes: {listed}")
     shares = document.get("gap_closed") or {}
     if shares:
         parts = [

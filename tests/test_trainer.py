@@ -179,7 +179,29 @@ def test_cli_train_and_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert set(document["methods"]) == {"maml", "random"}
     assert np.array(document["methods"]["maml"]["per_task"]).shape == (3, 4)
     assert (tmp_path / "res" / "navigation2d.png").stat().st_size > 1000
-    assert "paper in brackets" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert (
+        "paper in brackets" in printed and "step sizes: maml 0.1, 0.05; random 0.5, 0.25" in printed
+    )
+    assert document["provenance"]["random"]["step_sizes"] == [0.5, 0.25]
+    # the comparators' first step size, set for the evaluation (later steps half of it)
+    assert (
+        main(
+            [
+                "eval",
+                str(config),
+                "--random",
+                "--set",
+                "evaluation.comparator_step_size=0.1",
+                "--out",
+                str(tmp_path / "res2"),
+            ]
+        )
+        == 0
+    )
+    document = json.loads((tmp_path / "res2" / "navigation2d.json").read_text())
+    assert document["provenance"]["random"]["step_sizes"] == [0.1, 0.05]
+    assert "random 0.1, 0.05" in capsys.readouterr().out
     assert main(["train", str(config), "--out", str(run), "--quiet"]) == 2  # exists: refuse
     # Extending the run from its own config.yaml: no config file, only --resume and --out.
     assert main(["train", "--resume", "--out", str(run), "--set", "iterations=3", "--quiet"]) == 0
