@@ -54,8 +54,8 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
 def plot_curves(run_dirs: Sequence[str | Path], path: str | Path, window: int = 5) -> None:
     """One panel per run; thin lines per iteration, thick ones a moving average.
 
-    Where a log records episode lengths (``length_before``/``length_after``: families whose
-    episodes end early), a second row plots them.
+    Where a log records episode lengths that vary (``length_before``/``length_after``: families
+    whose episodes end early), a second row plots them.
     """
     import matplotlib
 
@@ -63,7 +63,8 @@ def plot_curves(run_dirs: Sequence[str | Path], path: str | Path, window: int = 
     import matplotlib.pyplot as plt
 
     logs = [read_log(run_dir) for run_dir in run_dirs]
-    with_lengths = any("length_after" in r for records in logs for r in records)
+    lengths = {r["length_after"] for records in logs for r in records if "length_after" in r}
+    with_lengths = len(lengths) > 1  # one value: every episode ran to the horizon
     rows = 2 if with_lengths else 1
     fig, axes = plt.subplots(
         rows, len(run_dirs), figsize=(4.6 * len(run_dirs), 3.4 * rows), squeeze=False
