@@ -164,6 +164,12 @@ class TrainConfig(_Frozen):
         "best one (1: the paper's rule, the iteration's own return; more smooths out the luck of "
         "a meta-batch's task draw).",
     )
+    init_from: str | None = Field(
+        default=None,
+        description="An artifact directory whose parameters start the run instead of a fresh "
+        "initialization (e.g. the domain-randomized comparator, to meta-train adaptation from a "
+        "robust policy); its policy must have this run's layout. None: fresh (seed).",
+    )
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="The policy.")
     meta: MetaSettings = Field(default_factory=MetaSettings, description="Meta-optimiser.")
     sampler: SamplerConfig = Field(default_factory=SamplerConfig, description="Sampling.")

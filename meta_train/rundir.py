@@ -83,6 +83,24 @@ def load_checkpoint(run_dir: Path, spec: PolicySpec) -> TrainState:
     return TrainState(meta["iteration"], params, best, meta["best_return"], meta["best_iteration"])
 
 
+def initial_params(config: TrainConfig, spec: PolicySpec) -> Params:
+    """A fresh initialization from ``config.seed``, or ``config.init_from``'s parameters."""
+    fresh = init_params(spec, config.seed)
+    if config.init_from is None:
+        return fresh
+    from controller.artifact import load_artifact
+
+    artifact = load_artifact(config.init_from)
+    shapes = {k: tuple(v.shape) for k, v in artifact.params.items()}
+    wanted = {k: tuple(v.shape) for k, v in fresh.items()}
+    if shapes != wanted:
+        raise RunDirError(
+            f"init_from {config.init_from}: its policy's parameters {shapes} do not match this "
+            f"run's layout {wanted} (an oracle's input is wider; hidden sizes must match)"
+        )
+    return {k: v.detach().clone() for k, v in artifact.params.items()}
+
+
 def prepare_run_dir(
     config: TrainConfig, run_dir: Path, spec: PolicySpec, resume: bool
 ) -> tuple[TrainState, list[float]]:
@@ -97,7 +115,7 @@ def prepare_run_dir(
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CONFIG_FILE).write_text(config_text)
         (run_dir / LOG_FILE).write_text("")
-        params = init_params(spec, config.seed)
+        params = initial_params(config, spec)
         return TrainState(0, params, params, -float("inf"), -1), []
     if not has_checkpoint:
         raise RunDirError(f"nothing to resume in {run_dir}: no checkpoint/state.json")

@@ -62,6 +62,27 @@ def test_unknown_key_is_named(tmp_path: Path) -> None:
         TrainConfig.from_yaml(path)
 
 
+def test_init_from_starts_the_run_from_an_artifacts_parameters(tmp_path: Path) -> None:
+    from meta_train.export import fresh_artifact
+    from meta_train.rundir import initial_params
+
+    source = fresh_artifact(tmp_path / "src", "navigation2d", seed=7, hidden_sizes=(16, 16))
+    config = tiny_config(init_from=str(source))
+    spec = policy_spec(config, get_family(config.family))
+    start = initial_params(config, spec)
+    for name, value in load_artifact(source).params.items():
+        assert torch.equal(start[name], value), name
+    fresh = init_params(spec, config.seed)
+    assert not torch.equal(start["hidden.0.weight"], fresh["hidden.0.weight"])
+    state = train(config, tmp_path / "run", progress=False, max_iterations=1)
+    moved = sum(float((state.params[k] - start[k]).abs().sum()) for k in start)
+    to_fresh = sum(float((state.params[k] - fresh[k]).abs().sum()) for k in start)
+    assert 0 < moved < to_fresh  # one TRPO step from the artifact, not from a fresh draw
+    wide = fresh_artifact(tmp_path / "wide", "navigation2d", hidden_sizes=(8,))
+    with pytest.raises(RunDirError, match="do not match this run's layout"):
+        train(tiny_config(init_from=str(wide)), tmp_path / "other", progress=False)
+
+
 def test_resume_gives_the_uninterrupted_result(tmp_path: Path) -> None:
     config = tiny_config()
     straight = train(config, tmp_path / "a", progress=False)
