@@ -117,13 +117,14 @@ def test_deployment_films_healthy_damaged_and_adapted_episodes(
     config = ControllerConfig(
         journal=False,
         max_kl=1e6,
+        seed=0,
         monitor=MonitorSettings(window=6, slack_sd=0.0, decision_sd=0.001, revert_z=None),
     )
     body = space().make({"bthigh": 0.0}, payload_kg=2.5)
     recorder = EpisodeRecorder()
     try:
         with Controller.load(artifact, config) as controller:
-            deployment = deploy(controller, body, damage_at=6, episodes=16, recorder=recorder)
+            deployment = deploy(controller, body, damage_at=6, episodes=24, recorder=recorder)
     finally:
         recorder.close()
     adapted = next(e["index"] for e in deployment.events if e["kind"] == "adapted")
