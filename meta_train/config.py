@@ -168,7 +168,9 @@ class TrainConfig(_Frozen):
         default=None,
         description="An artifact directory whose parameters start the run instead of a fresh "
         "initialization (e.g. the domain-randomized comparator, to meta-train adaptation from a "
-        "robust policy); its policy must have this run's layout. None: fresh (seed).",
+        "robust policy); its policy must have this run's layout, or, for an oracle, the same "
+        "layout without the task features (their first-layer weights start at zero). None: "
+        "fresh (seed).",
     )
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="The policy.")
     meta: MetaSettings = Field(default_factory=MetaSettings, description="Meta-optimiser.")

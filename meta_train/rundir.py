@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import safetensors.torch
+import torch
 import yaml
 
 from controller.policy import Params, PolicySpec, init_params
@@ -84,21 +85,33 @@ def load_checkpoint(run_dir: Path, spec: PolicySpec) -> TrainState:
 
 
 def initial_params(config: TrainConfig, spec: PolicySpec) -> Params:
-    """A fresh initialization from ``config.seed``, or ``config.init_from``'s parameters."""
+    """A fresh initialization from ``config.seed``, or ``config.init_from``'s parameters.
+
+    An oracle may start from a policy without task features (its observation is the same
+    observation with the task's features appended): the first layer gets zero weights for the
+    appended inputs, so the oracle starts out acting exactly as the given policy.
+    """
     fresh = init_params(spec, config.seed)
     if config.init_from is None:
         return fresh
     from controller.artifact import load_artifact
 
     artifact = load_artifact(config.init_from)
-    shapes = {k: tuple(v.shape) for k, v in artifact.params.items()}
+    params = {k: v.detach().clone() for k, v in artifact.params.items()}
+    first = "hidden.0.weight" if "hidden.0.weight" in fresh else "mean.weight"
+    given, wanted_first = tuple(params.get(first, torch.empty(0)).shape), tuple(fresh[first].shape)
+    if len(given) == 2 and given[0] == wanted_first[0] and given[1] < wanted_first[1]:
+        pad = torch.zeros(given[0], wanted_first[1] - given[1], dtype=params[first].dtype)
+        params[first] = torch.cat([params[first], pad], dim=1)
+    shapes = {k: tuple(v.shape) for k, v in params.items()}
     wanted = {k: tuple(v.shape) for k, v in fresh.items()}
     if shapes != wanted:
         raise RunDirError(
             f"init_from {config.init_from}: its policy's parameters {shapes} do not match this "
-            f"run's layout {wanted} (an oracle's input is wider; hidden sizes must match)"
+            f"run's layout {wanted} (hidden sizes and the action must match; only the input may "
+            "be narrower, by the oracle's task features)"
         )
-    return {k: v.detach().clone() for k, v in artifact.params.items()}
+    return params
 
 
 def prepare_run_dir(

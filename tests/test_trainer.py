@@ -83,6 +83,26 @@ def test_init_from_starts_the_run_from_an_artifacts_parameters(tmp_path: Path) -
         train(tiny_config(init_from=str(wide)), tmp_path / "other", progress=False)
 
 
+def test_an_oracle_starts_from_a_policy_without_task_features(tmp_path: Path) -> None:
+    from meta_train.export import fresh_artifact
+    from meta_train.rundir import initial_params
+
+    source = fresh_artifact(tmp_path / "src", "navigation2d", seed=7, hidden_sizes=(16, 16))
+    config = tiny_config(mode="oracle", init_from=str(source))
+    spec = policy_spec(config, get_family(config.family))
+    given = load_artifact(source).params
+    start = initial_params(config, spec)
+    width = given["hidden.0.weight"].shape[1]
+    assert start["hidden.0.weight"].shape[1] == spec.observation_size > width
+    assert torch.equal(start["hidden.0.weight"][:, :width], given["hidden.0.weight"])
+    assert not start["hidden.0.weight"][:, width:].any()  # acts as the given policy at first
+    for name in given:
+        if name != "hidden.0.weight":
+            assert torch.equal(start[name], given[name]), name
+    state = train(config, tmp_path / "run", progress=False, max_iterations=1)
+    assert state.params["hidden.0.weight"][:, width:].any()  # and learns to use the task
+
+
 def test_resume_gives_the_uninterrupted_result(tmp_path: Path) -> None:
     config = tiny_config()
     straight = train(config, tmp_path / "a", progress=False)
