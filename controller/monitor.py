@@ -44,7 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:
     from controller.journal import RecordedEpisode
-    from controller.runtime import Controller
+    from controller.runtime import AdaptReport, Controller
 
 
 class MonitorSettings(BaseModel):
@@ -195,19 +195,35 @@ State = Literal["watching", "collecting"]
 
 
 class Recovery:
-    """The controller's reaction to a drop (module doc); called after every finished episode."""
+    """The controller's reaction to a drop (module doc); called after every finished episode.
 
-    def __init__(self, settings: MonitorSettings) -> None:
+    The monitor watches one policy: an episode recorded by another one (an adaptation, reset
+    or swap made outside the monitor) starts it over, with that policy's returns as the
+    reference. With ``inline`` (the default) a recovery's adaptation runs inside
+    :meth:`episode_finished`; without, it is left ``due`` for the caller, who runs
+    ``controller.adapt()`` off its acting path and hands the report to :meth:`adapted`
+    (the link server's worker thread does).
+    """
+
+    def __init__(self, settings: MonitorSettings, inline: bool = True) -> None:
         self.settings = settings
+        self.inline = inline
         self.monitor = ReturnMonitor(settings)
         self.state: State = "watching"
         self.events: list[dict[str, Any]] = []
         """What happened, in order: {"kind": "drop" | "adapted" | "rejected" | "reverted",
         "episode": id, "time": time.monotonic(), ...}."""
+        self.due: int | None = None
+        """Not inline: the episode whose end made a recovery's adaptation due, until
+        :meth:`adapted` (or a change of policy) clears it."""
         self._step_returns: tuple[float, ...] | None = None
         """The returns the last recovery step was taken on, until its policy is judged."""
+        self._policy: str | None = None
+        """The policy whose returns the monitor watches."""
 
     def episode_finished(self, controller: Controller, episode: RecordedEpisode) -> None:
+        if episode.policy_id != self._policy:
+            self._watch(episode.policy_id)  # changed outside the monitor: start over
         if self.state == "collecting":
             self._maybe_adapt(controller, episode)
             return
@@ -225,33 +241,49 @@ class Recovery:
             return
         if controller.status()["adaptation_steps"] > 0:
             controller.reset()  # the adapted policy's episodes go with it
+            self._policy = controller.status()["policy_id"]
         else:  # the low episodes are the new body's, on the initialization: keep them
             controller.discard_episodes(before_id=min(low))
         self.state = "collecting"
         self._maybe_adapt(controller, episode)
 
+    def _watch(self, policy_id: str) -> None:
+        self._policy, self.state, self.due, self._step_returns = policy_id, "watching", None, None
+        self.monitor.restart()
+
     def _maybe_adapt(self, controller: Controller, episode: RecordedEpisode) -> None:
-        status = controller.status()
-        if not status["batch_ready"]:
+        if self.due is not None or not controller.status()["batch_ready"]:
             return
-        report = controller.adapt()
+        if not self.inline:
+            self.due = episode.episode_id
+            return
+        self.adapted(controller, controller.adapt(), episode.episode_id)
+
+    def adapted(self, controller: Controller, report: AdaptReport, episode_id: int) -> None:
+        """The recovery's adaptation ended with ``report`` (due at episode ``episode_id``)."""
         self.events.append(
             {
                 "kind": "adapted" if report.accepted else "rejected",
-                "episode": episode.episode_id,
+                "episode": episode_id,
                 "reason": report.reason,
                 "policy_id": report.policy_id,
                 "time": time.monotonic(),
             }
         )
-        self.state = "watching"
-        self.monitor.restart()
+        self._watch(controller.status()["policy_id"])
         if (
             report.accepted
             and self.settings.revert_z is not None
             and len(report.episode_returns) >= 2
         ):
             self._step_returns = report.episode_returns
+
+    def adaptation_failed(self, controller: Controller, reason: str, episode_id: int) -> None:
+        """The recovery's adaptation raised instead of reporting (not inline): the policy
+        that served goes on serving and the monitor starts over with it."""
+        event = {"kind": "rejected", "episode": episode_id, "reason": reason}
+        self.events.append({**event, "policy_id": None, "time": time.monotonic()})
+        self._watch(controller.status()["policy_id"])
 
     def _judge_step(self, controller: Controller, episode: RecordedEpisode) -> None:
         """The adapted policy's first reference against the returns its step was taken on."""
@@ -262,6 +294,7 @@ class Recovery:
         if z <= self.settings.revert_z:
             return
         controller.reset()
+        self._policy = controller.status()["policy_id"]
         self.events.append(
             {
                 "kind": "reverted",
@@ -276,4 +309,13 @@ class Recovery:
 
     def status(self) -> dict[str, Any]:
         drops = sum(e["kind"] == "drop" for e in self.events)
-        return {"state": self.state, "drops": drops, **self.monitor.status()}
+        last = None
+        if self.events:
+            last = {k: v for k, v in self.events[-1].items() if k != "time"}
+        return {
+            "state": self.state,
+            "adaptation_due": self.due is not None,
+            "drops": drops,
+            "last_event": last,
+            **self.monitor.status(),
+        }

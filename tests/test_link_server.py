@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from controller.link.lanes import Lanes
 from controller.link.protocol import DEFAULT_MAX_MESSAGE_BYTES, ErrorCode
 from controller.link.security import LinkSecurityError, is_local_endpoint
 from controller.link.server import LinkConfig, LinkServer
+from controller.monitor import MonitorSettings
 
 K = 2
 pytestmark = pytest.mark.timeout(120)
@@ -265,6 +267,56 @@ def test_steps_are_answered_while_an_adaptation_runs(server: LinkServer) -> None
     assert after["policy"] == report["policy_id"] != before and not after["adapting"]
     robot.close()
     operator.close()
+
+
+def test_a_monitored_session_notices_a_drop_and_adapts_in_the_worker(artifact: Path) -> None:
+    settings = MonitorSettings(window=4, decision_sd=5.0, min_sd=0.1, revert_z=None)
+    lanes = Lanes(load_artifact(artifact), ControllerConfig(seed=0, monitor=settings))
+    with LinkServer(lanes, "tcp://127.0.0.1:*").start() as server:
+        robot = RawPeer(server.endpoint)
+        robot.hello()
+        lane = server.session_lane(robot.session)
+        assert lane is not None
+        adapt, threads = lane.adapt, []
+
+        def adapt_here() -> Any:
+            threads.append(threading.current_thread().name)
+            return adapt()
+
+        lane.adapt = adapt_here  # type: ignore[method-assign]
+        initial = lane.status()["policy_id"]
+        for _ in range(settings.window + 1):  # the reference, and one healthy watched
+            receipt = play(robot, [1.0, 1.0, 1.0])
+        assert receipt["monitor"]["state"] == "watching" and receipt["monitor"]["drops"] == 0
+        first = play(robot, [-1.0, -1.0, -1.0])
+        assert first["monitor"]["last_event"] is None  # one low episode is not a drop
+        receipt = play(robot, [-1.0, -1.0, -1.0])
+        monitor = receipt["monitor"]
+        assert monitor["state"] == "collecting" and monitor["drops"] == 1
+        assert monitor["last_event"]["kind"] == "drop" and monitor["adaptation_due"]
+        assert monitor["last_event"]["low"] == [first["episode"], receipt["episode"]]
+        assert receipt["episode"] == first["episode"] + 1 == settings.window + 2
+        deadline = time.monotonic() + 30  # K = 2 low episodes: the adaptation is due
+        while lane.status()["adaptation_steps"] == 0 and time.monotonic() < deadline:
+            robot.step(observation(), start=True)
+            time.sleep(0.01)
+        while server.link_status()["busy"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        robot.call(
+            {"type": "episode_end", "session": robot.session, "reward": 0.0, "terminated": False}
+        )
+        status, _ = robot.call({"type": "status", "session": robot.session})
+        monitor = status["status"]["monitor"]
+        assert threads == ["link-worker"]  # off the serving thread
+        assert monitor["last_event"]["kind"] == "adapted", monitor
+        assert status["status"]["adaptation_steps"] == 1
+        assert status["status"]["policy_id"] == monitor["last_event"]["policy_id"] != initial
+        assert status["status"]["link"]["last_reports"]["adapt"]["accepted"]
+        robot.close()
+
+
+def test_an_unmonitored_session_says_nothing_of_a_monitor(peer: RawPeer) -> None:
+    assert "monitor" not in play(peer, [1.0, 1.0])
 
 
 def test_adapt_and_reset_with_wait_reply_when_done(controller: Controller, peer: RawPeer) -> None:

@@ -184,6 +184,27 @@ def test_a_drop_while_adapted_restarts_from_the_initialization(controller: Contr
     assert recovery_kinds(controller) == ["drop", "adapted"]
 
 
+def test_a_policy_changed_outside_the_monitor_starts_it_over(controller: Controller) -> None:
+    """An adaptation, reset or swap the user makes changes what the returns should be: the
+    monitor takes the new policy's returns as its reference instead of calling them a drop."""
+    rng = np.random.default_rng(3)
+    for _ in range(K):
+        _episode(controller, rng, 1.0)
+    assert controller.adapt().accepted
+    for _ in range(8):
+        _episode(controller, rng, 1.0)  # the adapted policy's reference, and two watched
+    assert controller.status()["monitor"]["reference_episodes"] == 6
+    controller.reset()  # the user's: the initialization earns less on this task
+    for _ in range(8):
+        _episode(controller, rng, -2.0)
+    status = controller.status()["monitor"]
+    assert status["drops"] == 0 and status["state"] == "watching"
+    assert status["reference_mean"] == pytest.approx(-2.0 * HORIZON, abs=1.0)
+    for _ in range(2):
+        _episode(controller, rng, -5.0)  # and a drop from there is still noticed
+    assert recovery_kinds(controller)[0] == "drop"
+
+
 @pytest.mark.parametrize(("adapted_reward", "kept"), [(-3.0, False), (-0.5, True)])
 def test_a_step_that_earns_less_than_the_initialization_is_reverted(
     tmp_path: Path, adapted_reward: float, kept: bool

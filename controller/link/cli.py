@@ -31,6 +31,7 @@ from controller.cli_args import (
 )
 from controller.link.codec import to_wire
 from controller.link.security import CurveKeys, load_key_pair, load_public_key
+from controller.monitor import MonitorSettings
 
 _SCALARS = (bool, int, float, str, Path)
 
@@ -108,6 +109,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Keep episodes and adaptations in memory only: a crash or restart loses them.",
     )
+    parser.add_argument(
+        "--monitor",
+        action="store_true",
+        help="Watch each session's episode returns for a drop (a change of the robot: "
+        "damage, payload, floor) and recover by itself: serve the initialization, collect K "
+        "episodes and adapt from it (ControllerConfig.monitor; its defaults unless --config or "
+        "--set monitor={...} give settings). EPISODE replies then carry 'monitor'.",
+    )
     add_config_arguments(parser)
     add_model_arguments(parser, LinkConfig)
 
@@ -125,6 +134,8 @@ def serve_main(args: argparse.Namespace) -> int:
         config = config.model_copy(update={"journal_dir": args.journal_dir})
     if args.no_journal:
         config = config.model_copy(update={"journal": False})
+    if args.monitor and config.monitor is None:
+        config = config.model_copy(update={"monitor": MonitorSettings()})
     keys = None
     if args.curve_secret_key is not None:
         keys = CurveKeys(

@@ -246,7 +246,10 @@ class Lanes:
     def _controller(self, directory: Path | None) -> Controller:
         self._count += 1
         config = self._lane_config(directory)
-        return Controller(self.artifact, config, sessions=self._sessions)
+        controller = Controller(self.artifact, config, sessions=self._sessions)
+        if controller.recovery is not None:  # its adaptations run in the server's worker
+            controller.recovery.inline = False
+        return controller
 
 
 def _lock(root: Path) -> IO[bytes]:

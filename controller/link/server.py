@@ -373,6 +373,9 @@ class LinkServer:
             )
             episodes_ready, batch_ready = lane.batch_progress()
             ready = {"episodes_ready": episodes_ready, "batch_ready": batch_ready}
+            if lane.recovery is not None:
+                self._recover(session)
+                ready["monitor"] = to_wire(lane.recovery.status())
             return {"type": MessageType.EPISODE, "seq": seq, **receipt, **ready}, ()
         if message.type is MessageType.ADAPT:
             return self._submit(message, session.id, lane.adapt, envelope)
@@ -470,6 +473,23 @@ class LinkServer:
             return None  # answered by _finish_jobs
         return {"type": STARTED_REPLY[message.type].value, "seq": message.seq}, ()
 
+    def _recover(self, session: Session) -> None:
+        """Run the adaptation the session's monitor made due (a drop, then K episodes), in the
+        worker as an ADAPT would; left due while a job of this session or a swap is running."""
+        lane, busy = session.lane, self._busy()
+        recovery = lane.recovery
+        if recovery is None or recovery.due is None or session.id in busy or "*" in busy:
+            return
+        episode = recovery.due
+
+        def then(report: Any, error: BaseException | None) -> None:
+            if error is None:
+                recovery.adapted(lane, report, episode)
+            else:
+                recovery.adaptation_failed(lane, f"{type(error).__name__}: {error}", episode)
+
+        self._worker.submit(Job(MessageType.ADAPT.value, session.id, lane.adapt, None, 0, then))
+
     def _busy(self) -> dict[str, str]:
         """Job key -> kind of every job queued or running, the pending swap's ("*") included."""
         if self._swap is None:
@@ -526,6 +546,8 @@ class LinkServer:
             report = to_wire(result)
             kept = report if error is None else {"error": str(error)}
             self._reports.setdefault(job.key, {})[job.kind] = kept
+            if job.then is not None:
+                job.then(result, error)
             if job.reply_to is None:
                 continue
             if error is not None:

@@ -12,6 +12,7 @@ import numpy as np
 from controller.link.protocol import ErrorCode, ProtocolError
 
 if TYPE_CHECKING:
+    from controller.journal import RecordedEpisode
     from controller.link.lanes import Lanes
     from controller.runtime import Controller
 
@@ -270,11 +271,13 @@ class SessionTable:
                 "no episode was being recorded (recording starts at a STEP with start or done)"
             )
             session.drop_reason = None
-            return {"recorded": False, "steps": 0, "reason": reason}
+            return {"recorded": False, "steps": 0, "reason": reason, "episode": None}
         steps = session.episode_steps + 1
-        recorded = self._finish(session, reward, terminated)
-        dropped = None if recorded else session.lane.drop_reason(0)
-        return {"recorded": recorded, "steps": steps if recorded else 0, "reason": dropped}
+        episode = self._finish(session, reward, terminated)
+        if episode is None:
+            reason = session.lane.drop_reason(0)
+            return {"recorded": False, "steps": 0, "reason": reason, "episode": None}
+        return {"recorded": True, "steps": steps, "reason": None, "episode": episode.episode_id}
 
     def drop_episode(self, session: Session, why: str) -> int:
         """Forget the episode being recorded (none of it may feed an adaptation); its length."""
@@ -289,19 +292,21 @@ class SessionTable:
         log.warning("dropped the %d-step episode of lane %d: %s", steps, session.stream, why)
         return steps
 
-    def _finish(self, session: Session, reward: float, terminated: bool) -> bool:
-        """Record the pending last transition and end the episode; True if it was kept."""
+    def _finish(
+        self, session: Session, reward: float, terminated: bool
+    ) -> RecordedEpisode | None:
+        """Record the pending last transition and end the episode; the episode if it was kept."""
         pending = session.pending
         session.recording, session.pending, session.episode_steps = False, None, 0
         if pending is None:
-            return False
+            return None
         session.lane.record(pending[0], pending[1], reward, False)
         episode = session.lane.end_episode(0, truncated=not terminated)
         if episode is None:
             session.episodes_dropped += 1
             session.drop_reason = session.lane.drop_reason(0)
         session.episodes_recorded += episode is not None
-        return episode is not None
+        return episode
 
     # ---- watchdog ---------------------------------------------------------------------------
     def watchdog(self, timeout_s: float) -> list[WatchdogEvent]:

@@ -30,6 +30,8 @@ class Job(NamedTuple):
     reply_to: list[bytes] | None
     """Envelope of a waiting request, answered when the job ends; None: nobody waits."""
     seq: int
+    then: Callable[[Any, BaseException | None], None] | None = None
+    """Called by the serving thread with the result (or the error) once the job has ended."""
 
 
 class Finished(NamedTuple):
