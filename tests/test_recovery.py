@@ -231,3 +231,54 @@ def test_sim_robot_takes_the_body_flags(artifact: Path, tmp_path: Path) -> None:
         "friction_scale": 0.5,
     }
     assert len(result["result"]["before"]) == K and len(result["result"]["after"]) == 1
+
+
+def test_a_robot_over_the_link_is_recovered_by_a_monitoring_server() -> None:
+    """``adaptctl sim-robot --damage-at`` against ``adaptctl serve --monitor``, in process: the
+    robot never sends ADAPT; the server notices the drop and adapts by itself."""
+    from shipped import ARTIFACTS, finished_artifact
+
+    from controller import load_artifact
+    from controller.link.lanes import Lanes
+    from controller.link.server import LinkServer
+    from controller.link.sim_robot import run_sim_robot_deployment
+
+    usable, reason = finished_artifact("cheetah_damage")
+    if not usable:
+        pytest.skip(reason)
+    family = get_family("cheetah_damage")
+    body = family.task_space.make({"bthigh": 0.0, "fthigh": 0.0}, 0.0, 1.0)
+    monitor = MonitorSettings(window=8, revert_z=None)
+    config = ControllerConfig(seed=0, journal=False, episodes_per_step=4, monitor=monitor)
+    lanes = Lanes(load_artifact(ARTIFACTS / "cheetah_damage"), config)
+    with LinkServer(lanes, "tcp://127.0.0.1:*").start() as server:
+        result = run_sim_robot_deployment(server.endpoint, family, body, 12, 24, horizon=50)
+    summary = result.summary()
+    assert summary["false_alarms"] == 0, summary
+    assert summary["return_damaged"] < summary["return_healthy"] - 50, summary
+    noticed, adapted = summary["drop_noticed_after"], summary["adapted_policy_from"]
+    assert noticed is not None and noticed <= 4, summary
+    assert adapted is not None and noticed < adapted <= noticed + 4 + 2, summary
+    served = {e.policy_id for e in result.episodes[11 + adapted :]}
+    assert len(served) == 1 and served != {result.episodes[0].policy_id}
+
+
+def test_sim_robot_deployment_needs_a_monitoring_server() -> None:
+    from shipped import ARTIFACTS, finished_artifact
+
+    from controller import load_artifact
+    from controller.link.lanes import Lanes
+    from controller.link.server import LinkServer
+    from controller.link.sim_robot import run_sim_robot_deployment
+
+    usable, reason = finished_artifact("cheetah_damage")
+    if not usable:
+        pytest.skip(reason)
+    family = get_family("cheetah_damage")
+    body = family.task_space.make({"bthigh": 0.0}, 0.0, 1.0)
+    lanes = Lanes(load_artifact(ARTIFACTS / "cheetah_damage"), ControllerConfig(journal=False))
+    with LinkServer(lanes, "tcp://127.0.0.1:*").start() as server:
+        with pytest.raises(ValueError, match="--monitor"):
+            run_sim_robot_deployment(server.endpoint, family, body, 2, 4, horizon=10)
+        with pytest.raises(ValueError, match="damage-at"):
+            run_sim_robot_deployment(server.endpoint, family, body, 4, 4, horizon=10)

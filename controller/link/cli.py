@@ -189,6 +189,15 @@ def add_sim_robot_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="Repeat 'K episodes, adapt' for this long instead of --steps times (a soak).",
     )
+    parser.add_argument(
+        "--damage-at",
+        type=int,
+        metavar="EPISODE",
+        help="Damage families: deploy episode after episode without ever sending ADAPT, "
+        "healthy until EPISODE, then with the body given (--motor, --payload, --friction), "
+        "for --adapted-episodes more (default 3 x --episodes); the server, started with "
+        "--monitor, must notice the drop and adapt by itself.",
+    )
     parser.add_argument("--json", action="store_true", help="Print the result as JSON.")
 
 
@@ -212,6 +221,8 @@ def sim_robot_main(args: argparse.Namespace) -> int:
             from sim.families import get_family
 
             task = body_from_args(args, get_family(family))
+        if args.damage_at is not None:
+            return _deploy(args, family, task, server_key, client_keys)
         result = run_sim_robot(
             args.connect,
             family,
@@ -229,6 +240,49 @@ def sim_robot_main(args: argparse.Namespace) -> int:
         )
     except (ValueError, LinkError) as error:  # a task outside the family's range, no server
         raise SystemExit(f"adaptctl sim-robot: {error}") from None
+    summary = result.summary()
+    if args.json:
+        print(json.dumps({**summary, "result": to_wire(result)}, indent=2))
+    else:
+        for key, value in summary.items():
+            print(f"{key:>24}: {value}")
+    return 0
+
+
+def _deploy(
+    args: argparse.Namespace,
+    family: str,
+    body: Any,
+    server_key: bytes | None,
+    client_keys: tuple[bytes, bytes] | None,
+) -> int:
+    """``sim-robot --damage-at``: print each episode as it ends, then the summary."""
+    from controller.link.sim_robot import EpisodeStats, run_sim_robot_deployment
+
+    def show(phase: str, stats: EpisodeStats) -> None:
+        monitor = stats.monitor or {}
+        event = (monitor.get("last_event") or {}).get("kind", "")
+        print(
+            f"{phase:>8} return {stats.episode_return:9.1f}  policy {stats.policy_id[:12]}  "
+            f"monitor {monitor.get('state', '-'):>10} {event}",
+            flush=True,
+        )
+
+    adapted = args.adapted_episodes if args.adapted_episodes is not None else 3 * args.episodes
+    result = run_sim_robot_deployment(
+        args.connect,
+        family,
+        body,
+        args.damage_at,
+        args.damage_at + adapted,
+        horizon=args.horizon,
+        deadline_ms=args.deadline_ms,
+        server_public_key=server_key,
+        client_keys=client_keys,
+        seed=args.seed,
+        rate_hz=args.rate_hz,
+        on_episode=None if args.json else show,
+    )
     summary = result.summary()
     if args.json:
         print(json.dumps({**summary, "result": to_wire(result)}, indent=2))

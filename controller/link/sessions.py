@@ -292,9 +292,7 @@ class SessionTable:
         log.warning("dropped the %d-step episode of lane %d: %s", steps, session.stream, why)
         return steps
 
-    def _finish(
-        self, session: Session, reward: float, terminated: bool
-    ) -> RecordedEpisode | None:
+    def _finish(self, session: Session, reward: float, terminated: bool) -> RecordedEpisode | None:
         """Record the pending last transition and end the episode; the episode if it was kept."""
         pending = session.pending
         session.recording, session.pending, session.episode_steps = False, None, 0

@@ -46,6 +46,8 @@ class EpisodeStats(NamedTuple):
     """The server's episodes of this policy now make a whole adaptation batch."""
     late: int = 0
     """Steps whose action came later than one control period (paced runs only)."""
+    monitor: dict[str, Any] | None = None
+    """The server's monitor after the episode (EPISODE ``monitor``; None without --monitor)."""
 
 
 class SimRobotResult(NamedTuple):
@@ -133,6 +135,7 @@ def run_episode(
         safe_actions=client.stats().safe_actions - safe_before,
         late=late,
         batch_ready=bool(receipt and receipt.get("batch_ready")),
+        monitor=None if receipt is None else receipt.get("monitor"),
     )
 
 
@@ -224,6 +227,109 @@ def run_sim_robot(
         link,
         note,
         tuple(run.reconnects),
+    )
+
+
+class DeploymentResult(NamedTuple):
+    """What :func:`run_sim_robot_deployment` saw: one robot, damaged mid-deployment."""
+
+    family: str
+    healthy: dict[str, Any]
+    body: dict[str, Any]
+    damage_at: int
+    episodes: list[EpisodeStats]
+    """Every episode, in order: healthy until index ``damage_at``, damaged from there."""
+    link: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        """Mean return healthy, damaged (until the adapted policy served) and adapted; when the
+        server's monitor noticed the drop and when its adapted policy served, in episodes
+        after the damage."""
+        damaged, before = self.episodes[self.damage_at :], _drops(self)
+        noticed = next(
+            (i for i, e in enumerate(damaged) if (e.monitor or {}).get("drops", 0) > before), None
+        )
+        adapted = None
+        if noticed is not None:
+            events = [(e.monitor or {}).get("last_event") or {} for e in damaged[noticed:]]
+            policy = next((e["policy_id"] for e in events if e.get("kind") == "adapted"), None)
+            adapted = next(
+                (i for i, e in enumerate(damaged) if i > noticed and e.policy_id == policy), None
+            )
+
+        def mean(episodes: list[EpisodeStats]) -> float | None:
+            return float(np.mean([e.episode_return for e in episodes])) if episodes else None
+
+        return {
+            "family": self.family,
+            "body": self.body,
+            "return_healthy": mean(self.episodes[: self.damage_at]),
+            "return_damaged": mean(damaged if adapted is None else damaged[:adapted]),
+            "return_adapted": None if adapted is None else mean(damaged[adapted:]),
+            "drop_noticed_after": None if noticed is None else noticed + 1,
+            "adapted_policy_from": None if adapted is None else adapted + 1,
+            "false_alarms": _drops(self),
+            "safe_actions": self.link["safe_actions"],
+        }
+
+
+def _drops(result: DeploymentResult) -> int:
+    """Drops the server's monitor noticed before the damage (false alarms)."""
+    healthy = result.episodes[: result.damage_at]
+    return int((healthy[-1].monitor or {}).get("drops", 0)) if healthy else 0
+
+
+def run_sim_robot_deployment(
+    endpoint: str,
+    family: str | Family,
+    body: Task,
+    damage_at: int,
+    episodes: int,
+    *,
+    horizon: int | None = None,
+    deadline_ms: float = 50.0,
+    server_public_key: bytes | None = None,
+    client_keys: tuple[bytes, bytes] | None = None,
+    seed: int = 0,
+    rate_hz: float | None = None,
+    on_episode: Callable[[str, EpisodeStats], None] | None = None,
+) -> DeploymentResult:
+    """One robot of a damage family deployed episode after episode, healthy until episode
+    ``damage_at`` and with ``body`` from there, never asking for an adaptation: the server
+    (``adaptctl serve --monitor``) has to notice the drop and adapt by itself.
+    ``on_episode(phase, stats)``: phase "healthy" or "damaged"."""
+    family = get_family(family) if isinstance(family, str) else family
+    body = family.validate(body)
+    healthy = family.task_space.make()
+    if not 0 < damage_at < episodes:
+        raise ValueError(f"--damage-at must lie in [1, {episodes}), got {damage_at}")
+    run = _Run(np.random.default_rng(seed), None if rate_hz is None else 1.0 / rate_hz)
+    with RobotClient(
+        endpoint,
+        deadline_ms,
+        server_public_key,
+        client_keys=client_keys,
+        name=f"sim-robot:{family.name}",
+    ) as client:
+        _check_layout(client, family)
+        horizon = _horizon(client, family, horizon)
+        simulator = family.make_simulator(1, 1)
+        played: list[EpisodeStats] = []
+        for index in range(episodes):
+            phase = "healthy" if index < damage_at else "damaged"
+            task = healthy if index < damage_at else body
+            stats = run.episode(client, simulator, task, horizon, "after", None)
+            if index == 0 and stats.monitor is None and stats.recorded:
+                raise ValueError(
+                    "the server runs no monitor: start it with 'adaptctl serve --monitor' so "
+                    "that it notices the damage and adapts by itself"
+                )
+            played.append(stats)
+            if on_episode is not None:
+                on_episode(phase, stats)
+        link = client.stats()._asdict()
+    return DeploymentResult(
+        family.name, task_to_dict(healthy), task_to_dict(body), damage_at, played, link
     )
 
 
