@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -296,6 +297,7 @@ def test_a_monitored_session_notices_a_drop_and_adapts_in_the_worker(artifact: P
         assert monitor["last_event"]["kind"] == "drop" and monitor["adaptation_due"]
         assert monitor["last_event"]["low"] == [first["episode"], receipt["episode"]]
         assert receipt["episode"] == first["episode"] + 1 == settings.window + 2
+        assert set(monitor) == documented_monitor_fields()
         deadline = time.monotonic() + 30  # K = 2 low episodes: the adaptation is due
         while lane.status()["adaptation_steps"] == 0 and time.monotonic() < deadline:
             robot.step(observation(), start=True)
@@ -313,6 +315,13 @@ def test_a_monitored_session_notices_a_drop_and_adapts_in_the_worker(artifact: P
         assert status["status"]["policy_id"] == monitor["last_event"]["policy_id"] != initial
         assert status["status"]["link"]["last_reports"]["adapt"]["accepted"]
         robot.close()
+
+
+def documented_monitor_fields() -> set[str]:
+    """The first column of docs/protocol.md's table of the ``monitor`` map."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()
+    table = doc.split("| `monitor` field |", 1)[1].split("\n\n", 1)[0]
+    return set(re.findall(r"^\| `(\w+)` \|", table, flags=re.MULTILINE))
 
 
 def test_an_unmonitored_session_says_nothing_of_a_monitor(peer: RawPeer) -> None:
