@@ -197,9 +197,10 @@ State = Literal["watching", "collecting"]
 class Recovery:
     """The controller's reaction to a drop (module doc); called after every finished episode.
 
-    The monitor watches one policy: an episode recorded by another one (an adaptation, reset
-    or swap made outside the monitor) starts it over, with that policy's returns as the
-    reference. With ``inline`` (the default) a recovery's adaptation runs inside
+    The monitor watches the policy that serves: an episode of a policy that no longer serves
+    (it ended after a change) is not watched, and the first episode of a policy the monitor
+    did not install (an adaptation, reset or swap made outside it) starts it over, with that
+    policy's returns as the reference. With ``inline`` (the default) a recovery's adaptation runs inside
     :meth:`episode_finished`; without, it is left ``due`` for the caller, who runs
     ``controller.adapt()`` off its acting path and hands the report to :meth:`adapted`
     (the link server's worker thread does).
@@ -222,6 +223,8 @@ class Recovery:
         """The policy whose returns the monitor watches."""
 
     def episode_finished(self, controller: Controller, episode: RecordedEpisode) -> None:
+        if episode.policy_id != controller.policy_id:
+            return  # played by a policy that no longer serves (it ended after a change)
         if episode.policy_id != self._policy:
             self._watch(episode.policy_id)  # changed outside the monitor: start over
         if self.state == "collecting":

@@ -317,6 +317,48 @@ def test_a_monitored_session_notices_a_drop_and_adapts_in_the_worker(artifact: P
         robot.close()
 
 
+def test_an_episode_of_the_old_policy_ending_after_the_recovery_is_not_watched(
+    artifact: Path,
+) -> None:
+    """An episode played wholly by the initialization while the monitor's adaptation ran ends
+    after the adapted policy is installed: it is not the adapted policy's, so it neither joins
+    its reference nor cancels the judgement of the step (here: reverted, as it earns less)."""
+    settings = MonitorSettings(window=4, decision_sd=5.0, min_sd=0.1)
+    lanes = Lanes(load_artifact(artifact), ControllerConfig(seed=0, monitor=settings))
+    with LinkServer(lanes, "tcp://127.0.0.1:*").start() as server:
+        robot = RawPeer(server.endpoint)
+        robot.hello()
+        lane = server.session_lane(robot.session)
+        assert lane is not None
+        adapt, initial = lane.adapt, lane.policy_id
+
+        def slow_adapt() -> Any:  # the real adaptation, taking at least 0.5 s
+            time.sleep(0.5)
+            return adapt()
+
+        lane.adapt = slow_adapt  # type: ignore[method-assign]
+        for _ in range(settings.window):
+            play(robot, [1.0, 1.0, 1.0])
+        play(robot, [-1.0, -1.0, -1.0])
+        receipt = play(robot, [-1.0, -1.0, -1.0])  # a drop, with K = 2 low episodes: due
+        assert receipt["monitor"]["adaptation_due"], receipt
+        acted, _ = robot.step(observation(), start=True)  # the old policy acts
+        assert acted["policy"] == initial and acted["adapting"], acted
+        deadline = time.monotonic() + 30
+        while lane.status()["adaptation_steps"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)  # the serving thread reports the job done
+        end = {"type": "episode_end", "session": robot.session, "reward": -1.0}
+        stale, _ = robot.call({**end, "terminated": False})
+        assert stale["recorded"] and stale["monitor"]["last_event"]["kind"] == "adapted", stale
+        assert stale["monitor"]["reference_episodes"] == 0  # not the adapted policy's
+        for _ in range(settings.window):
+            receipt = play(robot, [-2.0, -2.0, -2.0])  # below the batch the step was taken on
+        assert receipt["monitor"]["last_event"]["kind"] == "reverted", receipt["monitor"]
+        assert robot.step(observation(), start=True)[0]["policy"] == initial
+        robot.close()
+
+
 def documented_monitor_fields() -> set[str]:
     """The first column of docs/protocol.md's table of the ``monitor`` map."""
     doc = (Path(__file__).resolve().parents[1] / "docs" / "protocol.md").read_text()

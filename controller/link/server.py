@@ -365,6 +365,7 @@ class LinkServer:
         if message.type is MessageType.STEP:
             return self._on_step(message, session)
         if message.type is MessageType.EPISODE_END:
+            events_before = 0 if lane.recovery is None else len(lane.recovery.events)
             receipt = self._sessions.end_episode(
                 session,
                 read_reward(message),
@@ -374,6 +375,7 @@ class LinkServer:
             episodes_ready, batch_ready = lane.batch_progress()
             ready = {"episodes_ready": episodes_ready, "batch_ready": batch_ready}
             if lane.recovery is not None:
+                self._log_events(session, events_before)
                 self._recover(session)
                 ready["monitor"] = to_wire(lane.recovery.status())
             return {"type": MessageType.EPISODE, "seq": seq, **receipt, **ready}, ()
@@ -463,7 +465,7 @@ class LinkServer:
         if running is not None:
             raise ProtocolError(
                 ErrorCode.BUSY,
-                f"a {running} is running; retry when STATUS shows it done",
+                f"this session's {running} is running; retry when STATUS shows it done",
                 message.seq,
             )
         wait = message.fields.get("wait", True)
@@ -483,12 +485,28 @@ class LinkServer:
         episode = recovery.due
 
         def then(report: Any, error: BaseException | None) -> None:
+            seen = len(recovery.events)
             if error is None:
                 recovery.adapted(lane, report, episode)
             else:
                 recovery.adaptation_failed(lane, f"{type(error).__name__}: {error}", episode)
+            self._log_events(session, seen)
 
         self._worker.submit(Job(MessageType.ADAPT.value, session.id, lane.adapt, None, 0, then))
+
+    def _log_events(self, session: Session, since: int) -> None:
+        """Log the monitor events of ``session`` from index ``since`` on."""
+        assert session.lane.recovery is not None
+        for event in session.lane.recovery.events[since:]:
+            detail = event.get("reason") or f"low episodes {event.get('low')}"
+            log.info(
+                "monitor of lane %d (%r): %s after episode %s: %s",
+                session.stream,
+                session.client,
+                event["kind"],
+                event["episode"],
+                detail,
+            )
 
     def _busy(self) -> dict[str, str]:
         """Job key -> kind of every job queued or running, the pending swap's ("*") included."""
