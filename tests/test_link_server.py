@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -270,14 +271,26 @@ def test_steps_are_answered_while_an_adaptation_runs(server: LinkServer) -> None
     operator.close()
 
 
-def test_a_monitored_session_notices_a_drop_and_adapts_in_the_worker(artifact: Path) -> None:
-    settings = MonitorSettings(window=4, decision_sd=5.0, min_sd=0.1, revert_z=None)
+@contextlib.contextmanager
+def monitored(
+    artifact: Path, settings: MonitorSettings
+) -> Iterator[tuple[LinkServer, RawPeer, Controller]]:
+    """A server whose sessions run ``settings``' monitor, a robot in session, and its lane."""
     lanes = Lanes(load_artifact(artifact), ControllerConfig(seed=0, monitor=settings))
     with LinkServer(lanes, "tcp://127.0.0.1:*").start() as server:
         robot = RawPeer(server.endpoint)
         robot.hello()
         lane = server.session_lane(robot.session)
         assert lane is not None
+        try:
+            yield server, robot, lane
+        finally:
+            robot.close()
+
+
+def test_a_monitored_session_notices_a_drop_and_adapts_in_the_worker(artifact: Path) -> None:
+    settings = MonitorSettings(window=4, decision_sd=5.0, min_sd=0.1, revert_z=None)
+    with monitored(artifact, settings) as (server, robot, lane):
         adapt, threads = lane.adapt, []
 
         def adapt_here() -> Any:
@@ -314,7 +327,6 @@ def test_a_monitored_session_notices_a_drop_and_adapts_in_the_worker(artifact: P
         assert status["status"]["adaptation_steps"] == 1
         assert status["status"]["policy_id"] == monitor["last_event"]["policy_id"] != initial
         assert status["status"]["link"]["last_reports"]["adapt"]["accepted"]
-        robot.close()
 
 
 def test_an_episode_of_the_old_policy_ending_after_the_recovery_is_not_watched(
@@ -324,12 +336,7 @@ def test_an_episode_of_the_old_policy_ending_after_the_recovery_is_not_watched(
     after the adapted policy is installed: it is not the adapted policy's, so it neither joins
     its reference nor cancels the judgement of the step (here: reverted, as it earns less)."""
     settings = MonitorSettings(window=4, decision_sd=5.0, min_sd=0.1)
-    lanes = Lanes(load_artifact(artifact), ControllerConfig(seed=0, monitor=settings))
-    with LinkServer(lanes, "tcp://127.0.0.1:*").start() as server:
-        robot = RawPeer(server.endpoint)
-        robot.hello()
-        lane = server.session_lane(robot.session)
-        assert lane is not None
+    with monitored(artifact, settings) as (_, robot, lane):
         adapt, initial = lane.adapt, lane.policy_id
 
         def slow_adapt() -> Any:  # the real adaptation, taking at least 0.5 s
@@ -356,7 +363,6 @@ def test_an_episode_of_the_old_policy_ending_after_the_recovery_is_not_watched(
             receipt = play(robot, [-2.0, -2.0, -2.0])  # below the batch the step was taken on
         assert receipt["monitor"]["last_event"]["kind"] == "reverted", receipt["monitor"]
         assert robot.step(observation(), start=True)[0]["policy"] == initial
-        robot.close()
 
 
 def documented_monitor_fields() -> set[str]:

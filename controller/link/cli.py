@@ -221,8 +221,16 @@ def sim_robot_main(args: argparse.Namespace) -> int:
             from sim.families import get_family
 
             task = body_from_args(args, get_family(family))
+        robot = {
+            "horizon": args.horizon,
+            "deadline_ms": args.deadline_ms,
+            "server_public_key": server_key,
+            "client_keys": client_keys,
+            "seed": args.seed,
+            "rate_hz": args.rate_hz,
+        }
         if args.damage_at is not None:
-            return _deploy(args, family, task, server_key, client_keys)
+            return _deploy(args, family, task, robot)
         result = run_sim_robot(
             args.connect,
             family,
@@ -230,17 +238,16 @@ def sim_robot_main(args: argparse.Namespace) -> int:
             args.episodes,
             adapted_episodes=args.adapted_episodes,
             adapt_steps=args.steps,
-            horizon=args.horizon,
-            deadline_ms=args.deadline_ms,
-            server_public_key=server_key,
-            client_keys=client_keys,
-            seed=args.seed,
-            rate_hz=args.rate_hz,
             duration_s=args.duration_s,
+            **robot,
         )
     except (ValueError, LinkError) as error:  # a task outside the family's range, no server
         raise SystemExit(f"adaptctl sim-robot: {error}") from None
-    summary = result.summary()
+    return _print_result(args, result.summary(), result)
+
+
+def _print_result(args: argparse.Namespace, summary: dict[str, Any], result: Any) -> int:
+    """The summary, a line per entry, or with ``--json`` the summary and the whole result."""
     if args.json:
         print(json.dumps({**summary, "result": to_wire(result)}, indent=2))
     else:
@@ -249,14 +256,9 @@ def sim_robot_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _deploy(
-    args: argparse.Namespace,
-    family: str,
-    body: Any,
-    server_key: bytes | None,
-    client_keys: tuple[bytes, bytes] | None,
-) -> int:
-    """``sim-robot --damage-at``: print each episode as it ends, then the summary."""
+def _deploy(args: argparse.Namespace, family: str, body: Any, robot: dict[str, Any]) -> int:
+    """``sim-robot --damage-at``: print each episode as it ends, then the summary; ``robot``:
+    the keyword arguments sim-robot gives every run (link, pace, seed)."""
     from controller.link.sim_robot import EpisodeStats, run_sim_robot_deployment
 
     def show(phase: str, stats: EpisodeStats) -> None:
@@ -275,21 +277,10 @@ def _deploy(
         body,
         args.damage_at,
         args.damage_at + adapted,
-        horizon=args.horizon,
-        deadline_ms=args.deadline_ms,
-        server_public_key=server_key,
-        client_keys=client_keys,
-        seed=args.seed,
-        rate_hz=args.rate_hz,
         on_episode=None if args.json else show,
+        **robot,
     )
-    summary = result.summary()
-    if args.json:
-        print(json.dumps({**summary, "result": to_wire(result)}, indent=2))
-    else:
-        for key, value in summary.items():
-            print(f"{key:>24}: {value}")
-    return 0
+    return _print_result(args, result.summary(), result)
 
 
 def main(argv: list[str] | None = None) -> int:

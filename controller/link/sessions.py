@@ -275,8 +275,8 @@ class SessionTable:
         steps = session.episode_steps + 1
         episode = self._finish(session, reward, terminated)
         if episode is None:
-            reason = session.lane.drop_reason(0)
-            return {"recorded": False, "steps": 0, "reason": reason, "episode": None}
+            dropped = session.lane.drop_reason(0)
+            return {"recorded": False, "steps": 0, "reason": dropped, "episode": None}
         return {"recorded": True, "steps": steps, "reason": None, "episode": episode.episode_id}
 
     def drop_episode(self, session: Session, why: str) -> int:

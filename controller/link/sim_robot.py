@@ -24,7 +24,7 @@ from controller.link.protocol import ErrorCode
 from sim.episodes import most_episodes
 from sim.families import Family, get_family
 from sim.simulator import Simulator
-from sim.tasks import Task, VelocityTask, task_to_dict
+from sim.tasks import BodySpace, Task, VelocityTask, task_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -299,8 +299,13 @@ def run_sim_robot_deployment(
     (``adaptctl serve --monitor``) has to notice the drop and adapt by itself.
     ``on_episode(phase, stats)``: phase "healthy" or "damaged"."""
     family = get_family(family) if isinstance(family, str) else family
+    space = family.task_space
+    if not isinstance(space, BodySpace):
+        raise ValueError(
+            f"--damage-at needs a damage family's server; this one serves {family.name}"
+        )
     body = family.validate(body)
-    healthy = family.task_space.make()
+    healthy = space.make()
     if not 0 < damage_at < episodes:
         raise ValueError(f"--damage-at must lie in [1, {episodes}), got {damage_at}")
     run = _Run(np.random.default_rng(seed), None if rate_hz is None else 1.0 / rate_hz)
