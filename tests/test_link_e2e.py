@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -171,3 +172,44 @@ def test_a_meta_trained_artifact_tracks_the_target_velocity_better_after_adaptin
     summary = result.summary()
     assert summary["adaptations_accepted"] == 1, result.adapt_reports
     assert summary["velocity_error_after"] < summary["velocity_error_before"], summary
+
+
+def test_a_monitoring_server_process_recovers_a_damaged_sim_robot_process(tmp_path: Path) -> None:
+    """``adaptctl serve --monitor`` and ``adaptctl sim-robot --damage-at``, as a user runs them
+    (short episodes and a small K and window, so that it takes seconds)."""
+    usable, reason = finished_artifact("cheetah_damage")
+    if not usable:
+        pytest.skip(reason)
+    endpoint = free_tcp_endpoint()
+    monitor = ("--set", "episodes_per_step=4", "--set", "monitor={window: 8, revert_z: null}")
+    monitor += ("--set", "seed=0")
+    shipped = REPO / "artifacts" / "cheetah_damage"
+    with server_process(shipped, endpoint, tmp_path / "journal", "--monitor", *monitor):
+        deployment = ("--damage-at", "12", "--adapted-episodes", "12", "--horizon", "50")
+        body = ("--motor", "bthigh=0", "--motor", "fthigh=0")
+        robot = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "controller.link",
+                "sim-robot",
+                "--connect",
+                endpoint,
+                *deployment,
+                *body,
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    assert robot.returncode == 0, robot.stderr
+    lines = robot.stdout.splitlines()
+    assert sum(line.lstrip().startswith("healthy return") for line in lines) == 12
+    summary = dict(line.strip().split(": ", 1) for line in lines if ": " in line)
+    assert summary["false_alarms"] == "0", robot.stdout
+    assert int(summary["drop_noticed_after"]) <= 4, robot.stdout
+    log = (tmp_path / "server.log").read_text()
+    assert "('sim-robot:cheetah_damage'): drop after episode" in log, log
+    # K = 4 episodes make a noisy step that the KL bound may refuse; either way the server took it
+    assert re.search(r"cheetah_damage'\): (adapted|rejected) after episode", log), log
