@@ -3,7 +3,8 @@
 One serving thread owns the socket and answers every request in arrival order: HELLO, STEP
 (record the previous transition, act, reply), EPISODE_END, STATUS and BYE inline; ADAPT and
 RESET go to a worker thread, so step requests keep being answered by the current policy while
-the controller builds the next one off the serving path (controller/runtime.py). A reply to a
+the controller builds the next one off the serving path (controller/runtime.py); so does the
+adaptation a session's monitor makes due (``--monitor``: controller/monitor.py, ``Recovery``). A reply to a
 waiting ADAPT/RESET is sent when the worker finishes; a pipe wakes the serving thread's poll.
 SWAP is verified in a child process (controller/verifier.py) while this thread keeps serving;
 when the child answers (its pipe in the same poll) and no job is queued or running, this thread
@@ -565,7 +566,10 @@ class LinkServer:
             kept = report if error is None else {"error": str(error)}
             self._reports.setdefault(job.key, {})[job.kind] = kept
             if job.then is not None:
-                job.then(result, error)
+                try:
+                    job.then(result, error)
+                except Exception:  # the serving thread carries on (a session closed meanwhile)
+                    log.exception("after the %s of %s", job.kind, shown(job.key))
             if job.reply_to is None:
                 continue
             if error is not None:
