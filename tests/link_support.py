@@ -141,6 +141,16 @@ def server_process(
         process.wait(timeout=10)
 
 
+def sim_robot_process(
+    endpoint: str, *args: str, timeout_s: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python -m controller.link sim-robot --connect ENDPOINT ARGS...``, run to its end."""
+    command = [sys.executable, "-m", "controller.link", "sim-robot", "--connect", endpoint]
+    return subprocess.run(
+        [*command, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout_s
+    )
+
+
 def wait_for_line(process: subprocess.Popen[str], text: str, timeout_s: float = 30) -> str:
     """Read the process's output until a line contains ``text``; the output read so far."""
     assert process.stdout is not None

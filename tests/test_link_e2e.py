@@ -6,8 +6,6 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from link_support import (
     family_artifact,
     python_process,
     server_process,
+    sim_robot_process,
     wait_for_line,
 )
 from shipped import finished_artifact
@@ -42,28 +41,10 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_sim_robot_process_adapts_through_a_server_process(artifact: Path, tmp_path: Path) -> None:
     endpoint = free_tcp_endpoint()
     with server_process(artifact, endpoint, tmp_path / "journal"):
-        robot = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "controller.link",
-                "sim-robot",
-                "--connect",
-                endpoint,
-                "--target-velocity",
-                "1.0",
-                "--episodes",
-                "2",
-                "--adapted-episodes",
-                "2",
-                "--horizon",
-                str(HORIZON),
-                "--json",
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        robot = sim_robot_process(
+            endpoint,
+            *("--target-velocity", "1.0", "--episodes", "2", "--adapted-episodes", "2"),
+            *("--horizon", str(HORIZON), "--json"),
         )
     assert robot.returncode == 0, robot.stderr
     result = json.loads(robot.stdout)
@@ -187,22 +168,7 @@ def test_a_monitoring_server_process_recovers_a_damaged_sim_robot_process(tmp_pa
     with server_process(shipped, endpoint, tmp_path / "journal", "--monitor", *monitor):
         deployment = ("--damage-at", "12", "--adapted-episodes", "12", "--horizon", "50")
         body = ("--motor", "bthigh=0", "--motor", "fthigh=0")
-        robot = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "controller.link",
-                "sim-robot",
-                "--connect",
-                endpoint,
-                *deployment,
-                *body,
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        robot = sim_robot_process(endpoint, *deployment, *body, timeout_s=180)
     assert robot.returncode == 0, robot.stderr
     lines = robot.stdout.splitlines()
     assert sum(line.lstrip().startswith("healthy return") for line in lines) == 12

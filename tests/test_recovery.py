@@ -188,39 +188,16 @@ def test_evaluation_draws_held_out_bodies_inside_and_outside_the_training_range(
 
 @pytest.mark.timeout(240)
 def test_sim_robot_takes_the_body_flags(artifact: Path, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    from link_support import REPO, server_process
+    from link_support import server_process, sim_robot_process
 
     from controller.link.server import free_tcp_endpoint
 
     endpoint = free_tcp_endpoint()
     with server_process(artifact, endpoint, tmp_path / "journal", "--set", "max_kl=1e6"):
-        robot = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "controller.link",
-                "sim-robot",
-                "--connect",
-                endpoint,
-                "--motor",
-                "bthigh=0",
-                "--payload",
-                "1.5",
-                "--friction",
-                "0.5",
-                "--episodes",
-                str(K),
-                "--adapted-episodes",
-                "1",
-                "--json",
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        robot = sim_robot_process(
+            endpoint,
+            *("--motor", "bthigh=0", "--payload", "1.5", "--friction", "0.5"),
+            *("--episodes", str(K), "--adapted-episodes", "1", "--json"),
         )
     assert robot.returncode == 0, robot.stderr
     result = json.loads(robot.stdout)
