@@ -7,6 +7,8 @@ policy-gradient step ``theta' = theta - step_size * grad L(theta)``, ``step_size
 paper's α. :func:`adapt` is the single implementation of that step: meta-training's inner loop
 calls it with ``create_graph=True`` (second-order MAML) and the runtime controller with
 ``create_graph=False``. K, the episodes one step uses, is ``episodes_per_step`` everywhere.
+The step may change only some of the parameters (``AdaptationSettings.adapted_parameters``);
+the others keep their meta-trained values, and meta-training differentiates the same step.
 
 Returns, baseline and advantages are computed in numpy float64 (small, exact linear algebra,
 as rllab does); the :class:`TaskBatch` handed to the learner is float32 torch.
@@ -14,11 +16,20 @@ as rllab does); the :class:`TaskBatch` handed to the learner is float32 torch.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    field_validator,
+)
 
 from controller.policy import Params, PolicySpec, log_prob
 
@@ -56,6 +67,25 @@ class AdaptationSettings(BaseModel):
         default=5,
         description="Fits tried, the ridge coefficient x10 after each non-finite one (rllab).",
     )
+    adapted_parameters: tuple[str, ...] | None = Field(
+        default=None,
+        description="Names of the policy parameters the step changes, the others keeping "
+        "their meta-trained values; None: all (the paper). ['hidden.0.bias'] adapts the first "
+        "layer's biases, where an oracle's task features enter its first layer (CAVIA, "
+        "Zintgraf et al. 2019, adapts such an input context); ['mean.weight', 'mean.bias'] "
+        "the output layer (ANIL, Raghu et al. 2020). Names: controller.policy.PolicySpec."
+        "parameter_shapes.",
+    )
+
+    @field_validator("adapted_parameters")
+    @classmethod
+    def _some_distinct(cls, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if names is not None:
+            if not names:
+                raise ValueError("adapted_parameters is empty: the step would change nothing")
+            if len(set(names)) != len(names):
+                raise ValueError(f"adapted_parameters names a parameter twice: {list(names)}")
+        return names
 
     def step_size_at(self, step_index: int) -> float:
         """α of test-time gradient step ``step_index`` (0-based): step_size, then later_step_size."""
@@ -225,26 +255,37 @@ def adapt(
     batch: TaskBatch,
     step_size: float,
     create_graph: bool = False,
+    parameters: Collection[str] | None = None,
 ) -> Params:
     """THE adaptation step: theta' = theta - step_size * grad L(theta), L the REINFORCE loss.
 
     ``step_size`` is α (:attr:`AdaptationSettings.step_size`, or ``step_size_at(i)`` for test
-    step i).
+    step i). ``parameters`` (:attr:`AdaptationSettings.adapted_parameters`): the names the
+    step changes; the others are returned as given. None: all.
 
     With ``create_graph=True`` the result stays a differentiable function of ``params``
     (which must require grad), so a meta-gradient can flow through it (second-order MAML).
     With ``False`` no graph is kept and the result is detached: the cheap runtime form.
     """
+    names = list(params) if parameters is None else list(parameters)
+    unknown = [name for name in names if name not in params]
+    if unknown or not names:
+        raise ValueError(
+            f"adapted parameters {unknown or names} are not among the policy's: {list(params)}"
+        )
     if create_graph:
         if not all(p.requires_grad for p in params.values()):
             raise ValueError("adapt(create_graph=True) needs parameters that require grad")
         inputs = params
     else:
-        inputs = {name: p.detach().requires_grad_(True) for name, p in params.items()}
+        inputs = {name: p.detach().requires_grad_(name in names) for name, p in params.items()}
     with torch.enable_grad():
         loss = policy_gradient_loss(spec, inputs, batch)
-        grads = torch.autograd.grad(loss, list(inputs.values()), create_graph=create_graph)
-    adapted = {name: p - step_size * g for (name, p), g in zip(inputs.items(), grads, strict=True)}
+        grads = torch.autograd.grad(loss, [inputs[n] for n in names], create_graph=create_graph)
+    steps = dict(zip(names, grads, strict=True))
+    adapted = {
+        name: p - step_size * steps[name] if name in steps else p for name, p in inputs.items()
+    }
     if not create_graph:
         adapted = {name: p.detach() for name, p in adapted.items()}
     return adapted

@@ -76,7 +76,13 @@ def adapted_policy(
     padded = pad_episodes(episodes, metadata.adaptation.horizon)
     batch = batch_from_arrays(*padded, metadata.adaptation.settings)
     clock.append(time.perf_counter())
-    params = adaptation_step(spec, serving.params, batch, step_size)
+    params = adaptation_step(
+        spec,
+        serving.params,
+        batch,
+        step_size,
+        parameters=metadata.adaptation.settings.adapted_parameters,
+    )
     clock.append(time.perf_counter())
     new, reason = _built_checked(params, serving.generation + 1, build)
     clock.append(time.perf_counter())

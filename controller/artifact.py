@@ -34,7 +34,10 @@ from controller.policy import Params, PolicySpec
 from controller.serving import policy_to_onnx, verify_onnx_matches
 
 FORMAT_NAME: Final = "adaptctl-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest version this module reads. It writes the lowest one that holds the artifact:
+1, unless the adaptation step changes only some parameters (``adapted_parameters``, added in 2),
+so that an artifact a version-1 reader can use stays readable by it."""
 ONNX_FILE = "policy.onnx"
 PARAMS_FILE = "params.safetensors"
 METADATA_FILE = "metadata.json"
@@ -205,9 +208,12 @@ def save_artifact(
         ONNX_FILE: policy_to_onnx(spec, tensors).SerializeToString(),
         PARAMS_FILE: safetensors.torch.save(tensors),
     }
+    restricted = adaptation.settings.adapted_parameters is not None
+    if restricted:
+        _check_adapted_names(spec, adaptation.settings, "the adaptation given to save_artifact")
     metadata = ArtifactMetadata(
         format=FORMAT_NAME,
-        format_version=FORMAT_VERSION,
+        format_version=2 if restricted else 1,
         family=family,
         layout=layout,
         policy=spec,
@@ -217,6 +223,8 @@ def save_artifact(
         files={n: FileRecord(size=len(b), sha256=_sha256(b)) for n, b in contents.items()},
     )
     payload = json.loads(metadata.model_dump_json())
+    if not restricted:  # not a field of format version 1
+        del payload["adaptation"]["settings"]["adapted_parameters"]
     document = {**payload, "digest": _sha256(_canonical(payload))}
     contents[METADATA_FILE] = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -273,12 +281,23 @@ def load_artifact(path: str | Path, verify_onnx: bool = True) -> Artifact:
             )
     params = _parse_params(path / PARAMS_FILE, contents[PARAMS_FILE])
     _check_params(metadata.policy, params, str(path / PARAMS_FILE))
+    _check_adapted_names(metadata.policy, metadata.adaptation.settings, str(path / METADATA_FILE))
     if verify_onnx:
         try:
             verify_onnx_matches(metadata.policy, params, contents[ONNX_FILE])
         except ValueError as error:
             raise ArtifactError(f"{path / ONNX_FILE}: {error}") from error
     return Artifact(path, metadata, digest, params, contents[ONNX_FILE])
+
+
+def _check_adapted_names(spec: PolicySpec, settings: AdaptationSettings, where: str) -> None:
+    names = settings.adapted_parameters or ()
+    unknown = [name for name in names if name not in spec.parameter_shapes]
+    if unknown:
+        raise ArtifactError(
+            f"{where}: adapted_parameters {unknown} are not parameters of the policy "
+            f"({', '.join(spec.parameter_shapes)})"
+        )
 
 
 def _read_metadata(path: Path) -> tuple[ArtifactMetadata, str]:
@@ -304,6 +323,12 @@ def _read_metadata(path: Path) -> tuple[ArtifactMetadata, str]:
         raise ArtifactError(
             f"{file} does not match its digest: the metadata was edited after export "
             "(re-export the artifact instead of editing it)"
+        )
+    settings = (document.get("adaptation") or {}).get("settings") or {}
+    if version < 2 and isinstance(settings, dict) and "adapted_parameters" in settings:
+        raise ArtifactError(
+            f"{file} has adaptation.settings.adapted_parameters, which format version "
+            f"{version} does not have (it came in version 2)"
         )
     try:
         return ArtifactMetadata.model_validate(document), str(digest)

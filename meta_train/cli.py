@@ -152,7 +152,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             tasks,
             episodes_per_step,
             sizes,
-            config.adaptation,
+            # the paper's comparator: every parameter fine-tuned, whatever MAML adapts
+            config.adaptation.model_copy(update={"adapted_parameters": None}),
             seed=cfg.task_seed + 1,
             horizon=config.horizon,
             batch_unit=config.batch_unit,

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from controller.adaptation import AdaptationSettings
+from controller.policy import PolicySpec
 from meta_train.objective import MetaSettings
 from sim.episodes import BatchUnit
 
@@ -183,6 +184,30 @@ class TrainConfig(_Frozen):
             raise ValueError(
                 f"meta.inner_steps applies to mode 'maml' only; mode '{self.mode}' trains one "
                 "policy without adaptation"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _adapted_parameters_exist(self) -> TrainConfig:
+        names = self.meta.adaptation.adapted_parameters
+        if names is None:
+            return self
+        # The names depend on the layers only (controller.policy.PolicySpec.parameter_shapes).
+        known = list(
+            PolicySpec(
+                observation_size=1, action_size=1, hidden_sizes=self.policy.hidden_sizes
+            ).parameter_shapes
+        )
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ValueError(
+                f"meta.adaptation.adapted_parameters {unknown} are not parameters of this "
+                f"policy; its parameters: {known}"
+            )
+        if self.mode != "maml":
+            raise ValueError(
+                "meta.adaptation.adapted_parameters applies to mode 'maml' only (a comparator "
+                "is fine-tuned in every parameter)"
             )
         return self
 

@@ -6,7 +6,8 @@ pi_old's parameters, where the KL has zero gradient; so its Hessian is exactly J
 with F_i the KL Hessian (Fisher) at theta_n and J_i = d theta_n / d theta = J_{n-1} ... J_0 the
 product of the inner steps' Jacobians J_k = I - α H_k (α the inner step size, ``step_size``),
 each symmetric (H_k the Hessian of the REINFORCE loss of step k), though their product is not
-for n > 1. ``hvp="exact"`` computes
+for n > 1. A step that changes only some parameters (``adapted_parameters``) has
+J_k = I - α P H_k, P the projection on them, and J_k^T = I - α H_k P. ``hvp="exact"`` computes
 that product in closed form (:mod:`meta_train.derivatives`: forward-mode tangents and the
 R-operator through the MLP, its forward and backward passes computed once per meta-step),
 without the third derivatives the paper's finite differences were chosen to avoid;
@@ -88,7 +89,14 @@ def kl_hvp(
                 steps.append(derivatives.loss_curvature(spec, point, *pack_steps(batch)[:3]))
         observations = pack_steps(valid_i).observations
         fisher = derivatives.forward(spec, detached(chain[-1]), observations)
-        tasks.append(_TaskCurvature(steps, fisher, settings.adaptation.step_size))
+        tasks.append(
+            _TaskCurvature(
+                steps,
+                fisher,
+                settings.adaptation.step_size,
+                settings.adaptation.adapted_parameters,
+            )
+        )
     return _gauss_newton_hvp(spec, theta, tasks, num_valid, per_task)
 
 
@@ -101,6 +109,8 @@ class _TaskCurvature:
     fisher: derivatives.Forward
     """The policy at theta_n on the valid steps (pi_old)."""
     step_size: float
+    adapted: tuple[str, ...] | None = None
+    """The parameters each inner step changes (None: all)."""
 
 
 def _first_rows(batch: TaskBatch, fraction: float) -> TaskBatch:
@@ -127,7 +137,7 @@ def _gauss_newton_hvp(
         for task in tasks:
             u = _through_steps(spec, task, task.steps, v)  # J v
             fu = derivatives.kl_hessian_product(spec, task.fisher, u, 1.0 / num_valid)
-            w = _through_steps(spec, task, task.steps[::-1], fu)  # J^T F J v
+            w = _through_steps(spec, task, task.steps[::-1], fu, transposed=True)  # J^T F J v
             rows.append(torch.cat([w[name].reshape(-1) for name in theta]))
         if per_task:
             return torch.stack(rows)
@@ -150,14 +160,24 @@ def _through_steps(
     task: _TaskCurvature,
     steps: Sequence[derivatives.LossCurvature],
     vector: Params,
+    transposed: bool = False,
 ) -> Params:
-    """J_{last} ... J_{first} vector for the steps in the order given, J_k = I - α H_k.
-
-    Each J_k is symmetric: in order this gives J v, reversed J^T w.
+    """J_{last} ... J_{first} vector for the steps in the order given, J_k = I - α P H_k with P
+    the projection on the adapted parameters (the identity when all are); ``transposed``: each
+    J_k^T = I - α H_k P instead. In order this gives J v; reversed and transposed, J^T w.
     """
+    adapted = set(vector) if task.adapted is None else set(task.adapted)
     for step in steps:
-        hessian_v = derivatives.loss_hessian_product(spec, step, vector)
-        vector = {name: vector[name] - task.step_size * hessian_v[name] for name in vector}
+        if transposed:
+            projected = {n: v if n in adapted else torch.zeros_like(v) for n, v in vector.items()}
+            hessian_v = derivatives.loss_hessian_product(spec, step, projected)
+            vector = {n: vector[n] - task.step_size * hessian_v[n] for n in vector}
+        else:
+            hessian_v = derivatives.loss_hessian_product(spec, step, vector)
+            vector = {
+                n: vector[n] - task.step_size * hessian_v[n] if n in adapted else vector[n]
+                for n in vector
+            }
     return vector
 
 
@@ -188,7 +208,12 @@ def _kl_gradient_fn(
                     adapted = {n: chain_i[-1][n].detach() + point[n] - origin[n] for n in point}
                 else:
                     adapted = inner_chain(
-                        spec, point, train_i, settings.adaptation.step_size, first_order=False
+                        spec,
+                        point,
+                        train_i,
+                        settings.adaptation.step_size,
+                        first_order=False,
+                        parameters=settings.adaptation.adapted_parameters,
                     )[-1]
                 _, kl_sum = valid_objectives(spec, adapted, valid_i, old_i)
                 grads = torch.autograd.grad(kl_sum / num_valid, list(point.values()))

@@ -104,7 +104,13 @@ def evaluate_method(
         stats.append(velocity_stats(episodes))
         if step < len(step_sizes):
             per_task = [
-                adapt(spec, per_task[i], task_batch(episodes, i, settings), step_sizes[step])
+                adapt(
+                    spec,
+                    per_task[i],
+                    task_batch(episodes, i, settings),
+                    step_sizes[step],
+                    parameters=settings.adapted_parameters,
+                )
                 for i in range(len(tasks))
             ]
     known = [x for x in stats if x is not None]

@@ -116,7 +116,9 @@ def adaptation_kls(
     kls = []
     for i in range(num_tasks):
         batch = task_batch(episodes, i, settings)
-        adapted = adapt(spec, params, batch, settings.step_size)
+        adapted = adapt(
+            spec, params, batch, settings.step_size, parameters=settings.adapted_parameters
+        )
         with torch.no_grad():
             kl = kl_divergence(spec, params, adapted, batch.observations)
         kls.append(float((kl * batch.valid).sum() / batch.valid.sum()))

@@ -119,15 +119,19 @@ def inner_chain(
     step_size: float,
     first_order: bool,
     create_graph: bool = True,
+    parameters: Sequence[str] | None = None,
 ) -> InnerChain:
-    """[theta_1, ..., theta_n] of one task: theta_{k+1} = adapt(theta_k, train[k], step_size).
+    """[theta_1, ..., theta_n] of one task: theta_{k+1} = adapt(theta_k, train[k], step_size),
+    each step changing ``parameters`` (None: all; ``AdaptationSettings.adapted_parameters``).
 
     As functions of ``params``: through every inner gradient (second order), with derivative I
     (``first_order``), or not at all (``create_graph=False``: detached values).
     """
     chain, current = [], params
     for batch in train:
-        current = adapt(spec, current, batch, step_size, create_graph and not first_order)
+        current = adapt(
+            spec, current, batch, step_size, create_graph and not first_order, parameters
+        )
         chain.append(current)
     if create_graph and first_order:
         # Value theta_k, derivative I: the first-order approximation (Finn et al. 2017, sec. 5.2).
@@ -150,7 +154,12 @@ def meta_objective(
     surrogates, kl_total = [], params["log_std"].new_zeros(())
     for train_i, valid_i, old_i in zip(task_rounds(train, settings), valid, old, strict=True):
         adapted = inner_chain(
-            spec, params, train_i, settings.adaptation.step_size, settings.first_order
+            spec,
+            params,
+            train_i,
+            settings.adaptation.step_size,
+            settings.first_order,
+            parameters=settings.adaptation.adapted_parameters,
         )[-1]
         surrogate, kl_sum = valid_objectives(spec, adapted, valid_i, old_i)
         surrogates.append(surrogate)
@@ -183,6 +192,7 @@ def adapted_params_for_tasks(
             settings.adaptation.step_size,
             first_order=False,
             create_graph=False,
+            parameters=settings.adaptation.adapted_parameters,
         )[-1]
         for i in range(rounds[0].num_tasks)
     ]

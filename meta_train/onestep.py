@@ -57,7 +57,13 @@ def one_step_report(
     sampler = BatchSampler(family, threads)
     before = sampler.sample(tasks, episodes_per_step, SamplingPolicy(spec, params, seed), seed + 1)
     adapted = [
-        adapt(spec, params, task_batch(before, i, settings), settings.step_size)
+        adapt(
+            spec,
+            params,
+            task_batch(before, i, settings),
+            settings.step_size,
+            parameters=settings.adapted_parameters,
+        )
         for i in range(num_tasks)
     ]
     stacked = stack_params(adapted)

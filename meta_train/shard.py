@@ -340,7 +340,14 @@ def _task_gradient(
 ) -> tuple[torch.Tensor, float, InnerChain, OldPolicy]:
     """One task's gradient [P] of its surrogate / ``num_tasks`` at theta, that value, its chain
     theta_1..theta_n (values, no graph) and pi_old."""
-    chain = inner_chain(spec, theta, train_i, settings.adaptation.step_size, settings.first_order)
+    chain = inner_chain(
+        spec,
+        theta,
+        train_i,
+        settings.adaptation.step_size,
+        settings.first_order,
+        parameters=settings.adaptation.adapted_parameters,
+    )
     old = old_policy(spec, chain[-1], valid_i)
     surrogate, _ = valid_objectives(spec, chain[-1], valid_i, old)
     surrogate = surrogate / num_tasks
@@ -365,6 +372,7 @@ def _task_line_values(
         settings.adaptation.step_size,
         first_order=False,
         create_graph=False,
+        parameters=settings.adaptation.adapted_parameters,
     )[-1]
     with torch.no_grad():
         surrogate, kl_sum = valid_objectives(spec, adapted, valid_i, old_i)

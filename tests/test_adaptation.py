@@ -241,3 +241,32 @@ def test_adapt_with_graph_is_differentiable_and_equal_in_value() -> None:
         torch.testing.assert_close(adapted[name].detach(), cheap[name])
     (grad,) = torch.autograd.grad(adapted["mean.bias"].sum(), leaves["hidden.0.weight"])
     assert grad.abs().sum() > 0  # d theta'/d theta has second-order terms off the diagonal
+
+
+def test_a_restricted_step_changes_only_the_named_parameters() -> None:
+    batch = task_batch(_episodes(), 0, AdaptationSettings())
+    params = init_params(SPEC, 2)
+    full = adapt(SPEC, params, batch, 0.1)
+    only = ("hidden.0.bias", "log_std")
+    partial = adapt(SPEC, params, batch, 0.1, parameters=only)
+    for name in params:
+        # The named ones take the full step's values (the gradient is the same); the rest stay.
+        expected = full[name] if name in only else params[name]
+        torch.testing.assert_close(partial[name], expected, rtol=0, atol=0)
+        assert not partial[name].requires_grad
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    graph = adapt(SPEC, leaves, batch, 0.1, create_graph=True, parameters=only)
+    assert graph["mean.weight"] is leaves["mean.weight"]  # identity: derivative I
+    (grad,) = torch.autograd.grad(graph["hidden.0.bias"].sum(), leaves["mean.weight"])
+    assert grad.abs().sum() > 0  # the adapted ones depend on the others (second order)
+    for bad in (("hidden.7.bias",), ()):
+        with pytest.raises(ValueError, match="not among the policy's"):
+            adapt(SPEC, params, batch, 0.1, parameters=bad)
+
+
+def test_adapted_parameters_setting_is_checked() -> None:
+    assert AdaptationSettings().adapted_parameters is None
+    with pytest.raises(pydantic.ValidationError, match="empty"):
+        AdaptationSettings(adapted_parameters=())
+    with pytest.raises(pydantic.ValidationError, match="twice"):
+        AdaptationSettings(adapted_parameters=("log_std", "log_std"))

@@ -88,7 +88,7 @@ def test_round_trip_keeps_params_and_metadata(tmp_path: Path) -> None:
         "policy.onnx",
     ]
     assert loaded.digest == saved.digest and len(loaded.digest) == 64
-    assert loaded.metadata.format_version == FORMAT_VERSION
+    assert loaded.metadata.format_version == 1  # every parameter adapts: a version-1 artifact
     assert loaded.spec == spec and loaded.layout == layout()
     assert loaded.metadata.adaptation == ADAPTATION
     for name, value in params.items():
@@ -230,3 +230,42 @@ def test_save_refuses_bad_input(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="differ from the layout"):
         save_artifact(tmp_path / "s", small, init_params(small, 0), **kwargs)  # type: ignore[arg-type]
     assert not (tmp_path / "n").exists() and not (tmp_path / "s").exists()
+
+
+def test_a_restricted_step_is_a_version_2_artifact_and_its_names_are_checked(
+    tmp_path: Path,
+) -> None:
+    spec = PolicySpec(observation_size=OBS, action_size=ACT, hidden_sizes=(16, 8))
+    only = AdaptationSettings(adapted_parameters=("hidden.0.bias",))
+    adaptation = ADAPTATION.model_copy(update={"settings": only})
+    save_artifact(
+        tmp_path / "a",
+        spec,
+        init_params(spec, 3),
+        family="f",
+        layout=layout(),
+        adaptation=adaptation,
+    )
+    loaded = load_artifact(tmp_path / "a")
+    assert loaded.metadata.format_version == 2 == FORMAT_VERSION
+    assert loaded.metadata.adaptation.settings.adapted_parameters == ("hidden.0.bias",)
+    # Version 1 has no such field: a reader of version 1 refuses the artifact instead of
+    # adapting every parameter, and so does this one when the version says 1.
+    rewrite_metadata(tmp_path / "a", {"format_version": 1})
+    with pytest.raises(ArtifactError, match="came in version 2"):
+        load_artifact(tmp_path / "a")
+    bad = ADAPTATION.model_copy(
+        update={"settings": AdaptationSettings(adapted_parameters=("hidden.5.bias",))}
+    )
+    with pytest.raises(ArtifactError, match=r"\['hidden.5.bias'\] are not parameters"):
+        save_artifact(
+            tmp_path / "b", spec, init_params(spec, 3), family="f", layout=layout(), adaptation=bad
+        )
+    document = json.loads((tmp_path / "a" / "metadata.json").read_text())
+    settings = {**document["adaptation"]["settings"], "adapted_parameters": ["mean.gain"]}
+    rewrite_metadata(
+        tmp_path / "a",
+        {"format_version": 2, "adaptation": {**document["adaptation"], "settings": settings}},
+    )
+    with pytest.raises(ArtifactError, match=r"\['mean.gain'\] are not parameters"):
+        load_artifact(tmp_path / "a")

@@ -61,7 +61,8 @@ def _tiny_problem(settings: MetaSettings) -> tuple:
     params["mean.bias"] = torch.tensor([0.1, -0.2], dtype=torch.float64)
     theta = {k: v.requires_grad_(True) for k, v in params.items()}
     train, valid = _tiny_batches(1), _tiny_batches(2)
-    adapted = [adapt(TINY, theta, b, settings.adaptation.step_size) for b in train]
+    only = settings.adaptation.adapted_parameters
+    adapted = [adapt(TINY, theta, b, settings.adaptation.step_size, parameters=only) for b in train]
     old = [old_policy(TINY, a, v) for a, v in zip(adapted, valid, strict=True)]
     return theta, train, valid, old
 
@@ -110,11 +111,34 @@ def test_second_order_meta_gradient_matches_finite_differences() -> None:
     torch.testing.assert_close(first_gradient, expected)
 
 
-@pytest.mark.parametrize("first_order", [False, True])
+PARTIAL = TINY_SETTINGS.model_copy(
+    update={"adaptation": AdaptationSettings(step_size=0.5, adapted_parameters=("hidden.0.bias",))}
+)
+
+
+def test_restricted_meta_gradient_matches_finite_differences() -> None:
+    theta, train, valid, old = _tiny_problem(PARTIAL)
+    point = flatten(theta).detach()
+    numeric = _central_difference_gradient(
+        _objective(PARTIAL, theta, train, valid, old, 0), point, 1e-6
+    )
+    gradient, _, chains, _ = meta_gradient(TINY, theta, train, valid, PARTIAL)
+    torch.testing.assert_close(gradient, numeric, rtol=1e-6, atol=1e-9)
+    for chain in chains:  # only the first layer's biases moved
+        moved = [n for n in theta if not torch.equal(chain[-1][n].detach(), theta[n].detach())]
+        assert moved == ["hidden.0.bias"]
+
+
+@pytest.mark.parametrize(
+    "first_order, settings",
+    [(False, TINY_SETTINGS), (True, TINY_SETTINGS), (False, PARTIAL)],
+    ids=["second_order", "first_order", "first_layer_bias_only"],
+)
 def test_exact_kl_hvp_equals_third_order_double_backprop_and_finite_differences(
-    first_order: bool,
+    first_order: bool, settings: MetaSettings
 ) -> None:
-    settings = TINY_SETTINGS.model_copy(update={"first_order": first_order})
+    """With a restricted step J = I - α P H is not symmetric: J v and J^T w must both be right."""
+    settings = settings.model_copy(update={"first_order": first_order})
     theta, train, valid, _ = _tiny_problem(settings)
     _, _, adapted, old_all = meta_gradient(TINY, theta, train, valid, settings)
     gauss_newton = kl_hvp(TINY, theta, train, valid, adapted, old_all, settings)
@@ -257,8 +281,13 @@ def _tiny_two_step_problem(settings: MetaSettings) -> tuple:
     """Per task (batch_0, batch_1); pi_old is theta_2 = adapt(adapt(theta, batch_0), batch_1)."""
     theta, _, valid, _ = _tiny_problem(settings)
     rounds = list(zip(_tiny_batches(1), _tiny_batches(3), strict=True))
-    step_size = settings.adaptation.step_size
-    adapted = [adapt(TINY, adapt(TINY, theta, b0, step_size), b1, step_size) for b0, b1 in rounds]
+    step_size, only = settings.adaptation.step_size, settings.adaptation.adapted_parameters
+    adapted = [
+        adapt(
+            TINY, adapt(TINY, theta, b0, step_size, parameters=only), b1, step_size, parameters=only
+        )
+        for b0, b1 in rounds
+    ]
     old = [old_policy(TINY, a, v) for a, v in zip(adapted, valid, strict=True)]
     return theta, rounds, valid, old
 
@@ -297,10 +326,17 @@ def test_two_step_meta_gradient_matches_finite_differences() -> None:
     torch.testing.assert_close(first_gradient, expected)
 
 
-@pytest.mark.parametrize("first_order", [False, True])
-def test_two_step_kl_hvp_equals_third_order_double_backprop(first_order: bool) -> None:
+@pytest.mark.parametrize(
+    "first_order, only",
+    [(False, None), (True, None), (False, ("hidden.0.bias", "mean.weight"))],
+    ids=["second_order", "first_order", "restricted"],
+)
+def test_two_step_kl_hvp_equals_third_order_double_backprop(
+    first_order: bool, only: tuple[str, ...] | None
+) -> None:
     """With two steps J = J_1 J_0 is not symmetric: J v and J^T w must both be right."""
-    settings = TINY_TWO.model_copy(update={"first_order": first_order})
+    adaptation = TINY_TWO.adaptation.model_copy(update={"adapted_parameters": only})
+    settings = TINY_TWO.model_copy(update={"first_order": first_order, "adaptation": adaptation})
     theta, rounds, valid, _ = _tiny_two_step_problem(settings)
     _, _, chains, old_all = meta_gradient(TINY, theta, rounds, valid, settings)
     gauss_newton = kl_hvp(TINY, theta, rounds, valid, chains, old_all, settings)

@@ -41,6 +41,7 @@ def make_artifact(
     seed: int,
     high: float | None = None,
     hidden: tuple[int, ...] = (100, 100),
+    settings: AdaptationSettings | None = None,
 ) -> Path:
     spec = PolicySpec(
         observation_size=family.observation_size,
@@ -62,7 +63,7 @@ def make_artifact(
             action_high=tuple(float(b) for b in bound),
         ),
         adaptation=ArtifactAdaptation(
-            episodes_per_step=K, horizon=HORIZON, settings=AdaptationSettings()
+            episodes_per_step=K, horizon=HORIZON, settings=settings or AdaptationSettings()
         ),
     )
     return path
@@ -211,6 +212,20 @@ def test_adaptation_equals_the_meta_training_step(artifact: Path, family: Family
         np.clip(mean_action(ctl.spec, expected, obs[0]).numpy(), -1, 1),
         atol=1e-5,
     )
+
+
+def test_an_artifact_that_adapts_some_parameters_adapts_only_those(
+    tmp_path: Path, family: Family
+) -> None:
+    only = AdaptationSettings(adapted_parameters=("hidden.0.bias", "mean.bias"))
+    path = make_artifact(tmp_path / "partial", family, seed=11, settings=only)
+    ctl = Controller.load(path, ControllerConfig(journal=False, seed=4, max_kl=1e6))
+    init = {k: v.clone() for k, v in ctl.params.items()}
+    collect(ctl, family, 1.5, seed=1)
+    report = ctl.adapt()
+    assert report.accepted, report.reason
+    moved = [name for name in init if not torch.equal(ctl.params[name], init[name])]
+    assert sorted(moved) == ["hidden.0.bias", "mean.bias"]
 
 
 def test_each_step_needs_fresh_on_policy_episodes(artifact: Path, family: Family) -> None:

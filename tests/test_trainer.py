@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from controller.adaptation import AdaptationSettings
 from controller.artifact import load_artifact
@@ -318,6 +319,28 @@ def test_two_inner_step_training_run_completes_and_logs_inner_returns(tmp_path: 
         assert r["inner_returns"][0] == r["return_before"] and np.isfinite(r["return_after"])
     assert "inner_steps: 2" in (tmp_path / "config.yaml").read_text()
     assert load_artifact(tmp_path / "artifact").metadata.training["meta"]["inner_steps"] == 2
+
+
+def test_a_run_that_adapts_the_first_layer_biases_ships_that_step(tmp_path: Path) -> None:
+    only = ["hidden.0.bias"]
+    config = tiny_config(iterations=2, meta={"adaptation": {"adapted_parameters": only}})
+    train(config, tmp_path, progress=False)
+    artifact = load_artifact(tmp_path / "artifact")
+    assert artifact.metadata.adaptation.settings.adapted_parameters == ("hidden.0.bias",)
+    assert artifact.metadata.format_version == 2
+    # What meta-training adapted, the artifact's users adapt: the same step, the same names.
+    family = get_family("navigation2d")
+    tasks = family.sample_tasks(np.random.default_rng(0), 2)
+    episodes = BatchSampler(family, 1).sample(
+        tasks, 4, SamplingPolicy(artifact.spec, artifact.params, 0), 1, 20
+    )
+    theta = adapted_params_for_tasks(artifact.spec, artifact.params, episodes, config.meta)[0]
+    moved = [n for n in theta if not torch.equal(theta[n], artifact.params[n])]
+    assert moved == ["hidden.0.bias"]
+    with pytest.raises(ValidationError, match="adapted_parameters applies to mode 'maml' only"):
+        tiny_config(mode="pretrained", meta={"adaptation": {"adapted_parameters": only}})
+    with pytest.raises(ValidationError, match=r"\['hidden.2.bias'\] are not parameters"):
+        tiny_config(meta={"adaptation": {"adapted_parameters": ["hidden.2.bias"]}})
 
 
 def test_a_run_saved_before_a_new_config_field_resumes(tmp_path: Path) -> None:
