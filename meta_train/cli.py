@@ -115,14 +115,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
         }
         oracle = name == "oracle"
         trained = artifact.metadata.adaptation.settings  # discount, baseline, step sizes
-        if name == "maml":  # the step sizes it was meta-trained for
+        if name == "maml":  # the step sizes and parameters it was meta-trained for
             sizes = trained.step_sizes(cfg.gradient_steps)
+            provenance[name]["adapted_parameters"] = trained.adapted_parameters
         elif oracle:
             sizes = []
         else:
             sizes = paper.comparator_step_sizes(
                 family.name, name, cfg.gradient_steps, cfg.comparator_step_size
             )
+            trained = trained.model_copy(
+                update={"adapted_parameters": cfg.comparator_adapted_parameters}
+            )
+            provenance[name]["adapted_parameters"] = cfg.comparator_adapted_parameters
         provenance[name]["step_sizes"] = sizes
         print(f"evaluating {name} ({path}) on {len(tasks)} test tasks ...", flush=True)
         results[name] = ev.evaluate_method(
@@ -143,7 +148,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         sizes = paper.comparator_step_sizes(
             family.name, "random", cfg.gradient_steps, cfg.comparator_step_size
         )
-        provenance["random"] = {"step_sizes": sizes}
+        provenance["random"] = {
+            "step_sizes": sizes,
+            "adapted_parameters": cfg.comparator_adapted_parameters,
+        }
         print("evaluating random initialization ...", flush=True)
         results["random"] = ev.evaluate_method(
             sampler,
@@ -152,8 +160,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             tasks,
             episodes_per_step,
             sizes,
-            # the paper's comparator: every parameter fine-tuned, whatever MAML adapts
-            config.adaptation.model_copy(update={"adapted_parameters": None}),
+            # the paper's comparator fine-tunes every parameter, whatever MAML adapts
+            config.adaptation.model_copy(
+                update={"adapted_parameters": cfg.comparator_adapted_parameters}
+            ),
             seed=cfg.task_seed + 1,
             horizon=config.horizon,
             batch_unit=config.batch_unit,

@@ -115,6 +115,12 @@ class EvalConfig(_Frozen):
         description="First fine-tuning step size of the pretrained and random comparators "
         "(later steps half of it); None: the authors' (meta_train.paper.COMPARATOR_STEP_SIZES).",
     )
+    comparator_adapted_parameters: tuple[str, ...] | None = Field(
+        default=None,
+        description="The parameters the pretrained and random comparators' fine-tuning steps "
+        "change (names as in meta.adaptation.adapted_parameters); None: every parameter, the "
+        "paper's comparators.",
+    )
     episodes_per_step: PositiveInt | None = Field(
         default=None, description="K per step; None: the training K (resolved_episodes_per_step)."
     )
@@ -189,21 +195,32 @@ class TrainConfig(_Frozen):
 
     @model_validator(mode="after")
     def _adapted_parameters_exist(self) -> TrainConfig:
-        names = self.meta.adaptation.adapted_parameters
-        if names is None:
-            return self
         # The names depend on the layers only (controller.policy.PolicySpec.parameter_shapes).
         known = list(
             PolicySpec(
                 observation_size=1, action_size=1, hidden_sizes=self.policy.hidden_sizes
             ).parameter_shapes
         )
-        unknown = [name for name in names if name not in known]
-        if unknown:
-            raise ValueError(
-                f"meta.adaptation.adapted_parameters {unknown} are not parameters of this "
-                f"policy; its parameters: {known}"
-            )
+        fields = {
+            "meta.adaptation.adapted_parameters": self.meta.adaptation.adapted_parameters,
+            "evaluation.comparator_adapted_parameters": (
+                self.evaluation.comparator_adapted_parameters
+            ),
+        }
+        for field, names in fields.items():
+            if names is None:
+                continue
+            if not names:
+                raise ValueError(f"{field} is empty: the step would change nothing")
+            if len(set(names)) != len(names):
+                raise ValueError(f"{field} names a parameter twice: {list(names)}")
+            unknown = [name for name in names if name not in known]
+            if unknown:
+                raise ValueError(
+                    f"{field} {unknown} are not parameters of this policy; its parameters: {known}"
+                )
+        if self.meta.adaptation.adapted_parameters is None:
+            return self
         if self.mode != "maml":
             raise ValueError(
                 "meta.adaptation.adapted_parameters applies to mode 'maml' only (a comparator "

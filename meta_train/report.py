@@ -92,6 +92,14 @@ def format_table(document: dict[str, Any]) -> str:
     if sizes:
         listed = "; ".join(f"{n} {', '.join(f'{a:g}' for a in s)}" for n, s in sizes.items())
         lines.append(f"step sizes: {listed}")
+    restricted = {
+        name: entry["adapted_parameters"]
+        for name, entry in document.get("provenance", {}).items()
+        if isinstance(entry, dict) and entry.get("adapted_parameters")
+    }
+    if restricted:
+        listed = "; ".join(f"{n} {', '.join(p)}" for n, p in restricted.items())
+        lines.append(f"steps change only: {listed}")
     shares = document.get("gap_closed") or {}
     if shares:
         parts = [

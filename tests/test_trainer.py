@@ -244,6 +244,28 @@ def test_cli_train_and_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     document = json.loads((tmp_path / "res2" / "navigation2d.json").read_text())
     assert document["provenance"]["random"]["step_sizes"] == [0.1, 0.05]
     assert "random 0.1, 0.05" in capsys.readouterr().out
+    # the comparators' steps may change only some parameters: the same start, other steps
+    assert (
+        main(
+            [
+                "eval",
+                str(config),
+                "--random",
+                "--set",
+                "evaluation.comparator_step_size=0.1",
+                "--set",
+                "evaluation.comparator_adapted_parameters=[hidden.0.bias]",
+                "--out",
+                str(tmp_path / "res3"),
+            ]
+        )
+        == 0
+    )
+    restricted = json.loads((tmp_path / "res3" / "navigation2d.json").read_text())
+    assert restricted["provenance"]["random"]["adapted_parameters"] == ["hidden.0.bias"]
+    assert "steps change only: random hidden.0.bias" in capsys.readouterr().out
+    full, only = (np.array(d["methods"]["random"]["per_task"]) for d in (document, restricted))
+    assert np.array_equal(full[0], only[0]) and not np.allclose(full[1:], only[1:])
     assert main(["train", str(config), "--out", str(run), "--quiet"]) == 2  # exists: refuse
     # Extending the run from its own config.yaml: no config file, only --resume and --out.
     assert main(["train", "--resume", "--out", str(run), "--set", "iterations=3", "--quiet"]) == 0
@@ -341,6 +363,14 @@ def test_a_run_that_adapts_the_first_layer_biases_ships_that_step(tmp_path: Path
         tiny_config(mode="pretrained", meta={"adaptation": {"adapted_parameters": only}})
     with pytest.raises(ValidationError, match=r"\['hidden.2.bias'\] are not parameters"):
         tiny_config(meta={"adaptation": {"adapted_parameters": ["hidden.2.bias"]}})
+    # a comparator's fine-tuning may be restricted too, in any mode, to names that exist
+    assert tiny_config(
+        mode="pretrained", evaluation={"comparator_adapted_parameters": only}
+    ).evaluation.comparator_adapted_parameters == ("hidden.0.bias",)
+    with pytest.raises(ValidationError, match=r"comparator_adapted_parameters \['bias'\] are not"):
+        tiny_config(evaluation={"comparator_adapted_parameters": ["bias"]})
+    with pytest.raises(ValidationError, match="comparator_adapted_parameters is empty"):
+        tiny_config(evaluation={"comparator_adapted_parameters": []})
 
 
 def test_a_run_saved_before_a_new_config_field_resumes(tmp_path: Path) -> None:
