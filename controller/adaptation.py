@@ -17,24 +17,38 @@ as rllab does); the :class:`TaskBatch` handed to the learner is float32 torch.
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import numpy as np
 import torch
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BaseModel,
     ConfigDict,
     Field,
     NonNegativeInt,
     PositiveFloat,
-    field_validator,
+    ValidationInfo,
 )
 
 from controller.policy import Params, PolicySpec, log_prob
 
 if TYPE_CHECKING:  # only for the annotation: the controller core does not import sim at runtime
     from sim.episodes import Episodes
+
+
+def _some_distinct(names: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+    if not names:
+        raise ValueError(f"{info.field_name} is empty: the step would change nothing")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{info.field_name} names a parameter twice: {list(names)}")
+    return names
+
+
+ParameterNames = Annotated[tuple[str, ...], AfterValidator(_some_distinct)]
+"""Names of policy parameters a step changes: at least one, each once (whether the policy has
+them is checked where its layers are known)."""
 
 
 class AdaptationSettings(BaseModel):
@@ -67,7 +81,7 @@ class AdaptationSettings(BaseModel):
         default=5,
         description="Fits tried, the ridge coefficient x10 after each non-finite one (rllab).",
     )
-    adapted_parameters: tuple[str, ...] | None = Field(
+    adapted_parameters: ParameterNames | None = Field(
         default=None,
         description="Names of the policy parameters the step changes, the others keeping "
         "their meta-trained values; None: all (the paper). ['hidden.0.bias'] adapts the first "
@@ -76,16 +90,6 @@ class AdaptationSettings(BaseModel):
         "the output layer (ANIL, Raghu et al. 2020). Names: controller.policy.PolicySpec."
         "parameter_shapes.",
     )
-
-    @field_validator("adapted_parameters")
-    @classmethod
-    def _some_distinct(cls, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if names is not None:
-            if not names:
-                raise ValueError("adapted_parameters is empty: the step would change nothing")
-            if len(set(names)) != len(names):
-                raise ValueError(f"adapted_parameters names a parameter twice: {list(names)}")
-        return names
 
     def step_size_at(self, step_index: int) -> float:
         """α of test-time gradient step ``step_index`` (0-based): step_size, then later_step_size."""

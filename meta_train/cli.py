@@ -100,6 +100,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     command = " ".join(["adaptctl", *sys.argv[1:]])
     provenance: dict[str, Any] = {"command": command, "config": args.config}
     methods = [("maml", args.maml), ("pretrained", args.pretrained), ("oracle", args.oracle)]
+    # the comparators fine-tune every parameter (the paper), whatever MAML adapts, unless told
+    comparator_parameters = {"adapted_parameters": cfg.comparator_adapted_parameters}
     for name, path in methods:
         if path is None:
             continue
@@ -124,10 +126,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             sizes = paper.comparator_step_sizes(
                 family.name, name, cfg.gradient_steps, cfg.comparator_step_size
             )
-            trained = trained.model_copy(
-                update={"adapted_parameters": cfg.comparator_adapted_parameters}
-            )
-            provenance[name]["adapted_parameters"] = cfg.comparator_adapted_parameters
+            trained = trained.model_copy(update=comparator_parameters)
+            provenance[name].update(comparator_parameters)
         provenance[name]["step_sizes"] = sizes
         print(f"evaluating {name} ({path}) on {len(tasks)} test tasks ...", flush=True)
         results[name] = ev.evaluate_method(
@@ -148,10 +148,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         sizes = paper.comparator_step_sizes(
             family.name, "random", cfg.gradient_steps, cfg.comparator_step_size
         )
-        provenance["random"] = {
-            "step_sizes": sizes,
-            "adapted_parameters": cfg.comparator_adapted_parameters,
-        }
+        provenance["random"] = {"step_sizes": sizes, **comparator_parameters}
         print("evaluating random initialization ...", flush=True)
         results["random"] = ev.evaluate_method(
             sampler,
@@ -160,10 +157,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             tasks,
             episodes_per_step,
             sizes,
-            # the paper's comparator fine-tunes every parameter, whatever MAML adapts
-            config.adaptation.model_copy(
-                update={"adapted_parameters": cfg.comparator_adapted_parameters}
-            ),
+            config.adaptation.model_copy(update=comparator_parameters),
             seed=cfg.task_seed + 1,
             horizon=config.horizon,
             batch_unit=config.batch_unit,

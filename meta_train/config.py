@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from controller.adaptation import AdaptationSettings
+from controller.adaptation import AdaptationSettings, ParameterNames
 from controller.policy import PolicySpec
 from meta_train.objective import MetaSettings
 from sim.episodes import BatchUnit
@@ -115,7 +115,7 @@ class EvalConfig(_Frozen):
         description="First fine-tuning step size of the pretrained and random comparators "
         "(later steps half of it); None: the authors' (meta_train.paper.COMPARATOR_STEP_SIZES).",
     )
-    comparator_adapted_parameters: tuple[str, ...] | None = Field(
+    comparator_adapted_parameters: ParameterNames | None = Field(
         default=None,
         description="The parameters the pretrained and random comparators' fine-tuning steps "
         "change (names as in meta.adaptation.adapted_parameters); None: every parameter, the "
@@ -208,13 +208,7 @@ class TrainConfig(_Frozen):
             ),
         }
         for field, names in fields.items():
-            if names is None:
-                continue
-            if not names:
-                raise ValueError(f"{field} is empty: the step would change nothing")
-            if len(set(names)) != len(names):
-                raise ValueError(f"{field} names a parameter twice: {list(names)}")
-            unknown = [name for name in names if name not in known]
+            unknown = [name for name in names or () if name not in known]
             if unknown:
                 raise ValueError(
                     f"{field} {unknown} are not parameters of this policy; its parameters: {known}"

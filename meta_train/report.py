@@ -84,22 +84,19 @@ def format_table(document: dict[str, Any]) -> str:
             ref = f" [{paper[s]:.1f}]" if s < len(paper) else ""
             cells.append(f"{m['mean'][s]:.1f}±{m['stderr'][s]:.1f}{ref}".rjust(22))
         lines.append(f"{name:<11}" + "".join(cells))
-    sizes = {
-        name: entry["step_sizes"]
-        for name, entry in document.get("provenance", {}).items()
-        if isinstance(entry, dict) and entry.get("step_sizes")
-    }
-    if sizes:
-        listed = "; ".join(f"{n} {', '.join(f'{a:g}' for a in s)}" for n, s in sizes.items())
-        lines.append(f"step sizes: {listed}")
-    restricted = {
-        name: entry["adapted_parameters"]
-        for name, entry in document.get("provenance", {}).items()
-        if isinstance(entry, dict) and entry.get("adapted_parameters")
-    }
-    if restricted:
-        listed = "; ".join(f"{n} {', '.join(p)}" for n, p in restricted.items())
-        lines.append(f"steps change only: {listed}")
+    # What each method's steps were: their sizes, and the parameters when not all.
+    for key, label in (("step_sizes", "step sizes"), ("adapted_parameters", "steps change only")):
+        per_method = {
+            name: entry[key]
+            for name, entry in document.get("provenance", {}).items()
+            if isinstance(entry, dict) and entry.get(key)
+        }
+        if per_method:
+            listed = "; ".join(
+                f"{n} {', '.join(f'{v:g}' if isinstance(v, float) else str(v) for v in values)}"
+                for n, values in per_method.items()
+            )
+            lines.append(f"{label}: {listed}")
     shares = document.get("gap_closed") or {}
     if shares:
         parts = [

@@ -226,42 +226,22 @@ def test_cli_train_and_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "paper in brackets" in printed and "step sizes: maml 0.1, 0.05; random 0.5, 0.25" in printed
     )
     assert document["provenance"]["random"]["step_sizes"] == [0.5, 0.25]
+
+    def random_eval(out: str, *settings: str) -> dict:
+        sets = [arg for setting in settings for arg in ("--set", setting)]
+        assert main(["eval", str(config), "--random", *sets, "--out", str(tmp_path / out)]) == 0
+        return json.loads((tmp_path / out / "navigation2d.json").read_text())
+
     # the comparators' first step size, set for the evaluation (later steps half of it)
-    assert (
-        main(
-            [
-                "eval",
-                str(config),
-                "--random",
-                "--set",
-                "evaluation.comparator_step_size=0.1",
-                "--out",
-                str(tmp_path / "res2"),
-            ]
-        )
-        == 0
-    )
-    document = json.loads((tmp_path / "res2" / "navigation2d.json").read_text())
+    document = random_eval("res2", "evaluation.comparator_step_size=0.1")
     assert document["provenance"]["random"]["step_sizes"] == [0.1, 0.05]
     assert "random 0.1, 0.05" in capsys.readouterr().out
     # the comparators' steps may change only some parameters: the same start, other steps
-    assert (
-        main(
-            [
-                "eval",
-                str(config),
-                "--random",
-                "--set",
-                "evaluation.comparator_step_size=0.1",
-                "--set",
-                "evaluation.comparator_adapted_parameters=[hidden.0.bias]",
-                "--out",
-                str(tmp_path / "res3"),
-            ]
-        )
-        == 0
+    restricted = random_eval(
+        "res3",
+        "evaluation.comparator_step_size=0.1",
+        "evaluation.comparator_adapted_parameters=[hidden.0.bias]",
     )
-    restricted = json.loads((tmp_path / "res3" / "navigation2d.json").read_text())
     assert restricted["provenance"]["random"]["adapted_parameters"] == ["hidden.0.bias"]
     assert "steps change only: random hidden.0.bias" in capsys.readouterr().out
     full, only = (np.array(d["methods"]["random"]["per_task"]) for d in (document, restricted))
