@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from controller.policy import PolicySpec
 
 # Imports of the commands are inside them: this module is the ``adaptctl`` entry point of every
 # install, and an install with fewer extras must still get a clear message (see ``main``).
@@ -102,11 +105,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     methods = [("maml", args.maml), ("pretrained", args.pretrained), ("oracle", args.oracle)]
     # the comparators fine-tune every parameter (the paper), whatever MAML adapts, unless told
     comparator_parameters = {"adapted_parameters": cfg.comparator_adapted_parameters}
+    # every artifact is loaded and checked before the first (minutes-long) evaluation
+    loaded = []
     for name, path in methods:
         if path is None:
             continue
         artifact = load_artifact(path)
         check_artifact_use(artifact.metadata, family, oracle=name == "oracle", flag=f"--{name}")
+        if name == "pretrained":  # the one artifact whose steps the restriction applies to
+            _check_comparator_names(
+                artifact.spec, cfg.comparator_adapted_parameters, "--pretrained"
+            )
+        loaded.append((name, path, artifact))
+    for name, path, artifact in loaded:
         provenance[name] = {
             "artifact": str(path),
             "digest": artifact.digest,
@@ -169,6 +180,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(report.format_table(document))
     print(f"wrote {path} and {path.with_suffix('.png')}")
     return 0
+
+
+def _check_comparator_names(spec: PolicySpec, names: tuple[str, ...] | None, flag: str) -> None:
+    """ConfigError when ``evaluation.comparator_adapted_parameters`` names a parameter the
+    comparator's policy lacks (its layers may differ from the config's ``policy``)."""
+    from meta_train.config import ConfigError
+
+    unknown = [name for name in names or () if name not in spec.parameter_shapes]
+    if unknown:
+        raise ConfigError(
+            f"{flag}: evaluation.comparator_adapted_parameters {unknown} are not parameters of "
+            f"this artifact's policy ({', '.join(spec.parameter_shapes)})"
+        )
 
 
 def cmd_curves(args: argparse.Namespace) -> int:

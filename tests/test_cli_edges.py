@@ -100,3 +100,24 @@ def test_ctrl_c_offers_resume_only_when_there_is_a_checkpoint(
         assert f"adaptctl train --resume --out {run}" in err
     else:
         assert "--resume" not in err and "nothing to resume" in err
+
+
+def test_eval_checks_the_comparators_restricted_names_against_its_own_layers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the config's policy has two hidden layers; this comparator has one, so no hidden.1.bias
+    artifact = fresh_artifact(tmp_path / "a", "cheetah_velocity", hidden_sizes=(8,))
+    status, err = run_main(
+        capsys,
+        "eval",
+        str(REPO / "configs" / "cheetah_velocity.yaml"),
+        "--random",
+        "--pretrained",
+        str(artifact),
+        "--set",
+        "evaluation.comparator_adapted_parameters=[hidden.1.bias]",
+        "--out",
+        str(tmp_path / "out"),
+    )
+    assert status == 2 and "--pretrained" in err and "['hidden.1.bias']" in err, err
+    assert "hidden.0.bias" in err and not (tmp_path / "out").exists()
