@@ -30,7 +30,7 @@ from sim.episodes import BatchUnit
 
 Mode = Literal["maml", "pretrained", "oracle"]
 # the authors' test tasks, drawn from task_seed, or drawn from task_seed outside the training range
-TaskDraw = Literal["paper", "seeded", "out_of_distribution"]
+TaskDraw = Literal["paper", "seeded", "out_of_distribution", "dead_motor"]
 
 RENAMED_KEYS: dict[str, str] = {
     "episodes_per_task": "episodes_per_step",
@@ -101,7 +101,9 @@ class EvalConfig(_Frozen):
         "numbers were measured (np.random.seed(1) or (2), then uniform draws; "
         "meta_train.paper.PAPER_TEST_DRAWS); 'seeded': num_tasks drawn from task_seed; "
         "'out_of_distribution': num_tasks drawn from task_seed outside the training range "
-        "(damage families: two weakened motors, or a payload beyond the training range).",
+        "(damage families: two weakened motors, or a payload beyond the training range); "
+        "'dead_motor': num_tasks drawn from task_seed as in training with the weakened motor "
+        "dead, each motor equally often (damage families).",
     )
     task_seed: int = Field(
         default=1_000_003,

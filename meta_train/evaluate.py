@@ -35,19 +35,22 @@ def test_tasks(family: Family, num_tasks: int, seed: int) -> list[Task]:
 
 def evaluation_tasks(family: Family, config: EvalConfig) -> list[Task]:
     """The test tasks an evaluation runs on: the authors' (``tasks: paper``, the default) or
-    ``num_tasks`` drawn from ``task_seed`` (``tasks: seeded``)."""
+    ``num_tasks`` drawn from ``task_seed`` (``tasks: seeded``; the damage families also
+    ``out_of_distribution`` and ``dead_motor``, :class:`~sim.tasks.BodySpace`)."""
     if config.tasks == "paper":
         return paper_test_tasks(family, config.num_tasks)
-    if config.tasks == "out_of_distribution":
-        space = family.task_space
-        if not isinstance(space, BodySpace):
-            raise ValueError(
-                f"family {family.name!r} has no held-out draw outside its training range "
-                "(the damage families have one); set evaluation.tasks: seeded"
-            )
-        rng = np.random.default_rng(config.task_seed)
-        return space.sample_out_of_distribution(rng, config.num_tasks)
-    return test_tasks(family, config.num_tasks, config.task_seed)
+    if config.tasks == "seeded":
+        return test_tasks(family, config.num_tasks, config.task_seed)
+    space = family.task_space
+    if not isinstance(space, BodySpace):
+        raise ValueError(
+            f"evaluation.tasks {config.tasks!r} draws bodies, and family {family.name!r} has "
+            "none (the damage families have them); set evaluation.tasks: seeded"
+        )
+    rng = np.random.default_rng(config.task_seed)
+    if config.tasks == "dead_motor":
+        return space.sample_dead_motor(rng, config.num_tasks)
+    return space.sample_out_of_distribution(rng, config.num_tasks)
 
 
 class MethodResult(NamedTuple):

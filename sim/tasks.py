@@ -258,6 +258,19 @@ class BodySpace:
             tasks[i] = BodyTask(old.motor_gains, float(heavy), old.friction_scale)
         return tasks
 
+    def sample_dead_motor(self, rng: np.random.Generator, n: int) -> list[Task]:
+        """Bodies drawn as in training, with the weakened motor dead (g = 0): the crippled
+        joints of Nagabandi et al. 2019, the edge of the training range. Motor i is dead in the
+        bodies i, i + A, i + 2A, ... (A motors), so that every motor is dead equally often."""
+        tasks = self.sample(rng, n)
+        count = len(self.motor_names)
+        for i, old in enumerate(tasks):
+            assert isinstance(old, BodyTask)
+            gains = np.ones(count)
+            gains[i % count] = 0.0
+            tasks[i] = BodyTask(tuple(gains.tolist()), old.payload_kg, old.friction_scale)
+        return tasks
+
     def _friction(self, rng: np.random.Generator, n: int) -> np.ndarray:
         low, high = np.log(self.friction_low), np.log(self.friction_high)
         return np.exp(rng.uniform(low, high, size=n))

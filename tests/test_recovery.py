@@ -16,7 +16,7 @@ from meta_train.cli import main
 from meta_train.config import TrainConfig
 from meta_train.evaluate import evaluation_tasks
 from sim.families import get_family
-from sim.tasks import BodySpace
+from sim.tasks import BodySpace, BodyTask
 
 ROOT = Path(__file__).resolve().parents[1]
 K, HORIZON = 2, 20
@@ -184,6 +184,14 @@ def test_evaluation_draws_held_out_bodies_inside_and_outside_the_training_range(
     assert len(beyond) == 40 and all(space.outside_training(t) for t in beyond)
     with pytest.raises(ValueError, match="seeded"):
         evaluation_tasks(get_family("cheetah_velocity"), ood)
+    dead = evaluation_tasks(family, config.evaluation.model_copy(update={"tasks": "dead_motor"}))
+    assert not any(space.outside_training(t) for t in dead)
+    # one dead motor per body, each of the six dead in 40 // 6 or 40 // 6 + 1 of them
+    gains = np.array([t.motor_gains for t in dead if isinstance(t, BodyTask)])
+    assert gains.shape == (40, 6) and set(gains.ravel()) == {0.0, 1.0}
+    assert set((gains == 0).sum(axis=0)) == {6, 7} and (gains == 0).sum(axis=1).tolist() == [1] * 40
+    # payload and friction vary as in training
+    assert len({t.payload_kg for t in dead if isinstance(t, BodyTask)}) == 40
 
 
 @pytest.mark.timeout(240)
