@@ -126,13 +126,20 @@ def body_given(args: argparse.Namespace) -> bool:
     return any(flag is not None for flag in flags)
 
 
+def body_family_names() -> list[str]:
+    """The families whose tasks are bodies (a BodySpace): the damage families."""
+    from sim.families import FAMILY_NAMES, get_family
+
+    return [name for name in FAMILY_NAMES if isinstance(get_family(name).task_space, BodySpace)]
+
+
 def body_from_args(args: argparse.Namespace, family: Family) -> BodyTask:
     """The body of ``--motor NAME=GAIN`` (repeatable), ``--payload KG``, ``--friction X``."""
     space = family.task_space
     if not isinstance(space, BodySpace):
         raise ConfigError(
             f"--motor, --payload, --friction and --damage-at need an artifact of a damage family "
-            f"(cheetah_damage, ant_damage); this one is of {family.name}"
+            f"({', '.join(body_family_names())}); this one is of {family.name}"
         )
     motors: dict[str, float] = {}
     for pair in args.motor or []:

@@ -46,6 +46,7 @@ COMPARATOR_STEP_SIZES: dict[str, dict[str, float]] = {
     # direction families' forward tasks do, so they fine-tune with the direction families' steps.
     "cheetah_damage": {"pretrained": 0.2, "random": 1.0},
     "ant_damage": {"pretrained": 0.2, "random": 1.0},
+    "cheetah_crippled": {"pretrained": 0.2, "random": 1.0},
 }
 
 

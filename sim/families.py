@@ -104,14 +104,21 @@ def _locomotion(
     )
 
 
-def _damage(name: str, description: str, robot: locomotion.Robot) -> Family:
-    """Run forward with a perturbed body (sim/damage.py); tasks are BodyTasks."""
+def _damage(
+    name: str, description: str, robot: locomotion.Robot, motor_gain_high: float = 1.0
+) -> Family:
+    """Run forward with a perturbed body (sim/damage.py); tasks are BodyTasks (the weakened
+    motor's training strength: ``BodySpace.motor_gain_high``)."""
     low, high = locomotion.action_bounds(robot)
     actions = locomotion.action_layout(robot)
     return Family(
         name=name,
         description=description,
-        task_space=BodySpace(motor_names=actions, torso_mass=damage.torso_mass(robot)),
+        task_space=BodySpace(
+            motor_names=actions,
+            torso_mass=damage.torso_mass(robot),
+            motor_gain_high=motor_gain_high,
+        ),
         horizon=200,
         observation_names=locomotion.observation_layout(robot),
         action_names=actions,
@@ -150,6 +157,12 @@ _BUILDERS: dict[str, Callable[[], Family]] = {
         "ant_damage",
         "Ant, run forward with a weakened motor, a payload and a changed floor",
         locomotion.ANT,
+    ),
+    "cheetah_crippled": lambda: _damage(
+        "cheetah_crippled",
+        "HalfCheetah, run forward with a dead motor, a payload and a changed floor",
+        locomotion.HALF_CHEETAH,
+        motor_gain_high=0.0,
     ),
 }
 FAMILY_NAMES: tuple[str, ...] = tuple(_BUILDERS)

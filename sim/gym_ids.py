@@ -14,6 +14,7 @@ ENV_IDS: dict[str, tuple[str, int]] = {
     "adaptctl/AntDir-v0": ("ant_direction", 200),
     "adaptctl/HalfCheetahDamage-v0": ("cheetah_damage", 200),
     "adaptctl/AntDamage-v0": ("ant_damage", 200),
+    "adaptctl/HalfCheetahCrippled-v0": ("cheetah_crippled", 200),
     "adaptctl/HopperVel-v0": ("hopper_velocity", 200),
 }
 

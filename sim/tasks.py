@@ -182,7 +182,7 @@ class BodySpace:
     """Perturbed bodies of one robot (the damage families); the objective is to run forward.
 
     Training draw, per task: one motor, chosen uniformly, with its strength scaled by
-    g ~ U[0, 1] (the crippled-joint tasks of Nagabandi et al. 2019, "Learning to adapt in
+    g ~ U[0, ``motor_gain_high``] (1: any strength; 0: a dead motor; the crippled-joint tasks of Nagabandi et al. 2019, "Learning to adapt in
     dynamic, real-world environments through meta-reinforcement learning", sec. 6); a torso
     payload ~ U[0, ``payload_fraction`` x the torso's mass]; a friction scale log-uniform in
     [``friction_low``, ``friction_high``] (halving and doubling equally likely). ``validate``
@@ -194,6 +194,9 @@ class BodySpace:
     motor_names: tuple[str, ...]
     torso_mass: float
     """The torso's own mass in kg (payload fractions refer to it)."""
+    motor_gain_high: float = 1.0
+    """The weakened motor's strength in training is g ~ U[0, ``motor_gain_high``]; 0: the motor
+    is dead in every training body (the crippled families)."""
     payload_fraction: float = 0.5
     friction_low: float = 0.25
     friction_high: float = 2.0
@@ -228,7 +231,7 @@ class BodySpace:
 
     def sample(self, rng: np.random.Generator, n: int) -> list[Task]:
         motor = rng.integers(len(self.motor_names), size=n)
-        gain = rng.uniform(0.0, 1.0, size=n)
+        gain = rng.uniform(0.0, self.motor_gain_high, size=n)
         payload = rng.uniform(0.0, self.payload_fraction * self.torso_mass, size=n)
         friction = self._friction(rng, n)
         tasks: list[Task] = []
@@ -306,6 +309,15 @@ class BodySpace:
         weak = sum(g < 1.0 for g in body.motor_gains)
         if weak > 1:
             reasons.append(f"{weak} weakened motors (training: at most one)")
+        if self.motor_gain_high < 1.0:
+            bound = f"{self.motor_gain_high:g}" if self.motor_gain_high > 0 else "0, dead"
+            if weak == 0:
+                reasons.append(f"no weakened motor (training: one at g <= {bound})")
+            reasons.extend(
+                f"motor {name} at g = {gain:g} (training: g <= {bound})"
+                for name, gain in zip(self.motor_names, body.motor_gains, strict=True)
+                if self.motor_gain_high < gain < 1.0
+            )
         if body.payload_kg > self.payload_fraction * self.torso_mass:
             reasons.append(
                 f"payload {body.payload_kg:.3g} kg > {self.payload_fraction * self.torso_mass:.3g}"

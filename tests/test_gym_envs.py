@@ -21,6 +21,7 @@ TASKS = {
     "adaptctl/AntDir-v0": DirectionTask(1),
     "adaptctl/HalfCheetahDamage-v0": {"motors": {"bthigh": 0.0}, "payload_kg": 1.0},
     "adaptctl/AntDamage-v0": {"motors": {"hip_1": 0.5}, "friction_scale": 0.5},
+    "adaptctl/HalfCheetahCrippled-v0": {"motors": {"fshin": 0.0}, "friction_scale": 1.5},
     "adaptctl/HopperVel-v0": VelocityTask(0.8),
 }
 
@@ -137,6 +138,7 @@ def test_module_registers_every_family() -> None:
         "ant_direction",
         "cheetah_damage",
         "ant_damage",
+        "cheetah_crippled",
         "hopper_velocity",
     }
     for env_id in ENV_IDS:

@@ -188,6 +188,31 @@ def test_training_draw_stays_in_range_and_the_held_out_draw_leaves_it() -> None:
     assert all(space.validate(task) for task in held_out)
 
 
+def test_the_crippled_family_trains_on_dead_motors_only() -> None:
+    space = _space("cheetah_crippled")
+    bodies = space.sample(np.random.default_rng(0), 300)
+    gains = np.array([t.motor_gains for t in bodies if isinstance(t, BodyTask)])
+    assert set(gains.ravel()) == {0.0, 1.0} and (gains == 0).sum(axis=1).tolist() == [1] * 300
+    assert ((gains == 0).sum(axis=0) > 30).all()  # every motor dies in some body
+    assert not any(space.outside_training(t) for t in bodies)
+    # the same payload and friction draw as the damage family (one stream, other gains)
+    damage = _space("cheetah_damage").sample(np.random.default_rng(0), 300)
+    assert [(t.payload_kg, t.friction_scale) for t in bodies] == [
+        (t.payload_kg, t.friction_scale) for t in damage if isinstance(t, BodyTask)
+    ]
+    # a weakened, not dead, motor and a healthy body lie outside its training range
+    assert space.outside_training(space.make({"fthigh": 0.5})) == [
+        "motor fthigh at g = 0.5 (training: g <= 0, dead)"
+    ]
+    assert space.outside_training(space.make()) == [
+        "no weakened motor (training: one at g <= 0, dead)"
+    ]
+    assert space.outside_training(space.make({"fthigh": 0.0})) == []
+    assert _space("cheetah_damage").outside_training(space.make({"fthigh": 0.5})) == []
+    held_out = space.sample_out_of_distribution(np.random.default_rng(1), 40)
+    assert all(space.outside_training(task) for task in held_out)
+
+
 def test_invalid_bodies_are_refused_with_the_range_named() -> None:
     space = _space("cheetah_damage")
     with pytest.raises(InvalidTaskError, match=r"unknown motor 'knee'.*bthigh"):

@@ -29,6 +29,7 @@ EXPECTED_SIZES = {  # (observation, action): gymnasium v5 sizes, 2 for the point
     "ant_direction": (105, 8),
     "cheetah_damage": (17, 6),
     "ant_damage": (105, 8),
+    "cheetah_crippled": (17, 6),
     "hopper_velocity": (11, 3),
 }
 
