@@ -57,3 +57,15 @@ def test_bench_monitor_samples_every_body_and_replays_the_monitor(tmp_path: Path
     assert row["false_alarms_per_1000"] < 5.0
     assert row["damages"]["broken"]["notice_p90"] <= 3
     assert row["damages"]["broken"]["noticed_within_k"] == 1.0
+
+
+def test_bench_adapt_times_the_actor_during_and_without_adaptations() -> None:
+    from bench.adapt_bench import bench_adapt
+
+    results = bench_adapt(rounds=2, episodes=2, horizon=5)
+    assert results["rounds"] == 2 and results["actor_safe_actions"] == 0
+    during, idle = results["during_adapt"], results["idle"]
+    assert during["calls"] == idle["calls"] >= 2  # as many without as with, each round
+    assert 0 < idle["p50_us"] <= idle["p99_us"] <= idle["max_us"]
+    assert results["adapt_s"]["min"] > 0
+    json.dumps(results)
