@@ -69,3 +69,15 @@ def test_bench_adapt_times_the_actor_during_and_without_adaptations() -> None:
     assert 0 < idle["p50_us"] <= idle["p99_us"] <= idle["max_us"]
     assert results["adapt_s"]["min"] > 0
     json.dumps(results)
+
+
+def test_bench_link_serves_every_step_and_measures_both_sides() -> None:
+    from bench.link_bench import bench_link
+
+    # more calls than one episode's horizon: the client must end its episodes as a robot does
+    results = bench_link(duration_s=0.3, calls=600)
+    assert results["link_safe_actions"] == 0
+    assert set(results["round_trip"]) == {"link", "echo"}
+    assert results["control_loop_1khz"]["link"]["ticks"] == 300
+    assert results["in_process"]["server_step_us"] > 0
+    json.dumps(results)
