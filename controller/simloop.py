@@ -282,12 +282,14 @@ def _words(family: str, task: Task) -> str:
 
 def format_table(result: RunResult) -> str:
     velocity = any(p.velocity_error is not None for p in result.phases)
-    header = f"{'phase':<16}{'episodes':>9}{'return (mean ± se)':>22}"
+    width = max(16, *(len(p.name) + 1 for p in result.phases))  # "after 2 steps (again)"
+    header = f"{'phase':<{width}}{'episodes':>9}{'return (mean ± se)':>22}"
     header += f"{'mean |v - v*|':>16}" if velocity else ""
     task = _words(result.family, task_from_dict(result.task))
     lines = [f"{result.family}, {task}: K = {result.episodes_per_step}", header]
     for p in result.phases:
-        line = f"{p.name:<16}{len(p.returns):>9}{f'{p.mean_return:.1f} ± {p.stderr:.1f}':>22}"
+        returns = f"{p.mean_return:.1f} ± {p.stderr:.1f}"
+        line = f"{p.name:<{width}}{len(p.returns):>9}{returns:>22}"
         if p.velocity_error is not None:
             line += f"{p.velocity_error:>16.3f}"
         lines.append(line)
