@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from controller.policy import PolicySpec
+    from meta_train.config import TrainConfig
+    from meta_train.evaluate import EvalMethod
+    from sim.families import Family
 
 # Imports of the commands are inside them: this module is the ``adaptctl`` entry point of every
 # install, and an install with fewer extras must still get a clear message (see ``main``).
@@ -81,14 +83,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     import torch
 
-    from controller.artifact import load_artifact
-    from controller.cli_args import check_artifact_use
-    from controller.policy import init_params
     from meta_train import evaluate as ev
-    from meta_train import paper, report
+    from meta_train import report
     from meta_train.config import ConfigError, TrainConfig
     from meta_train.samplers import make_sampler
-    from meta_train.trainer import policy_spec
     from sim.families import get_family
 
     config = TrainConfig.from_yaml(args.config, _overrides(args.set))
@@ -96,85 +94,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
     torch.set_num_threads(config.torch_threads)
     cfg = config.evaluation
     tasks = ev.evaluation_tasks(family, cfg)
+    # every artifact is loaded and checked before the first (minutes-long) evaluation
+    methods = _artifact_methods(args, config, family)
+    if args.random:
+        methods.append(_random_method(config, family))
+    if not methods:
+        raise ConfigError("nothing to evaluate: give --maml, --pretrained, --oracle or --random")
     sampler = make_sampler(config, family)
     episodes_per_step = cfg.resolved_episodes_per_step(config.episodes_per_step)
     results: dict[str, ev.MethodResult] = {}
+    for method in methods:
+        source = method.provenance.get("artifact", "a random initialization")
+        print(f"evaluating {method.name} ({source}) on {len(tasks)} test tasks ...", flush=True)
+        results[method.name] = ev.evaluate(
+            method, sampler, tasks, cfg, episodes_per_step, config.horizon, config.batch_unit
+        )
     # The command as typed from the repository root, without the machine's path to adaptctl.
-    command = " ".join(["adaptctl", *sys.argv[1:]])
-    provenance: dict[str, Any] = {"command": command, "config": args.config}
-    methods = [("maml", args.maml), ("pretrained", args.pretrained), ("oracle", args.oracle)]
-    # the comparators fine-tune every parameter (the paper), whatever MAML adapts, unless told
-    comparator_parameters = {"adapted_parameters": cfg.comparator_adapted_parameters}
-    # every artifact is loaded and checked before the first (minutes-long) evaluation
-    loaded = []
-    for name, path in methods:
-        if path is None:
-            continue
-        artifact = load_artifact(path)
-        check_artifact_use(artifact.metadata, family, oracle=name == "oracle", flag=f"--{name}")
-        if name == "pretrained":  # the one artifact whose steps the restriction applies to
-            _check_comparator_names(
-                artifact.spec, cfg.comparator_adapted_parameters, "--pretrained"
-            )
-        loaded.append((name, path, artifact))
-    for name, path, artifact in loaded:
-        provenance[name] = {
-            "artifact": str(path),
-            "digest": artifact.digest,
-            "training": {
-                k: artifact.metadata.training.get(k)
-                for k in ("iterations_done", "best_iteration", "best_return")
-            },
-        }
-        oracle = name == "oracle"
-        trained = artifact.metadata.adaptation.settings  # discount, baseline, step sizes
-        if name == "maml":  # the step sizes and parameters it was meta-trained for
-            sizes = trained.step_sizes(cfg.gradient_steps)
-            provenance[name]["adapted_parameters"] = trained.adapted_parameters
-        elif oracle:
-            sizes = []
-        else:
-            sizes = paper.comparator_step_sizes(
-                family.name, name, cfg.gradient_steps, cfg.comparator_step_size
-            )
-            trained = trained.model_copy(update=comparator_parameters)
-            provenance[name].update(comparator_parameters)
-        provenance[name]["step_sizes"] = sizes
-        print(f"evaluating {name} ({path}) on {len(tasks)} test tasks ...", flush=True)
-        results[name] = ev.evaluate_method(
-            sampler,
-            artifact.spec,
-            artifact.params,
-            tasks,
-            episodes_per_step,
-            sizes,
-            trained,
-            seed=cfg.task_seed + 1,
-            task_features=oracle,
-            horizon=config.horizon,
-            batch_unit=config.batch_unit,
-        )
-    if args.random:
-        spec = policy_spec(config.model_copy(update={"mode": "maml"}), family)
-        sizes = paper.comparator_step_sizes(
-            family.name, "random", cfg.gradient_steps, cfg.comparator_step_size
-        )
-        provenance["random"] = {"step_sizes": sizes, **comparator_parameters}
-        print("evaluating random initialization ...", flush=True)
-        results["random"] = ev.evaluate_method(
-            sampler,
-            spec,
-            init_params(spec, config.seed + 1),
-            tasks,
-            episodes_per_step,
-            sizes,
-            config.adaptation.model_copy(update=comparator_parameters),
-            seed=cfg.task_seed + 1,
-            horizon=config.horizon,
-            batch_unit=config.batch_unit,
-        )
-    if not results:
-        raise ConfigError("nothing to evaluate: give --maml, --pretrained, --oracle or --random")
+    provenance: dict[str, Any] = {
+        "command": " ".join(["adaptctl", *sys.argv[1:]]),
+        "config": args.config,
+        **{method.name: method.provenance for method in methods},
+    }
     document = report.results_document(family, tasks, results, provenance)
     path = report.write_results(document, args.out)
     print(report.format_table(document))
@@ -182,17 +122,88 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_comparator_names(spec: PolicySpec, names: tuple[str, ...] | None, flag: str) -> None:
-    """ConfigError when ``evaluation.comparator_adapted_parameters`` names a parameter the
-    comparator's policy lacks (its layers may differ from the config's ``policy``)."""
+def _artifact_methods(
+    args: argparse.Namespace, config: TrainConfig, family: Family
+) -> list[EvalMethod]:
+    """The methods given as artifacts (--maml, --pretrained, --oracle), each checked: trained
+    on ``family``, an oracle where one is asked for, and the comparators' restricted parameter
+    names its own (its layers may differ from the config's ``policy``)."""
+    from controller.artifact import load_artifact
+    from controller.cli_args import check_artifact_use
+    from meta_train import paper
     from meta_train.config import ConfigError
+    from meta_train.evaluate import EvalMethod
 
-    unknown = [name for name in names or () if name not in spec.parameter_shapes]
-    if unknown:
-        raise ConfigError(
-            f"{flag}: evaluation.comparator_adapted_parameters {unknown} are not parameters of "
-            f"this artifact's policy ({', '.join(spec.parameter_shapes)})"
+    cfg = config.evaluation
+    # the comparators fine-tune every parameter (the paper), whatever MAML adapts, unless told
+    restriction = {"adapted_parameters": cfg.comparator_adapted_parameters}
+    methods = []
+    for name in ("maml", "pretrained", "oracle"):
+        path = getattr(args, name)
+        if path is None:
+            continue
+        artifact = load_artifact(path)
+        check_artifact_use(artifact.metadata, family, oracle=name == "oracle", flag=f"--{name}")
+        training = artifact.metadata.training
+        provenance: dict[str, Any] = {
+            "artifact": str(path),
+            "digest": artifact.digest,
+            "training": {
+                k: training.get(k) for k in ("iterations_done", "best_iteration", "best_return")
+            },
+        }
+        settings = artifact.metadata.adaptation.settings  # discount, baseline, step sizes
+        if name == "maml":  # the step sizes and parameters it was meta-trained for
+            sizes = settings.step_sizes(cfg.gradient_steps)
+            provenance["adapted_parameters"] = settings.adapted_parameters
+        elif name == "oracle":
+            sizes = []
+        else:
+            unknown = [
+                n for n in cfg.comparator_adapted_parameters or () if n not in artifact.params
+            ]
+            if unknown:
+                raise ConfigError(
+                    f"--{name}: evaluation.comparator_adapted_parameters {unknown} are not "
+                    f"parameters of this artifact's policy ({', '.join(artifact.params)})"
+                )
+            sizes = paper.comparator_step_sizes(
+                family.name, name, cfg.gradient_steps, cfg.comparator_step_size
+            )
+            settings = settings.model_copy(update=restriction)
+            provenance.update(restriction)
+        provenance["step_sizes"] = sizes
+        methods.append(
+            EvalMethod(
+                name, artifact.spec, artifact.params, sizes, settings, name == "oracle", provenance
+            )
         )
+    return methods
+
+
+def _random_method(config: TrainConfig, family: Family) -> EvalMethod:
+    """A freshly initialized policy of the config's layers, fine-tuned with the authors'
+    step sizes for random initializations (the comparators' restriction applies)."""
+    from controller.policy import init_params
+    from meta_train import paper
+    from meta_train.evaluate import EvalMethod
+    from meta_train.trainer import policy_spec
+
+    cfg = config.evaluation
+    restriction = {"adapted_parameters": cfg.comparator_adapted_parameters}
+    spec = policy_spec(config.model_copy(update={"mode": "maml"}), family)
+    sizes = paper.comparator_step_sizes(
+        family.name, "random", cfg.gradient_steps, cfg.comparator_step_size
+    )
+    return EvalMethod(
+        "random",
+        spec,
+        init_params(spec, config.seed + 1),
+        sizes,
+        config.adaptation.model_copy(update=restriction),
+        False,
+        {"step_sizes": sizes, **restriction},
+    )
 
 
 def cmd_curves(args: argparse.Namespace) -> int:

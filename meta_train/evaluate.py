@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -121,6 +121,48 @@ def evaluate_method(
         return MethodResult(np.stack(rows))
     errors, velocities = (np.stack(column) for column in zip(*known, strict=True))
     return MethodResult(np.stack(rows), errors, velocities)
+
+
+class EvalMethod(NamedTuple):
+    """One method of an evaluation: its initial policy, the steps it takes from it, and what
+    the results JSON records of it (``provenance``)."""
+
+    name: str
+    """maml | pretrained | oracle | random"""
+    spec: PolicySpec
+    params: Params
+    step_sizes: list[float]
+    """α of each test-time step (none: the oracle, which does not adapt)."""
+    settings: AdaptationSettings
+    """Discount, baseline and the parameters each step changes."""
+    task_features: bool
+    """The policy observes the task (the oracle)."""
+    provenance: dict[str, Any]
+
+
+def evaluate(
+    method: EvalMethod,
+    sampler: EpisodeSampler,
+    tasks: Sequence[Task],
+    config: EvalConfig,
+    episodes_per_step: int,
+    horizon: int | None,
+    batch_unit: BatchUnit,
+) -> MethodResult:
+    """:func:`evaluate_method` of ``method``, with the evaluation's episode seed."""
+    return evaluate_method(
+        sampler,
+        method.spec,
+        method.params,
+        tasks,
+        episodes_per_step,
+        method.step_sizes,
+        method.settings,
+        seed=config.task_seed + 1,
+        task_features=method.task_features,
+        horizon=horizon,
+        batch_unit=batch_unit,
+    )
 
 
 def velocity_stats(episodes: Episodes) -> tuple[np.ndarray, np.ndarray] | None:
