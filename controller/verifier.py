@@ -160,6 +160,8 @@ class Verifier:
             return self._answer()
 
     def _request(self, path: str | Path, known: frozenset[str]) -> int:
+        if not str(path) or "\0" in str(path):  # the child reads an empty request as "stop"
+            raise ValueError(f"artifact path {str(path)!r} is empty or holds a NUL character")
         if self._outstanding:
             raise RuntimeError("another artifact is being verified; retry when it is done")
         fd = self._start().fileno()

@@ -400,6 +400,10 @@ def test_swap_refuses_a_corrupt_artifact_and_takes_a_compatible_one(
     refused, _ = peer.call({**swap, "path": str(corrupt)}, timeout_ms=60_000)
     assert refused["type"] == "swapped" and not refused["report"]["accepted"]
     assert peer.step(observation(), start=True)[0]["type"] == "action"  # still serving
+    # an empty path is refused before it reaches the verifier child, which reads an empty
+    # request as its stop (and a restarted child keeps every swap waiting for seconds)
+    empty, _ = peer.call({**swap, "path": ""}, timeout_ms=60_000)
+    assert not empty["report"]["accepted"] and "empty" in empty["report"]["reason"], empty
     other = family_artifact(tmp_path / "other", seed=2)
     swapped, _ = peer.call({**swap, "path": str(other)}, timeout_ms=60_000)
     assert swapped["report"]["accepted"], swapped

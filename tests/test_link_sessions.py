@@ -358,3 +358,78 @@ def test_a_session_that_said_bye_cannot_be_resumed(artifact: Path, tmp_path: Pat
         assert not welcome["resumed"] and welcome["session"] != token
         for other in (peer, again):
             other.close()
+
+
+def test_robots_behind_a_zeromq_proxy_are_answered_and_kept_apart(server: LinkServer) -> None:
+    import threading
+
+    import zmq
+
+    # a broker between the robots and the server, as zmq.proxy(ROUTER, DEALER) builds one:
+    # each request reaches the server as [proxy, robot, b"", header, ...]
+    context = zmq.Context()
+    control = context.socket(zmq.PAIR)
+    control.bind("inproc://proxy-control")
+    ports: list[int] = []
+    ready = threading.Event()
+    broker = threading.Thread(
+        target=_proxy, args=(context, server.endpoint, ports, ready), daemon=True
+    )
+    broker.start()
+    assert ready.wait(10)
+    first, _ = robot_at(f"tcp://127.0.0.1:{ports[0]}")
+    second, _ = robot_at(f"tcp://127.0.0.1:{ports[0]}")
+    assert first.session != second.session  # the second HELLO did not unbind the first
+    for peer in (first, second, first):
+        reply, frames = peer.step(observation(), start=True)
+        assert reply["type"] == "action" and len(frames) == 1, reply
+    status, _ = first.call({"type": "status", "session": first.session})
+    assert len(status["status"]["link"]["sessions"]) == 2
+    for peer in (first, second):
+        peer.close()
+    control.send(b"TERMINATE")
+    broker.join(10)
+    control.close(linger=0)
+    context.term()
+
+
+def _proxy(context: Any, endpoint: str, ports: list[int], ready: Any) -> None:
+    """A ROUTER/DEALER broker to ``endpoint``, until TERMINATE on its control socket; its
+    sockets live in this thread."""
+    import zmq
+
+    frontend, backend = context.socket(zmq.ROUTER), context.socket(zmq.DEALER)
+    control = context.socket(zmq.PAIR)
+    control.connect("inproc://proxy-control")
+    ports.append(frontend.bind_to_random_port("tcp://127.0.0.1"))
+    backend.connect(endpoint)
+    ready.set()
+    zmq.proxy_steerable(frontend, backend, None, control)
+    for socket in (frontend, backend, control):
+        socket.close(linger=0)
+
+
+def robot_at(endpoint: str) -> tuple[RawPeer, dict[str, Any]]:
+    peer = RawPeer(endpoint)
+    welcome, _ = peer.call({"type": "hello", "version": 1, "client": "behind a proxy"})
+    assert welcome["type"] == "welcome", welcome
+    peer.session = welcome["session"]
+    return peer, welcome
+
+
+def test_a_robot_waiting_for_a_slow_job_is_not_reported_silent(
+    server: LinkServer, artifact: Path
+) -> None:
+    peer, _ = robot(server)
+    # the first swap starts the verifier process: seconds, beyond the 0.3 s watchdog timeout
+    start = time.monotonic()
+    swapped, _ = peer.call(
+        {"type": "swap", "session": peer.session, "path": str(artifact)}, timeout_ms=60_000
+    )
+    assert swapped["report"]["accepted"], swapped
+    waited = time.monotonic() - start
+    time.sleep(0.15)  # a scan after the reply: the silence counts from the reply
+    status, _ = peer.call({"type": "status", "session": peer.session})
+    link = status["status"]["link"]
+    assert waited > 0.3 and link["watchdog_count"] == 0, (waited, link["watchdog_events"])
+    peer.close()

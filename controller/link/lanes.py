@@ -126,7 +126,8 @@ class Lanes:
     def begin_swap(self, path: str | Path) -> int:
         """The first half of a SWAP: send ``path`` to the verifier child and return the
         file descriptor that becomes readable when it has answered; RuntimeError while another
-        swap is being verified or when the child cannot be reached."""
+        swap is being verified or when the child cannot be reached, ValueError for a path the
+        child cannot be sent (empty)."""
         return self._verifier.request(path)
 
     def finish_swap(self, lanes: list[Controller], start: float) -> SwapReport:

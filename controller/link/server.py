@@ -164,6 +164,8 @@ class LinkServer:
         self._observation_size = int(self._layout["observation_size"])
         horizon = int(self._layout["horizon"])
         self._sessions = SessionTable(lanes, self.config.max_sessions, horizon)
+        self._waiting: Counter[bytes] = Counter()
+        """Connections waiting for a job's reply (ADAPT, RESET, SWAP with ``wait``)."""
         self._context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self._socket = self._context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -295,8 +297,10 @@ class LinkServer:
     # ---- requests ---------------------------------------------------------------------------
     def _handle(self, frames: list[bytes], peer_key: str | None = None) -> None:
         """Answer one request (or defer its answer to the worker); never raises."""
-        # A REQ peer's envelope is [identity, b""]; a DEALER may leave out the delimiter.
-        split = 2 if len(frames) >= 2 and frames[1] == b"" else 1
+        # The envelope: the routing frames up to and including the first empty one (a REQ
+        # peer's is [identity, b""], behind a ZeroMQ proxy [proxy, identity, b""]); a DEALER
+        # that leaves out the delimiter has only the identity the ROUTER added.
+        split = frames.index(b"", 1) + 1 if b"" in frames[1:] else 1
         envelope, body = frames[:split], frames[split:]
         self._requests += 1
         try:
@@ -329,7 +333,7 @@ class LinkServer:
         """An ERROR reply; the episode being recorded on this connection, if any, is dropped
         (the robot applies its safe action: the episode is no longer on-policy)."""
         self._errors[code.name] += 1
-        session = self._sessions.on_connection(envelope[0])
+        session = self._sessions.on_connection(connection_of(envelope))
         if session is not None:
             self._sessions.drop_episode(session, f"an ERROR reply ({code.name}) on its connection")
         return error_header(code, message, seq), ()
@@ -341,7 +345,7 @@ class LinkServer:
         if message.type is MessageType.HELLO:
             self._on_hello(message, envelope, peer_key)
             return None
-        session = self._sessions.get(message.fields["session"], envelope[0])
+        session = self._sessions.get(message.fields["session"], connection_of(envelope))
         if session is None:
             raise ProtocolError(
                 ErrorCode.UNKNOWN_SESSION,
@@ -405,7 +409,11 @@ class LinkServer:
                 message.seq,
             )
         change = self._sessions.open(
-            str(fields.get("client", "")), message.seq, fields.get("resume"), envelope[0], peer_key
+            str(fields.get("client", "")),
+            message.seq,
+            fields.get("resume"),
+            connection_of(envelope),
+            peer_key,
         )
         session = change.session
         status = session.lane.status()
@@ -473,6 +481,7 @@ class LinkServer:
         job = Job(message.type.value, key, run, envelope if wait else None, message.seq)
         self._worker.submit(job)
         if wait:
+            self._waiting[connection_of(envelope)] += 1
             return None  # answered by _finish_jobs
         return {"type": STARTED_REPLY[message.type].value, "seq": message.seq}, ()
 
@@ -525,13 +534,15 @@ class LinkServer:
         swap = PendingLinkSwap(-1, time.perf_counter(), envelope if wait else None, message.seq)
         try:
             swap = swap._replace(fd=self.lanes.begin_swap(str(message.fields["path"])))
-        except RuntimeError as error:  # the verifier child cannot be reached: a refused swap
+        except (RuntimeError, ValueError) as error:  # an unusable path, or the verifier child
+            # cannot be reached: a refused swap
             digest = self.lanes.artifact.digest
             self._end_swap(swap, SwapReport(False, str(error), digest, digest, 0.0))
             return None
         self._swap = swap
         self._poller.register(swap.fd, zmq.POLLIN)
         if wait:
+            self._waiting[connection_of(envelope)] += 1
             return None  # answered by _finish_swap
         return {"type": STARTED_REPLY[message.type].value, "seq": message.seq}, ()
 
@@ -558,7 +569,7 @@ class LinkServer:
         self._reports.setdefault("*", {})[MessageType.SWAP.value] = to_wire(report)
         if swap.reply_to is not None:
             header = {"type": MessageType.SWAPPED.value, "seq": swap.seq, "report": to_wire(report)}
-            self._send(swap.reply_to + encode(header))
+            self._answer_deferred(swap.reply_to, header)
 
     def _finish_jobs(self) -> None:
         for job, result, error in self._worker.finished():
@@ -577,11 +588,21 @@ class LinkServer:
             else:
                 finished = FINISHED_REPLY[MessageType(job.kind)]
                 header = {"type": finished.value, "seq": job.seq, "report": report}
-            self._send(job.reply_to + encode(header))
+            self._answer_deferred(job.reply_to, header)
+
+    def _answer_deferred(self, envelope: list[bytes], header: dict[str, Any]) -> None:
+        """The reply to a request that waited for its job; the robot's silence counts from
+        now (the watchdog skips a connection while it waits)."""
+        connection = connection_of(envelope)
+        self._waiting[connection] -= 1
+        if self._waiting[connection] <= 0:
+            del self._waiting[connection]
+        self._sessions.answered(connection)
+        self._send(envelope + encode(header))
 
     # ---- watchdog and status ----------------------------------------------------------------
     def _scan(self) -> None:
-        events = self._sessions.watchdog(self.config.watchdog_timeout_s)
+        events = self._sessions.watchdog(self.config.watchdog_timeout_s, self._waiting)
         self._watchdog_events.extend(events)
         self._watchdog_count += len(events)
 
@@ -659,6 +680,16 @@ def serve(
         server.stop()
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def connection_of(envelope: list[bytes]) -> bytes:
+    """The connection a request came on, which a session is bound to: the routing identity,
+    or, behind proxies, all the routing frames of the envelope (each robot behind one proxy is
+    its own connection)."""
+    routing = envelope[:-1] if len(envelope) > 1 and envelope[-1] == b"" else envelope
+    if len(routing) == 1:
+        return routing[0]
+    return b"".join(len(frame).to_bytes(4, "big") + frame for frame in routing)
 
 
 def free_tcp_endpoint() -> str:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -307,14 +307,16 @@ class SessionTable:
         return episode
 
     # ---- watchdog ---------------------------------------------------------------------------
-    def watchdog(self, timeout_s: float) -> list[WatchdogEvent]:
+    def watchdog(self, timeout_s: float, waiting: Collection[bytes] = ()) -> list[WatchdogEvent]:
         """Mark robots silent for longer than ``timeout_s``; drop their episodes in progress.
-        Sessions are kept, so a robot that comes back (HELLO resume) carries on."""
+        Sessions are kept, so a robot that comes back (HELLO resume) carries on. A robot on a
+        connection in ``waiting`` waits for a reply (ADAPT, RESET or SWAP with ``wait``) and
+        is not silent."""
         now = time.monotonic()
         events = []
         for session in self._sessions.values():
             silent_s = now - session.last_seen
-            if session.silent or silent_s <= timeout_s:
+            if session.silent or silent_s <= timeout_s or session.connection in waiting:
                 continue
             session.silent = True
             dropped = self.drop_episode(session, f"robot silent for {silent_s:.2f} s")
@@ -330,6 +332,13 @@ class SessionTable:
             )
             events.append(event)
         return events
+
+    def answered(self, connection: bytes) -> None:
+        """A deferred reply went to ``connection``: its robot was waiting, not silent, so its
+        silence counts from now."""
+        session = self._connections.get(connection)
+        if session is not None:
+            session.last_seen = time.monotonic()
 
     def _wake(self, session: Session) -> None:
         if session.silent:
