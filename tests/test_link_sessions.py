@@ -433,3 +433,16 @@ def test_a_robot_waiting_for_a_slow_job_is_not_reported_silent(
     link = status["status"]["link"]
     assert waited > 0.3 and link["watchdog_count"] == 0, (waited, link["watchdog_events"])
     peer.close()
+
+
+def test_a_resume_without_a_name_keeps_the_robots_name(server: LinkServer) -> None:
+    first, _ = robot(server, client="arm-7")
+    second = RawPeer(server.endpoint)  # the robot reconnects on a new socket
+    welcome, _ = second.call({"type": "hello", "version": 1, "resume": first.session})
+    assert welcome["resumed"], welcome
+    second.session = welcome["session"]
+    status, _ = second.call({"type": "status", "session": second.session})
+    names = [s["client"] for s in status["status"]["link"]["sessions"]]
+    assert names == ["arm-7"], names
+    for peer in (first, second):
+        peer.close()

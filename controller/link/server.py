@@ -470,11 +470,11 @@ class LinkServer:
         self, message: Message, key: str, run: Callable[[], Any], envelope: list[bytes]
     ) -> Reply | None:
         busy = self._busy()
-        running = busy.get(key) or busy.get("*")
-        if running is not None:
+        running = f"this session's {busy[key]}" if key in busy else "a swap" if "*" in busy else ""
+        if running:
             raise ProtocolError(
                 ErrorCode.BUSY,
-                f"this session's {running} is running; retry when STATUS shows it done",
+                f"{running} is running; retry when STATUS shows it done",
                 message.seq,
             )
         wait = message.fields.get("wait", True)

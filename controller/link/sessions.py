@@ -134,7 +134,8 @@ class SessionTable:
             before = Rebinding(
                 known, False, known.connection, known.last_seq, known.client, known.origin
             )
-            known.last_seq, known.last_seen, known.client = seq, now, client
+            known.last_seq, known.last_seen = seq, now
+            known.client = client or known.client  # a resume need not repeat the name
             known.origin = "resumed"
             self._bind(known, connection)
             self._wake(known)
