@@ -137,3 +137,12 @@ def test_the_serve_command_refuses_a_network_bind_without_keys(tmp_path: Path) -
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert "--insecure" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_start_up_note_tells_the_two_curve_modes_apart(
+    server: LinkServer, lanes: Lanes, keys: Path
+) -> None:
+    assert f"only the robots whose keys are in {keys / 'authorized'}" in server.security_note()
+    open_door = CurveKeys(server_secret_file=keys / "server.key_secret")
+    with LinkServer(lanes, "tcp://127.0.0.1:*", curve_keys=open_door) as any_key:
+        assert "any robot that knows the server's public key" in any_key.security_note()

@@ -183,6 +183,7 @@ class LinkServer:
             raise
         self.endpoint: str = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.secure = curve_keys is not None
+        self._authorized = None if curve_keys is None else curve_keys.authorized_dir
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._worker = Worker()
@@ -202,8 +203,10 @@ class LinkServer:
 
     def security_note(self) -> str:
         """How the link is protected, in words (for the start-up log)."""
+        if self.secure and self._authorized is not None:
+            return f"CURVE: encrypted, only the robots whose keys are in {self._authorized}"
         if self.secure:
-            return "CURVE: encrypted, clients authenticated by key"
+            return "CURVE: encrypted, any robot that knows the server's public key (no --curve-authorized)"
         if is_local_endpoint(self.endpoint):
             return "plaintext, this machine only"
         return "plaintext on the network (--insecure): anyone who reaches it commands the robot"
