@@ -210,7 +210,7 @@ def save_artifact(
     }
     restricted = adaptation.settings.adapted_parameters is not None
     if restricted:
-        _check_adapted_names(spec, adaptation.settings, "the adaptation given to save_artifact")
+        check_adapted_names(spec, adaptation.settings, "the adaptation given to save_artifact")
     metadata = ArtifactMetadata(
         format=FORMAT_NAME,
         format_version=2 if restricted else 1,
@@ -281,7 +281,7 @@ def load_artifact(path: str | Path, verify_onnx: bool = True) -> Artifact:
             )
     params = _parse_params(path / PARAMS_FILE, contents[PARAMS_FILE])
     _check_params(metadata.policy, params, str(path / PARAMS_FILE))
-    _check_adapted_names(metadata.policy, metadata.adaptation.settings, str(path / METADATA_FILE))
+    check_adapted_names(metadata.policy, metadata.adaptation.settings, str(path / METADATA_FILE))
     if verify_onnx:
         try:
             verify_onnx_matches(metadata.policy, params, contents[ONNX_FILE])
@@ -290,7 +290,8 @@ def load_artifact(path: str | Path, verify_onnx: bool = True) -> Artifact:
     return Artifact(path, metadata, digest, params, contents[ONNX_FILE])
 
 
-def _check_adapted_names(spec: PolicySpec, settings: AdaptationSettings, where: str) -> None:
+def check_adapted_names(spec: PolicySpec, settings: AdaptationSettings, where: str) -> None:
+    """ArtifactError naming the ``adapted_parameters`` that ``spec``'s policy lacks."""
     names = settings.adapted_parameters or ()
     unknown = [name for name in names if name not in spec.parameter_shapes]
     if unknown:

@@ -128,10 +128,9 @@ def _artifact_methods(
     """The methods given as artifacts (--maml, --pretrained, --oracle), each checked: trained
     on ``family``, an oracle where one is asked for, and the comparators' restricted parameter
     names its own (its layers may differ from the config's ``policy``)."""
-    from controller.artifact import load_artifact
+    from controller.artifact import check_adapted_names, load_artifact
     from controller.cli_args import check_artifact_use
     from meta_train import paper
-    from meta_train.config import ConfigError
     from meta_train.evaluate import EvalMethod
 
     cfg = config.evaluation
@@ -159,18 +158,12 @@ def _artifact_methods(
         elif name == "oracle":
             sizes = []
         else:
-            unknown = [
-                n for n in cfg.comparator_adapted_parameters or () if n not in artifact.params
-            ]
-            if unknown:
-                raise ConfigError(
-                    f"--{name}: evaluation.comparator_adapted_parameters {unknown} are not "
-                    f"parameters of this artifact's policy ({', '.join(artifact.params)})"
-                )
+            settings = settings.model_copy(update=restriction)
+            where = f"--{name} with evaluation.comparator_adapted_parameters"
+            check_adapted_names(artifact.spec, settings, where)
             sizes = paper.comparator_step_sizes(
                 family.name, name, cfg.gradient_steps, cfg.comparator_step_size
             )
-            settings = settings.model_copy(update=restriction)
             provenance.update(restriction)
         provenance["step_sizes"] = sizes
         methods.append(

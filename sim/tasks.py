@@ -8,7 +8,7 @@ comparator). Definitions follow the MAML paper (Finn et al. 2017, sec. 5.3) and 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -182,8 +182,9 @@ class BodySpace:
     """Perturbed bodies of one robot (the damage families); the objective is to run forward.
 
     Training draw, per task: one motor, chosen uniformly, with its strength scaled by
-    g ~ U[0, ``motor_gain_high``] (1: any strength; 0: a dead motor; the crippled-joint tasks of Nagabandi et al. 2019, "Learning to adapt in
-    dynamic, real-world environments through meta-reinforcement learning", sec. 6); a torso
+    g ~ U[0, ``motor_gain_high``] (1: any strength; 0: a dead motor; the crippled-joint tasks
+    of Nagabandi et al. 2019, "Learning to adapt in dynamic, real-world environments through
+    meta-reinforcement learning", sec. 6); a torso
     payload ~ U[0, ``payload_fraction`` x the torso's mass]; a friction scale log-uniform in
     [``friction_low``, ``friction_high``] (halving and doubling equally likely). ``validate``
     accepts any body the simulation can run within wider limits, so that held-out bodies beyond
@@ -251,9 +252,7 @@ class BodySpace:
             pair = rng.choice(count, size=2, replace=False)
             gains = np.ones(count)
             gains[pair] = rng.uniform(0.0, 0.5, size=2)
-            old = tasks[i]
-            assert isinstance(old, BodyTask)
-            tasks[i] = BodyTask(tuple(gains.tolist()), old.payload_kg, old.friction_scale)
+            tasks[i] = self._with_gains(tasks[i], gains)
         for i in range(1, n, 2):
             old = tasks[i]
             assert isinstance(old, BodyTask)
@@ -268,11 +267,16 @@ class BodySpace:
         tasks = self.sample(rng, n)
         count = len(self.motor_names)
         for i, old in enumerate(tasks):
-            assert isinstance(old, BodyTask)
             gains = np.ones(count)
             gains[i % count] = 0.0
-            tasks[i] = BodyTask(tuple(gains.tolist()), old.payload_kg, old.friction_scale)
+            tasks[i] = self._with_gains(old, gains)
         return tasks
+
+    @staticmethod
+    def _with_gains(task: Task, gains: np.ndarray) -> BodyTask:
+        """``task`` (a body this space drew) with other motor gains, its payload and floor kept."""
+        assert isinstance(task, BodyTask)
+        return replace(task, motor_gains=tuple(gains.tolist()))
 
     def _friction(self, rng: np.random.Generator, n: int) -> np.ndarray:
         low, high = np.log(self.friction_low), np.log(self.friction_high)

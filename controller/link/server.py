@@ -303,7 +303,10 @@ class LinkServer:
         # The envelope: the routing frames up to and including the first empty one (a REQ
         # peer's is [identity, b""], behind a ZeroMQ proxy [proxy, identity, b""]); a DEALER
         # that leaves out the delimiter has only the identity the ROUTER added.
-        split = frames.index(b"", 1) + 1 if b"" in frames[1:] else 1
+        try:
+            split = frames.index(b"", 1) + 1
+        except ValueError:
+            split = 1
         envelope, body = frames[:split], frames[split:]
         self._requests += 1
         try:
@@ -689,9 +692,9 @@ def connection_of(envelope: list[bytes]) -> bytes:
     """The connection a request came on, which a session is bound to: the routing identity,
     or, behind proxies, all the routing frames of the envelope (each robot behind one proxy is
     its own connection)."""
-    routing = envelope[:-1] if len(envelope) > 1 and envelope[-1] == b"" else envelope
-    if len(routing) == 1:
-        return routing[0]
+    if len(envelope) <= 2:  # [identity, b""] from a REQ, [identity] from a bare DEALER
+        return envelope[0]
+    routing = envelope[:-1] if envelope[-1] == b"" else envelope
     return b"".join(len(frame).to_bytes(4, "big") + frame for frame in routing)
 
 
