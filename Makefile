@@ -23,11 +23,9 @@ $(DEMO_STAMP): pyproject.toml setup.py
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# journal=false: every demo starts from the initialization (a journaled controller resumes the
-# policy a previous run adapted).
+# `adaptctl run` journals nothing unless asked, so every demo starts from the initialization.
 demo: $(DEMO_STAMP)
-	$(VENV)/bin/adaptctl run artifacts/cheetah_velocity --target-velocity 1.37 --out runs/demo --video \
-		--set journal=false
+	$(VENV)/bin/adaptctl run artifacts/cheetah_velocity --target-velocity 1.37 --out runs/demo --video
 
 bench: $(STAMP)
 	$(PY) -m bench
