@@ -118,6 +118,26 @@ def test_a_token_works_only_on_the_connection_it_is_bound_to(server: LinkServer)
         peer.close()
 
 
+def test_a_hello_for_another_session_drops_the_episode_its_connection_was_recording(
+    server: LinkServer,
+) -> None:
+    peer, _ = robot(server)
+    first = peer.session
+    peer.step(observation(0), start=True)
+    peer.step(observation(1), reward=1.0)
+    other, _ = peer.call({"type": "hello", "version": 1})  # unbinds the first session
+    assert other["type"] == "welcome" and other["session"] != first, other
+    again, _ = peer.call({"type": "hello", "version": 1, "resume": first})
+    assert again["resumed"], again
+    peer.step(observation(2), reward=1.0)  # no start: it would continue the old episode
+    receipt = end(peer)
+    assert not receipt["recorded"] and "HELLO" in receipt["reason"], receipt
+    lane = server.session_lane(first)
+    assert lane is not None and lane.episodes() == []
+    assert play(peer)["recorded"]  # the next episode records again
+    peer.close()
+
+
 def test_status_watchdog_and_logs_show_only_a_token_prefix(
     server: LinkServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -189,12 +189,16 @@ class SessionTable:
         )
 
     def _bind(self, session: Session, connection: bytes) -> None:
+        """Bind ``session`` to ``connection``; a session that connection held is unbound, and
+        its episode in progress dropped: the robot now plays another session's actions, and a
+        later resume must not continue that episode as if nothing came between."""
         previous = self._connections.pop(session.connection, None)
         if previous is not None and previous is not session:
             self._connections[session.connection] = previous
         other = self._connections.get(connection)
         if other is not None and other is not session:
             other.connection = b""  # that session's token now needs a HELLO resume
+            self.drop_episode(other, "a HELLO for another session on its connection")
         session.connection = connection
         self._connections[connection] = session
 
