@@ -323,7 +323,7 @@ def plot(result: RunResult, task: Task, path: str | Path) -> None:
         ax.axhline(task.velocity, color="tab:red", linestyle="--", label="target v*")
     if "x_velocity" in result.phases[0].trace:
         ax.set_xlabel(f"control step ({result.control_step:g} s)")
-        ax.set_ylabel("forward velocity, mean of the phase's first K episodes (m/s)")
+        ax.set_ylabel("forward velocity (m/s)\nmean of the phase's first K episodes", fontsize=9)
     else:
         goal = result.task["goal"]
         ax.plot([goal[0]], [goal[1]], marker="*", color="tab:red", markersize=14, label="goal")
